@@ -1,0 +1,120 @@
+"""`create(arch, num_classes, in_chans, img_size)`: one front door to every model medlite can train.
+
+Names resolve in this order:
+- our compact students: `medlite_cnn`, `medlite_dsconv` (and `_tiny` / `_wide` widths);
+- `small_<timm resnet>` (e.g. `small_resnet18`): a timm ResNet with a 3x3 stride-1 stem and no
+  max-pool, the variant MedMNIST uses at 28 px;
+- `torchvision/<name>` (e.g. `torchvision/mobilenet_v3_small`): a torchvision classifier;
+- any other name: a timm model (`resnet18`, `mobilenetv3_small_050`, `efficientnet_b0`, ...).
+"""
+
+from __future__ import annotations
+
+import difflib
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+from medlite.errors import UsageError
+
+OWN_MODELS: dict[str, Callable] = {}
+
+
+def _own_models() -> dict[str, Callable]:
+    if not OWN_MODELS:
+        from medlite.models.compact import DSConvNet, PlainCNN
+
+        OWN_MODELS.update(
+            {
+                "medlite_cnn": PlainCNN,
+                "medlite_cnn_tiny": partial(PlainCNN, widths=(12, 24, 48)),
+                "medlite_dsconv": DSConvNet,
+                "medlite_dsconv_tiny": partial(DSConvNet, widths=(16, 32, 64, 128)),
+                "medlite_dsconv_wide": partial(DSConvNet, widths=(48, 96, 192, 384)),
+            }
+        )
+    return OWN_MODELS
+
+
+def _small_stem(model, in_chans: int):
+    """Swap a ResNet's 7x7/2 stem and max-pool for a 3x3/1 stem: keeps detail in 28 px images."""
+    from torch import nn
+
+    if not hasattr(model, "conv1") or not hasattr(model, "maxpool"):
+        raise UsageError("small_*: only ResNet-style models (with conv1 and maxpool) have a small-input variant")
+    out_channels = model.conv1.out_channels
+    model.conv1 = nn.Conv2d(in_chans, out_channels, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def _torchvision(name: str, num_classes: int, in_chans: int):
+    import torch
+    import torchvision
+    from torch import nn
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise KeyError(name)
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    if in_chans != 3:
+        # Replace the first convolution so the model takes grey (or any-channel) images.
+        for parent in model.modules():
+            for child_name, child in parent.named_children():
+                if isinstance(child, nn.Conv2d) and child.in_channels == 3:
+                    new = nn.Conv2d(in_chans, child.out_channels, child.kernel_size, child.stride, child.padding,
+                                    bias=child.bias is not None)
+                    with torch.no_grad():
+                        new.weight.copy_(child.weight.mean(1, keepdim=True).repeat(1, in_chans, 1, 1))
+                    setattr(parent, child_name, new)
+                    return model
+    return model
+
+
+def known_names() -> list[str]:
+    import timm
+
+    names = list(_own_models()) + timm.list_models()
+    names += [f"small_{n}" for n in timm.list_models("resnet*")]
+    try:
+        import torchvision
+
+        names += [f"torchvision/{n}" for n in torchvision.models.list_models(module=torchvision.models)]
+    except ImportError:  # pragma: no cover
+        pass
+    return names
+
+
+def unknown_arch(arch: str) -> UsageError:
+    hints = difflib.get_close_matches(arch, known_names(), n=3, cutoff=0.6)
+    suggestion = f"; did you mean {', '.join(hints)}?" if hints else "; see `timm.list_models()` or use medlite_dsconv"
+    return UsageError(f"unknown architecture {arch!r}{suggestion}")
+
+
+def create(arch: str, num_classes: int, in_chans: int = 1, img_size: int = 28, pretrained: str | Path | None = None):
+    """Build a classifier by name; optionally load local weights (safetensors or a timm checkpoint)."""
+    import timm
+
+    own = _own_models()
+    if arch in own:
+        model = own[arch](num_classes=num_classes, in_chans=in_chans, img_size=img_size)
+    elif arch.startswith("torchvision/"):
+        try:
+            model = _torchvision(arch.split("/", 1)[1], num_classes, in_chans)
+        except KeyError:
+            raise unknown_arch(arch) from None
+    elif arch.startswith("small_") and timm.is_model(arch[len("small_"):]):
+        model = timm.create_model(arch[len("small_"):], pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        model = _small_stem(model, in_chans)
+    elif timm.is_model(arch):
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    else:
+        raise unknown_arch(arch)
+    if pretrained:
+        from medlite.models.weights import load_pretrained
+
+        load_pretrained(model, Path(pretrained))
+    return model
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,38 @@
+"""Shared fixtures: the real data in ../shared/data (or $MEDLITE_DATA_ROOT), tiny recipes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_root() -> Path:
+    env = os.environ.get("MEDLITE_DATA_ROOT")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "medmnist"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = _data_root()
+    if not (root / "breastmnist.npz").is_file():
+        pytest.skip(f"real MedMNIST data not found in {root} (set MEDLITE_DATA_ROOT)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def busi_root(data_root: Path) -> Path:
+    for candidate in (data_root.parent / "folders" / "BUSI", data_root / "folders" / "BUSI"):
+        if candidate.is_dir():
+            return candidate
+    pytest.skip("BUSI image folder not found beside the MedMNIST files")
+
+
+@pytest.fixture(scope="session")
+def breast_npz(data_root: Path):
+    with np.load(data_root / "breastmnist.npz") as npz:
+        return {k: npz[k] for k in npz.files}
