@@ -45,8 +45,7 @@ RUNNER = textwrap.dedent(
                 raise ImportError("blocked for the edge test: " + name)
             return None
 
-    for name in BLOCKED:
-        sys.modules[name] = None
+    # A finder rather than sys.modules[name] = None: it also records imports that code catches.
     sys.meta_path.insert(0, Blocker())
     module, sys.argv = sys.argv[2], [sys.argv[2]] + sys.argv[3:]
     code = 0
@@ -54,6 +53,10 @@ RUNNER = textwrap.dedent(
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         code = exc.code or 0
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        code = 1
     loaded = sorted({m.split(".")[0] for m in sys.modules if sys.modules[m] is not None}
                     - set(sys.stdlib_module_names) - {"__main__"})
     loaded = [m for m in loaded if not m.startswith("_cython_")]  # numpy's compiled-extension helpers

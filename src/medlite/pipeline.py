@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from medlite.errors import UsageError
 from medlite.recipe import Recipe, dump_recipe
 from medlite.runstate import RunDir, fingerprint, sha256, write_atomic, write_json
 
@@ -170,8 +171,6 @@ def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, 
     if ctx.run.previous_key(name):
         ctx.say(f"{name}: recipe, data or parent changed: retraining")
     if cfg.pretrained and not Path(cfg.pretrained).is_file():
-        from medlite.errors import UsageError
-
         raise UsageError(f"{name}.pretrained: weights file {cfg.pretrained!r} not found")
     with ctx.timed(name):
         model = ctx.build_model(cfg.arch, cfg.pretrained)
@@ -286,8 +285,14 @@ def run_pipeline(
     progress: bool | None = None,
 ) -> dict:
     """Carry out a recipe into `out`; returns the results document (also written to results.json)."""
+    from medlite.models import check_arch
     from medlite.train import resolve_device
 
+    for section, cfg in (("teacher", recipe.teacher), ("student", recipe.student)):
+        try:
+            check_arch(cfg.arch)
+        except UsageError as err:
+            raise UsageError(f"{section}.arch: {err}") from None
     start = time.perf_counter()
     run = RunDir(out)
     run.prepare(fresh)

@@ -80,8 +80,8 @@ def locate(flag: str, size: int, data_root: Path, download: bool = True) -> Path
     url, md5 = info.get(f"url{suffix}"), info.get(f"MD5{suffix}")
     if not url:
         raise DataError(f"data.size: {flag} has no {size}px release")
-    if not download:
-        raise DataError(f"{name}: not found; put it in {data_root}")
+    if not download or os.environ.get("MEDLITE_OFFLINE"):
+        raise DataError(f"{name}: not found in {data_root}; download it from {url.split('?')[0]} and put it there")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".npz.part")

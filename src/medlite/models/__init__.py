@@ -90,6 +90,22 @@ def unknown_arch(arch: str) -> UsageError:
     return UsageError(f"unknown architecture {arch!r}{suggestion}")
 
 
+def check_arch(arch: str) -> None:
+    """Fail fast (before any data is read or model trained) on an architecture name we cannot build."""
+    import timm
+
+    if arch in _own_models() or timm.is_model(arch):
+        return
+    if arch.startswith("small_") and timm.is_model(arch[len("small_"):]):
+        return
+    if arch.startswith("torchvision/"):
+        import torchvision
+
+        if arch.split("/", 1)[1] in torchvision.models.list_models(module=torchvision.models):
+            return
+    raise unknown_arch(arch)
+
+
 def create(arch: str, num_classes: int, in_chans: int = 1, img_size: int = 28, pretrained: str | Path | None = None):
     """Build a classifier by name; optionally load local weights (safetensors or a timm checkpoint)."""
     import timm
