@@ -293,6 +293,10 @@ def run_pipeline(
             check_arch(cfg.arch)
         except UsageError as err:
             raise UsageError(f"{section}.arch: {err}") from None
+    if recipe.compress.methods:
+        from medlite.compress.stages import check_targets
+
+        check_targets(recipe, ["teacher", "student_kd"] + (["student_scratch"] if recipe.distill.scratch_baseline else []))
     start = time.perf_counter()
     run = RunDir(out)
     run.prepare(fresh)
@@ -312,7 +316,14 @@ def run_pipeline(
     if recipe.compress.methods:
         from medlite.compress.stages import run_compression
 
-        run_compression(ctx)
+        try:
+            run_compression(ctx)
+        except UsageError:
+            # Keep (and report) every variant made so far, then say what went wrong.
+            for variant in ctx.variants.values():
+                stage_evaluate(ctx, variant)
+            write_results(ctx, time.perf_counter() - start)
+            raise
 
     for variant in ctx.variants.values():
         stage_evaluate(ctx, variant)

@@ -161,7 +161,7 @@ class BenchConfig(_Strict):
     threads: list[int] = Field(default_factory=lambda: [1, 0], description="thread counts; 0 = all cores")
     warmup: int = Field(10, ge=0)
     iterations: int = Field(200, ge=1)
-    time_budget_s: float = Field(5.0, gt=0, description="per measurement; stops early when spent")
+    time_budget_s: float = Field(2.0, gt=0, description="per measurement; stops early when spent")
     throughput_batch: int = Field(32, ge=1)
     reference: bool = Field(True, description="also time each base model in PyTorch eager fp32")
 
@@ -171,7 +171,7 @@ class Recipe(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = DataConfig()
-    teacher: TrainConfig = TrainConfig(arch="small_resnet18")
+    teacher: TrainConfig = TrainConfig(arch="small_pooled_resnet18")
     student: TrainConfig = TrainConfig(arch="medlite_dsconv", lr=3e-3)
     distill: DistillConfig = DistillConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

@@ -20,11 +20,8 @@ MANAGED = ("stages", "models", "checkpoints", "logs", "figures", "samples")
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def fingerprint(*parts: Any) -> str:

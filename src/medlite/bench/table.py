@@ -33,6 +33,7 @@ def print_bench_table(bench: dict, console: Console | None = None, title: str = 
         bench = {str(bench.get("file", "model")): bench}
     rows: list[dict[str, str]] = []
     notes: dict[str, None] = {}
+    loads: list[tuple[float | None, int | None]] = []
     for variant, entry in bench.items():
         if "error" in entry or "skipped" in entry:
             failed = "error" in entry
@@ -61,8 +62,13 @@ def print_bench_table(bench: dict, console: Console | None = None, title: str = 
                 if m.get(reason_key):
                     label = reason_key.replace("_unavailable", " unavailable").replace("_", " ")
                     notes[f"{label}: {m[reason_key]}"] = None
+            loads.append((m.get("system_load_1m"), (entry.get("machine") or {}).get("cores")))
             if key == "threads_all":
                 notes["threads * = all cores (0)"] = None
+    busy = [(load, cores) for load, cores in loads if load is not None and cores and load > cores]
+    if busy:
+        load, cores = max(busy)
+        notes[f"machine busy while measuring (1-min load up to {load:.1f} on {cores} cores): timings are noisy"] = None
     columns = list(COLUMNS)
     # Columns that are empty everywhere (no sensors, no reference) only cost width: their reason is a footnote.
     columns = [c for c in columns if c in ("variant", "threads") or any(r.get(c, "-") != "-" for r in rows)]

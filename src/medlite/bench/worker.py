@@ -268,6 +268,7 @@ def _measure(one: Callable[[], object], many: Callable[[], object], batch: int, 
     """Latency loop, throughput loop and sensors; the same for ONNX Runtime and PyTorch."""
     energy = measure.EnergyMeter()
     temp_start, _ = measure.read_temperature()
+    load_before = measure.load_average()
     loop = measure.timed_loop(one, args.warmup, args.iterations, args.time_budget, energy)
     temp, temp_reason = measure.read_temperature()
     # As many images as the latency loop (at least 3 batches), within the same time budget.
@@ -288,6 +289,8 @@ def _measure(one: Callable[[], object], many: Callable[[], object], batch: int, 
         "energy_j_per_inference": round(joules, 6) if joules is not None else None,
         "energy_unavailable": energy.unavailable if joules is None else None,
         "energy_scope": energy.scope if joules is not None else None,
+        # Other work on the machine inflates latency; a load above the core count means noisy figures.
+        "system_load_1m": load_before,
         "machine": {"platform": platform.platform(), "machine": platform.machine(), "cores": measure.cpu_count()},
     }
 

@@ -14,14 +14,21 @@ gradually during fine-tuning (Zhu & Gupta, 2017; TF-MOT's `PolynomialDecay`), be
 from __future__ import annotations
 
 import copy
-import gzip
-from pathlib import Path
 from typing import Iterator, Literal, Sequence
 
 import torch
 from torch import nn
 
 from medlite.errors import UsageError
+from medlite.models.complexity import (  # noqa: F401 - re-exported: the measurements pruning is judged by
+    PRUNABLE,
+    count_macs,
+    count_nonzero,
+    gzip_bytes,
+    prunable_weights,
+    sparsity,
+)
+from medlite.models.complexity import effective_weight as _effective_weight
 
 try:  # Lightning is a hard dependency of medlite, but keep the masks usable without it.
     from lightning.pytorch.callbacks import Callback as _Callback
@@ -30,38 +37,6 @@ except ImportError:  # pragma: no cover
 
 Importance = Literal["l1", "l2", "random", "taylor"]
 IMPORTANCES = ("l1", "l2", "random", "taylor")
-PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-# -- measurement -----------------------------------------------------------------------------
-
-
-def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass on `example_input` (use batch size 1).
-
-    MACs, not parameters, are what structured pruning is meant to cut: a depthwise-separable
-    student has few parameters but its early, high-resolution layers dominate latency.
-    """
-    import torch_pruning as tp
-
-    was_training = model.training
-    model.eval()
-    try:
-        macs, _ = tp.utils.count_ops_and_params(model, example_input)
-    finally:
-        model.train(was_training)
-    return int(macs)
-
-
-def gzip_bytes(path: str | Path) -> int:
-    """Size of every file of an artifact (the .onnx and its external data), each gzip -9 compressed.
-
-    A dense file with 50% exact zeros is as large as the parent on disk; its compressed size
-    is what unstructured pruning actually saves (download, storage, over-the-air updates).
-    """
-    from medlite.export.onnx import artifact_files
-
-    return sum(len(gzip.compress(f.read_bytes(), compresslevel=9, mtime=0)) for f in artifact_files(Path(path)))
 
 
 # -- structured pruning ------------------------------------------------------------------------
@@ -151,6 +126,47 @@ def prune_structured(
     return pruned
 
 
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+def load_pruned_state(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Shrink a freshly created model's layers to a pruned checkpoint's shapes, then load it.
+
+    Checkpoints are safetensors (tensors only, never pickle), so a structurally pruned model
+    is restored as `create(arch, ...)` + this: conv, linear and batch-norm layers whose saved
+    shapes differ are rebuilt with the saved widths (depthwise convs keep groups == channels).
+    """
+    for name, module in list(model.named_modules()):
+        weight = state_dict.get(f"{name}.weight")
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and weight is not None:
+            if tuple(weight.shape) == tuple(module.weight.shape):
+                continue
+            out_channels, in_per_group = int(weight.shape[0]), int(weight.shape[1])
+            depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+            groups = out_channels if depthwise else module.groups
+            new = type(module)(
+                in_per_group * groups, out_channels, module.kernel_size, module.stride, module.padding,
+                module.dilation, groups, bias=module.bias is not None, padding_mode=module.padding_mode,
+            )
+        elif isinstance(module, nn.Linear) and weight is not None:
+            if tuple(weight.shape) == tuple(module.weight.shape):
+                continue
+            new = nn.Linear(int(weight.shape[1]), int(weight.shape[0]), bias=module.bias is not None)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            stat = state_dict.get(f"{name}.running_mean", weight)
+            if stat is None or stat.shape[0] == module.num_features:
+                continue
+            new = type(module)(int(stat.shape[0]), module.eps, module.momentum, module.affine,
+                               module.track_running_stats)
+        else:
+            continue
+        _set_module(model, name, new)
+    model.load_state_dict(state_dict)
+    return model
+
+
 # -- unstructured (gradual magnitude) pruning ------------------------------------------------
 
 
@@ -165,19 +181,6 @@ def polynomial_sparsity(
         return final_sparsity if step >= begin_step else initial_sparsity
     progress = min(1.0, max(0.0, (step - begin_step) / (end_step - begin_step)))
     return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - progress) ** power
-
-
-def prunable_weights(model: nn.Module, ignore_layers: Sequence[str] = ()) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every conv/linear layer whose weight takes part in magnitude pruning."""
-    skip = set(ignore_layers)
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE) and n not in skip]
-
-
-def _effective_weight(module: nn.Module) -> torch.Tensor:
-    """The weight the forward pass uses (weight_orig * mask while a prune hook is installed)."""
-    if hasattr(module, "weight_orig"):
-        return module.weight_orig.detach() * module.weight_mask
-    return module.weight.detach()
 
 
 def _kth_magnitude(values: torch.Tensor, fraction: float) -> tuple[torch.Tensor, int]:
@@ -243,25 +246,6 @@ def make_permanent(model: nn.Module) -> nn.Module:
         if torch_prune.is_pruned(module) and hasattr(module, "weight_orig"):
             torch_prune.remove(module, "weight")
     return model
-
-
-def sparsity(model: nn.Module, ignore_layers: Sequence[str] = ()) -> float:
-    """Fraction of exactly-zero weights over all conv/linear weights (the pruned population)."""
-    modules = prunable_weights(model, ignore_layers)
-    total = sum(_effective_weight(m).numel() for _, m in modules)
-    zeros = sum(int((_effective_weight(m) == 0).sum()) for _, m in modules)
-    return zeros / total if total else 0.0
-
-
-def count_nonzero(model: nn.Module) -> int:
-    """Non-zero parameters of the whole model as the forward pass sees them (masks applied)."""
-    count = 0
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            if name.endswith("_orig") and hasattr(module, name[: -len("_orig")] + "_mask"):
-                param = param.detach() * getattr(module, name[: -len("_orig")] + "_mask")
-            count += int(torch.count_nonzero(param.detach()))
-    return count
 
 
 class GradualMagnitudePruning(_Callback):

@@ -76,6 +76,13 @@ class ActivationFakeQuant(nn.Module):
         self.register_buffer("min_val", torch.tensor(0.0))
         self.register_buffer("max_val", torch.tensor(0.0))
         self.register_buffer("initialized", torch.tensor(False))
+        self.frozen: tuple[float, int] | None = None  # python scale/zero point, set for export
+
+    def freeze(self) -> None:
+        """Fix the quantization parameters as Python numbers, so the ONNX exporter writes them
+        as constants of QuantizeLinear/DequantizeLinear instead of tracing the arithmetic."""
+        scale, zero_point = self.qparams()
+        self.frozen = (float(scale), int(zero_point))
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
@@ -101,6 +108,8 @@ class ActivationFakeQuant(nn.Module):
             self.update(x)
         if not self.enabled or not bool(self.initialized):
             return x
+        if self.frozen is not None:
+            return torch.fake_quantize_per_tensor_affine(x, self.frozen[0], self.frozen[1], ACT_QMIN, ACT_QMAX)
         scale, zero_point = self.qparams()
         return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, ACT_QMIN, ACT_QMAX)
 
@@ -208,12 +217,43 @@ def freeze_observers(model: nn.Module) -> None:
         fq.observe = False
 
 
+def _baked(module: nn.Module) -> nn.Module:
+    """A plain Conv/Linear holding the fake-quantized weight of a parametrized one.
+
+    (Not `remove_parametrizations` on a deepcopy: the copy shares the dynamically created
+    parametrized class with the original, and removal deletes the property from that class,
+    breaking the model still being trained.)
+    """
+    base = type(module).__bases__[0]
+    with torch.no_grad():
+        weight = module.weight.detach().clone()
+    if issubclass(base, nn.Linear):
+        plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+    else:
+        plain = base(
+            module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+            module.dilation, module.groups, bias=module.bias is not None, padding_mode=module.padding_mode,
+        )
+    plain.weight = nn.Parameter(weight)
+    if module.bias is not None:
+        plain.bias = nn.Parameter(module.bias.detach().clone())
+    return plain.train(module.training)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
 def _deployable_copy(qat_model: nn.Module) -> nn.Module:
-    """Eval-mode copy whose weights are baked onto the int8 grid (parametrizations removed)."""
+    """Eval-mode copy: weights baked onto the int8 grid (parametrizations removed), ranges frozen."""
     model = copy.deepcopy(qat_model).cpu().eval()
-    for module in model.modules():
+    for name, module in list(model.named_modules()):
         if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            _replace(model, name, _baked(module))
+    for fq in activation_quantizers(model):
+        if bool(fq.initialized):
+            fq.freeze()
     return model
 
 
@@ -229,6 +269,11 @@ def _learned_ranges(fq_onnx: Path) -> dict[str, tuple[float, float]]:
             for attr in node.attribute:
                 if attr.name == "value":
                     consts[node.output[0]] = numpy_helper.to_array(attr.t)
+    outputs = {o.name for o in model.graph.output}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
     ranges = {}
     for node in model.graph.node:
         if node.op_type != "QuantizeLinear" or node.input[0] in consts:
@@ -239,6 +284,11 @@ def _learned_ranges(fq_onnx: Path) -> dict[str, tuple[float, float]]:
             continue
         s, z = float(scale.reshape(-1)[0]), int(zero_point.reshape(-1)[0])
         ranges[node.input[0]] = ((ACT_QMIN - z) * s, (ACT_QMAX - z) * s)
+        # The last fake-quant's output is the graph output (`logits`); in the float export the
+        # tensor it quantizes carries that name instead.
+        for dq in consumers.get(node.output[0], []):
+            if dq.op_type == "DequantizeLinear" and dq.output[0] in outputs:
+                ranges[dq.output[0]] = ranges[node.input[0]]
     return ranges
 
 
@@ -283,7 +333,11 @@ def export_qat(qat_model: nn.Module, spec, onnx_out: str | Path, calibration: np
             fq.enabled = False
         export_onnx(deploy, spec, work / "float.onnx")
         present = _tensor_names(work / "float.onnx")
-        overrides = {name: [{"rmin": lo, "rmax": hi}] for name, (lo, hi) in ranges.items() if name in present}
+        overrides = {
+            name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+            for name, (lo, hi) in ranges.items()
+            if name in present
+        }
         facts = quantize_static(work / "float.onnx", onnx_out, images, method="minmax", per_channel=True,
                                 tensor_overrides=overrides or None)
     for fq in activation_quantizers(deploy):

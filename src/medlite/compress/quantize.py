@@ -154,7 +154,12 @@ def _finish(parent: Path, quantized: Path, onnx_out: Path, facts: dict) -> None:
 def _input_shape(path: Path) -> list[int | str]:
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 - protobuf's errors are not for users
+        raise UsageError(f"{path}: cannot quantize: not a readable ONNX model ({_one_line(err)})") from None
+    if not model.graph.input:
+        raise UsageError(f"{path}: cannot quantize: the model has no input")
     dims = model.graph.input[0].type.tensor_type.shape.dim
     return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
 
@@ -214,7 +219,8 @@ def quantize_dynamic(onnx_in: str | Path, onnx_out: str | Path, per_channel: boo
     onnx_in, onnx_out = Path(onnx_in), Path(onnx_out)
     _check_input(onnx_in)
     shape = _input_shape(onnx_in)
-    sample = np.random.default_rng(0).standard_normal([2] + [d if isinstance(d, int) and d > 0 else 1 for d in shape[1:]])
+    sample_shape = [2] + [d if isinstance(d, int) and d > 0 else 1 for d in shape[1:]]
+    sample = np.random.default_rng(0).standard_normal(sample_shape)
     with _work_dir(onnx_out) as tmp:
         work = Path(tmp)
         source, pre = _preprocess(onnx_in, work)

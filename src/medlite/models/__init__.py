@@ -4,6 +4,8 @@ Names resolve in this order:
 - our compact students: `medlite_cnn`, `medlite_dsconv` (and `_tiny` / `_wide` widths);
 - `small_<timm resnet>` (e.g. `small_resnet18`): a timm ResNet with a 3x3 stride-1 stem and no
   max-pool, the variant MedMNIST uses at 28 px;
+- `small_pooled_<timm resnet>`: the same 3x3 stride-1 stem but keeping the max-pool: a quarter of
+  the compute at 28 px (14 x 14 maps in the first stage), which trains 3-4x faster on a CPU;
 - `torchvision/<name>` (e.g. `torchvision/mobilenet_v3_small`): a torchvision classifier;
 - any other name: a timm model (`resnet18`, `mobilenetv3_small_050`, `efficientnet_b0`, ...).
 """
@@ -36,15 +38,27 @@ def _own_models() -> dict[str, Callable]:
     return OWN_MODELS
 
 
-def _small_stem(model, in_chans: int):
-    """Swap a ResNet's 7x7/2 stem and max-pool for a 3x3/1 stem: keeps detail in 28 px images."""
+SMALL_PREFIXES = ("small_pooled_", "small_")
+
+
+def _split_small(arch: str) -> tuple[str | None, str]:
+    """'small_pooled_resnet18' -> ('small_pooled_', 'resnet18'); names without a prefix -> (None, arch)."""
+    for prefix in SMALL_PREFIXES:
+        if arch.startswith(prefix):
+            return prefix, arch[len(prefix):]
+    return None, arch
+
+
+def _small_stem(model, in_chans: int, keep_maxpool: bool = False):
+    """Swap a ResNet's 7x7/2 stem for a 3x3/1 stem (and drop its max-pool): keeps detail in 28 px images."""
     from torch import nn
 
     if not hasattr(model, "conv1") or not hasattr(model, "maxpool"):
         raise UsageError("small_*: only ResNet-style models (with conv1 and maxpool) have a small-input variant")
     out_channels = model.conv1.out_channels
     model.conv1 = nn.Conv2d(in_chans, out_channels, 3, 1, 1, bias=False)
-    model.maxpool = nn.Identity()
+    if not keep_maxpool:
+        model.maxpool = nn.Identity()
     return model
 
 
@@ -74,7 +88,7 @@ def known_names() -> list[str]:
     import timm
 
     names = list(_own_models()) + timm.list_models()
-    names += [f"small_{n}" for n in timm.list_models("resnet*")]
+    names += [f"{p}{n}" for p in SMALL_PREFIXES for n in timm.list_models("resnet*")]
     try:
         import torchvision
 
@@ -96,7 +110,8 @@ def check_arch(arch: str) -> None:
 
     if arch in _own_models() or timm.is_model(arch):
         return
-    if arch.startswith("small_") and timm.is_model(arch[len("small_"):]):
+    prefix, base = _split_small(arch)
+    if prefix and timm.is_model(base):
         return
     if arch.startswith("torchvision/"):
         import torchvision
@@ -118,9 +133,10 @@ def create(arch: str, num_classes: int, in_chans: int = 1, img_size: int = 28, p
             model = _torchvision(arch.split("/", 1)[1], num_classes, in_chans)
         except KeyError:
             raise unknown_arch(arch) from None
-    elif arch.startswith("small_") and timm.is_model(arch[len("small_"):]):
-        model = timm.create_model(arch[len("small_"):], pretrained=False, num_classes=num_classes, in_chans=in_chans)
-        model = _small_stem(model, in_chans)
+    elif _split_small(arch)[0] and timm.is_model(_split_small(arch)[1]):
+        prefix, base = _split_small(arch)
+        model = timm.create_model(base, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        model = _small_stem(model, in_chans, keep_maxpool=prefix == "small_pooled_")
     elif timm.is_model(arch):
         model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     else:

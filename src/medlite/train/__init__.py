@@ -119,11 +119,13 @@ def fit(
     say: Callable[[str], None] | None = None,
     progress: bool | None = None,
     teacher_views: int = 8,
+    select_best: bool = True,
 ) -> FitResult:
     """Train `model` (in place) for `cfg.epochs` and restore the epoch with the best validation AUC.
 
     `cfg` is a recipe TrainConfig (optimizer, lr, schedule, batch size, label smoothing).
-    With `teacher` and `distill` (a DistillConfig) the loss is Hinton KD.
+    With `teacher` and `distill` (a DistillConfig) the loss is Hinton KD. `select_best=False`
+    keeps the last epoch (e.g. when callbacks change the model as training goes on).
     """
     import lightning as L
     import torch
@@ -194,10 +196,14 @@ def fit(
         warnings.simplefilter("ignore")
         os.environ.setdefault("PYTHONWARNINGS", "ignore")
         trainer.fit(module, train_loader, val_loader if len(val) else None)
-    module.restore_best()
+    if select_best:
+        module.restore_best()
     model.cpu().eval()
     epoch_seconds = [row["seconds"] for row in module.history]
     best_auc = module.best_score[0] if module.best_score else None
+    if not select_best:
+        last = module.history[-1] if module.history else {}
+        module.best_epoch, best_auc = cfg.epochs - 1, last.get("val_auc")
     return FitResult(
         best_epoch=module.best_epoch if module.best_epoch >= 0 else cfg.epochs - 1,
         best_val_auc=float(best_auc) if best_auc is not None else None,
