@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +119,124 @@ def test_fresh_starts_over(first_run, data_root):
     out, _, _ = first_run
     results, _ = run(out, data_root, fresh=True)
     assert results["cached_stages"] == []
+
+
+# -- compression, benchmark and the edge runner, end to end --------------------------------
+
+COMPRESS = TINY[:-2] + [
+    "compress.methods=[prune_structured,prune_unstructured,int8_dynamic,int8_static,int8_qat]",
+    "compress.prune_structured.epochs=1",
+    "compress.prune_unstructured.epochs=1",
+    "compress.int8_qat.epochs=1",
+    "compress.int8_static.calibration_images=32",
+    "compress.int8_qat.calibration_images=32",
+    "bench.enabled=true",
+    "bench.threads=[1]",
+    "bench.warmup=1",
+    "bench.iterations=5",
+    "bench.time_budget_s=0.3",
+    "bench.throughput_batch=4",
+]
+
+
+@pytest.fixture(scope="module")
+def compressed_run(tmp_path_factory, data_root):
+    from medlite.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("compressed")
+    recipe = load_recipe("breastmnist", COMPRESS)
+    return out, run_pipeline(recipe, out, data_root, say=lambda line: None, progress=False)
+
+
+def test_compression_variants_and_lineage(compressed_run):
+    out, results = compressed_run
+    variants = {v["name"]: v for v in results["variants"]}
+    for base in ("teacher", "student_kd"):
+        for suffix, parent, fmt in [
+            ("_pruned", base, "onnx-fp32"),
+            ("_pruned_int8_static", f"{base}_pruned", "onnx-int8-qdq"),
+            ("_sparse", base, "onnx-fp32"),
+            ("_int8_dynamic", base, "onnx-int8-dynamic"),
+            ("_int8_static", base, "onnx-int8-qdq"),
+            ("_int8_qat", base, "onnx-int8-qdq"),
+        ]:
+            v = variants[base + suffix]
+            assert v["parent"] == parent and v["format"] == fmt, v["name"]
+            assert (out / v["file"]).is_file()
+            for key in ("params", "nonzero_params", "macs", "file_bytes", "gzip_bytes", "sparsity"):
+                assert v[key] is not None, (v["name"], key)
+            assert "auc" in v["metrics"]
+        assert variants[f"{base}_pruned"]["macs"] < variants[base]["macs"]
+        assert variants[f"{base}_pruned"]["params"] < variants[base]["params"]
+        assert variants[f"{base}_int8_static"]["file_bytes"] < variants[base]["file_bytes"]
+        sparse = variants[f"{base}_sparse"]
+        assert sparse["sparsity"] == pytest.approx(0.5, abs=0.01)
+        assert sparse["gzip_bytes"] < variants[base]["gzip_bytes"]
+        assert sparse["file_bytes"] == pytest.approx(variants[base]["file_bytes"], rel=0.01)
+
+
+def test_every_variant_has_a_bench_object(compressed_run):
+    out, results = compressed_run
+    for v in results["variants"]:
+        bench = v["bench"]
+        assert bench["latency_ms"]["p50"] > 0 and bench["latency_ms"]["p50"] <= bench["latency_ms"]["p99"]
+        for key in ("load_ms", "prep_ms", "peak_rss_mb", "threads"):
+            assert bench[key] is not None, (v["name"], key)
+    for base in ("teacher", "student_scratch", "student_kd"):
+        reference = next(v for v in results["variants"] if v["name"] == base)["bench"]["reference"]
+        assert reference["latency_ms"]["p50"] > 0
+    assert (out / "bench.json").is_file()
+    assert "bench" in results["timings"]
+
+
+def test_edge_runner_matches_pipeline_predictions(compressed_run, data_root):
+    """The deployable runner (no torch) gives the pipeline's probabilities for the same images."""
+    import subprocess
+    import sys
+
+    from medlite.data import load_dataset
+    from medlite.evaluate import predict_artifact
+
+    out, results = compressed_run
+    model = out / "models" / "student_kd_int8_static.onnx"
+    edge = subprocess.run([sys.executable, "-m", "medlite.edge", str(model), str(out / "samples")],
+                          capture_output=True, text=True, check=True)
+    report = json.loads(edge.stdout)
+    recipe = load_recipe("breastmnist", COMPRESS)
+    ds = load_dataset(recipe.data, data_root, recipe.seed)
+    probs = predict_artifact(model, ds.splits["test"].images, ds.preprocess)
+    assert len(report["images"]) >= 2
+    for image in report["images"]:
+        index = int(Path(image["path"]).stem.rsplit("_", 1)[1])
+        edge_probs = [image["probabilities"][name] for name in ds.class_names]
+        assert np.allclose(edge_probs, probs[index], atol=1e-6)
+        assert image["class_index"] == int(probs[index].argmax())
+
+
+def test_bad_compression_target_fails_before_training(tmp_path, data_root):
+    from medlite.errors import UsageError
+    from medlite.pipeline import run_pipeline
+
+    recipe = load_recipe("breastmnist", TINY + ["compress.methods=[int8_static]", "compress.targets=[studnet_kd]"])
+    with pytest.raises(UsageError, match="studnet_kd"):
+        run_pipeline(recipe, tmp_path, data_root, say=lambda line: None, progress=False)
+    assert not (tmp_path / "checkpoints" / "teacher.safetensors").exists()
+
+
+def test_compression_failure_keeps_made_variants(tmp_path, data_root, monkeypatch):
+    """A method that cannot run exits with its cause, and the variants made before it are kept."""
+    from medlite.compress import quantize
+    from medlite.errors import UsageError
+    from medlite.pipeline import run_pipeline
+
+    def cannot(*args, **kwargs):
+        raise UsageError("int8_static: model cannot be quantized (test)")
+
+    monkeypatch.setattr(quantize, "quantize_static", cannot)
+    recipe = load_recipe("breastmnist", TINY + ["compress.methods=[int8_dynamic,int8_static]", "compress.targets=[student_kd]"])
+    with pytest.raises(UsageError, match="cannot be quantized"):
+        run_pipeline(recipe, tmp_path, data_root, say=lambda line: None, progress=False)
+    kept = json.loads((tmp_path / "results.json").read_text())
+    names = [v["name"] for v in kept["variants"]]
+    assert "student_kd_int8_dynamic" in names and "student_kd_int8_static" not in names
+    assert all("auc" in v["metrics"] for v in kept["variants"])

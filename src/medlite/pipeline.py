@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from medlite.errors import UsageError
 from medlite.recipe import Recipe, dump_recipe
 from medlite.runstate import RunDir, fingerprint, sha256, write_atomic, write_json
@@ -132,15 +134,18 @@ def stage_data(ctx: Context) -> None:
 
 
 def _write_samples(ctx: Context, per_class: int = 2) -> None:
-    """A few real test images as PNG: for input-preparation timing and for trying the edge runner."""
+    """A few real test images as PNG: for input-preparation timing and for trying the edge runner.
+
+    Named `<class>_<index in the test split>.png`, so their predictions can be checked against the run's.
+    """
     from PIL import Image
 
     test = ctx.dataset.splits["test"]
     for cls, name in enumerate(ctx.dataset.class_names):
-        for j, i in enumerate([i for i, y in enumerate(test.labels) if y == cls][:per_class]):
+        for i in np.flatnonzero(test.labels == cls)[:per_class]:
             image = test.images[i]
             safe = "".join(c if c.isalnum() else "_" for c in name)
-            path = ctx.run.samples / f"{safe}_{j}.png"
+            path = ctx.run.samples / f"{safe}_{i}.png"
             if not path.exists():
                 tmp = path.with_name(path.name + ".tmp")
                 Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(tmp, format="PNG")

@@ -39,11 +39,15 @@ def _calibration(ctx, count: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _teacher_for(ctx, variant, finetune_cfg):
-    """The distillation teacher for fine-tuning a student (none for the teacher's own variants)."""
-    teacher = ctx.variants.get("teacher")
-    if not finetune_cfg.distill or teacher is None or variant.name.startswith("teacher"):
+    """The distillation source for fine-tuning `variant`'s compressed copy: the recipe's teacher.
+
+    For the teacher's own variants that is the uncompressed teacher itself (self-distillation):
+    on a few hundred images, soft targets recover a pruned or fake-quantized network without the
+    overfitting that labels alone cause.
+    """
+    if not finetune_cfg.distill:
         return None
-    return teacher
+    return ctx.variants.get("teacher")
 
 
 def _finetune(ctx, name: str, model, parent, finetune_cfg, *, callbacks=(), select_best: bool = True):
