@@ -104,8 +104,12 @@ class Context:
         return torch.randn(1, spec.channels, spec.image_size, spec.image_size)
 
     def build_model(self, arch: str, pretrained: str | None = None):
+        """A fresh model, initialised from the recipe seed (the scratch and KD students start identical)."""
+        import torch
+
         from medlite.models import create
 
+        torch.manual_seed(self.recipe.seed)
         d = self.dataset
         return create(arch, d.num_classes, d.channels, d.image_size, pretrained=pretrained)
 
@@ -192,7 +196,7 @@ def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, 
         name=name, parent=parent.name if parent else None, stage=stage, arch=cfg.arch,
         checkpoint=ctx.run.rel(ckpt), params=count_params(model), train=result.to_dict(),
     )
-    if result.best_val_auc is not None:
+    if result.best_val_auc is not None and result.best_epoch >= 0:
         ctx.say(f"{name}: best epoch {result.best_epoch + 1} (val AUC {result.best_val_auc:.3f}), {result.seconds:.0f}s")
     ctx.run.store(name, key, [ckpt], variant.to_dict())
     return ctx.add(variant)

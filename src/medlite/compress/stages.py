@@ -63,8 +63,10 @@ def _finetune(ctx, name: str, model, parent, finetune_cfg, *, callbacks=(), sele
         model, ctx.dataset, cfg, data_cfg=ctx.recipe.data, seed=ctx.recipe.seed, log_dir=ctx.run.logs / name,
         label=name, teacher=ctx.load_variant_model(teacher) if teacher else None,
         distill=ctx.recipe.distill if teacher else None, callbacks=callbacks, device=ctx.device,
-        say=ctx.say, progress=ctx.progress, select_best=select_best,
+        say=ctx.say, progress=ctx.progress, select_best=select_best, score_start=True,
     )
+    if result.best_epoch < 0:
+        ctx.say(f"{name}: no fine-tuning epoch beat the starting weights on validation: kept them")
     return result
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import warnings
@@ -120,12 +119,15 @@ def fit(
     progress: bool | None = None,
     teacher_views: int = 8,
     select_best: bool = True,
+    score_start: bool = False,
 ) -> FitResult:
     """Train `model` (in place) for `cfg.epochs` and restore the epoch with the best validation AUC.
 
     `cfg` is a recipe TrainConfig (optimizer, lr, schedule, batch size, label smoothing).
     With `teacher` and `distill` (a DistillConfig) the loss is Hinton KD. `select_best=False`
     keeps the last epoch (e.g. when callbacks change the model as training goes on).
+    `score_start=True` (fine-tuning) also scores the starting weights on validation: when no
+    epoch beats them, they are kept and `best_epoch` is -1, so fine-tuning never makes it worse.
     """
     import lightning as L
     import torch
@@ -193,8 +195,9 @@ def fit(
         default_root_dir=str(log_dir),
     )
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        os.environ.setdefault("PYTHONWARNINGS", "ignore")
+        warnings.simplefilter("ignore")  # Lightning's advice on workers and logging intervals does not apply here
+        if score_start and select_best and len(val):
+            trainer.validate(module, val_loader, verbose=False)
         trainer.fit(module, train_loader, val_loader if len(val) else None)
     if select_best:
         module.restore_best()
@@ -204,8 +207,10 @@ def fit(
     if not select_best:
         last = module.history[-1] if module.history else {}
         module.best_epoch, best_auc = cfg.epochs - 1, last.get("val_auc")
+    if module.best_score is None:  # no validation split: the last epoch
+        module.best_epoch = cfg.epochs - 1
     return FitResult(
-        best_epoch=module.best_epoch if module.best_epoch >= 0 else cfg.epochs - 1,
+        best_epoch=module.best_epoch,
         best_val_auc=float(best_auc) if best_auc is not None else None,
         epochs=cfg.epochs,
         epoch_seconds=epoch_seconds,

@@ -119,10 +119,12 @@ class ClassifierModule(L.LightningModule):
         self.log_dict({"val_loss": loss, "val_acc": acc, "val_auc": auc if np.isfinite(auc) else 0.0})
         if self.trainer.sanity_checking:
             return
-        # Best epoch: highest validation AUC, ties broken by lower validation loss.
+        # Best epoch: highest validation AUC, ties broken by lower validation loss. The starting
+        # weights, when scored (fine-tuning), count as epoch -1.
         score = (auc if np.isfinite(auc) else -1.0, -loss)
         if self.best_score is None or score > self.best_score:
-            self.best_score, self.best_epoch = score, self.current_epoch
+            self.best_score = score
+            self.best_epoch = -1 if self.trainer.state.fn == "validate" else self.current_epoch
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
     def configure_optimizers(self):

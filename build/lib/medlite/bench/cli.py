@@ -1,0 +1,115 @@
+"""`medlite bench`: benchmark a run directory (every variant) or one ONNX file.
+
+Registered by medlite.cli as `app.command("bench")(bench)`. Module-level imports stay light
+(typer, pathlib) so `medlite --help` stays instant; the work is imported when the command runs.
+"""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def parse_threads(text: str) -> list[int]:
+    """'1,0' -> [1, 0]; 0 means all cores."""
+    from medlite.errors import UsageError
+
+    try:
+        values = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise UsageError(f"--threads {text!r}: expected comma-separated integers, e.g. 1,0 (0 = all cores)") from None
+    if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise UsageError(f"--threads {text!r}: expected distinct integers >= 0, e.g. 1,0 (0 = all cores)")
+    return values
+
+
+def _run_config(run_dir: Optional[Path], overrides: dict):
+    """The run's own bench settings (its resolved recipe.yaml), overridden by the command line."""
+    import yaml
+    from pydantic import ValidationError
+
+    from medlite.errors import UsageError
+    from medlite.recipe import BenchConfig
+
+    base: dict = {}
+    recipe = run_dir / "recipe.yaml" if run_dir is not None else None
+    if recipe is not None and recipe.is_file():
+        try:
+            tree = yaml.safe_load(recipe.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UsageError(f"{recipe}: malformed YAML ({err})") from None
+        base = dict(tree.get("bench") or {}) if isinstance(tree, dict) else {}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return BenchConfig.model_validate(base)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise UsageError(f"bench.{key}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+def bench(
+    target: Annotated[Path, typer.Argument(help="a run directory (with results.json) or an .onnx file")],
+    input_shape: Annotated[
+        Optional[str], typer.Option("--input-shape", help="N,C,H,W for ONNX files without medlite metadata, e.g. 1,1,28,28")
+    ] = None,
+    images: Annotated[
+        Optional[Path], typer.Option("--images", help="image file or folder for prep timing (default: run samples, else synthetic)")
+    ] = None,
+    threads: Annotated[
+        Optional[str], typer.Option("--threads", help="comma-separated thread counts, 0 = all cores [default: recipe, else 1,0]")
+    ] = None,
+    warmup: Annotated[Optional[int], typer.Option("--warmup", help="untimed runs first [default: recipe]")] = None,
+    iterations: Annotated[Optional[int], typer.Option("--iterations", help="timed batch-1 runs at most [default: recipe]")] = None,
+    time_budget: Annotated[
+        Optional[float], typer.Option("--time-budget", help="seconds per measurement loop at most [default: recipe]")
+    ] = None,
+    throughput_batch: Annotated[
+        Optional[int], typer.Option("--throughput-batch", help="batch size for images/s [default: recipe]")
+    ] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the figures to this JSON file")] = None,
+) -> None:
+    """Measure latency, throughput, load time, memory and CPU of exported models, each in a fresh process."""
+    from rich.console import Console
+
+    from medlite.bench.runner import bench_file, bench_run_dir, write_json_atomic
+    from medlite.bench.table import print_bench_table
+    from medlite.errors import UsageError
+
+    console = Console()
+    overrides = {
+        "threads": parse_threads(threads) if threads is not None else None,
+        "warmup": warmup,
+        "iterations": iterations,
+        "time_budget_s": time_budget,
+        "throughput_batch": throughput_batch,
+    }
+    if json_out is not None and not json_out.parent.is_dir():
+        raise UsageError(f"--json {json_out}: folder {json_out.parent} does not exist")
+    if images is not None and not images.exists():
+        raise UsageError(f"--images {images}: no such file or folder")
+    if target.is_dir():
+        if not (target / "results.json").is_file():
+            raise UsageError(f"{target}: not a run directory (no results.json); give a run directory or an .onnx file")
+        if input_shape is not None:
+            raise UsageError("--input-shape: only for a single .onnx file (a run's models carry their own shape)")
+        cfg = _run_config(target, overrides)
+        with console.status("benchmarking variants (one fresh process per measurement)..."):
+            result = bench_run_dir(target, cfg, images=images)
+        print_bench_table(result, console)
+        console.print(f"wrote {target / 'bench.json'}")
+    elif target.is_file():
+        if target.suffix.lower() != ".onnx":
+            raise UsageError(f"{target}: expected an .onnx file or a run directory")
+        cfg = _run_config(None, overrides)
+        with console.status(f"benchmarking {target.name}..."):
+            result = bench_file(
+                target, input_shape=input_shape, images_dir=images, threads=cfg.threads, warmup=cfg.warmup,
+                iterations=cfg.iterations, time_budget_s=cfg.time_budget_s, throughput_batch=cfg.throughput_batch,
+            )
+        print_bench_table({target.name: result}, console)
+    else:
+        raise UsageError(f"{target}: no such file or directory")
+    if json_out is not None:
+        write_json_atomic(json_out, result)
+        console.print(f"wrote {json_out}")

@@ -1,0 +1,11 @@
+"""Compression stages: structured pruning (real channel removal), unstructured magnitude pruning,
+int8 post-training quantization (dynamic, static QDQ) and quantization-aware training.
+
+Each submodule is imported on demand by the pipeline (they pull in torch, torch-pruning and
+onnxruntime.quantization), so this package's `__init__` stays empty of heavy imports.
+
+- `medlite.compress.prune`: `prune_structured`, `GradualMagnitudePruning`, `make_permanent`,
+  `sparsity`, `count_nonzero`, `count_macs`, `gzip_bytes`.
+- `medlite.compress.quantize`: `quantize_dynamic`, `quantize_static`.
+- `medlite.compress.qat`: `prepare_qat`, `export_qat`.
+"""

@@ -1,0 +1,61 @@
+"""Safe weight files: safetensors for everything we write; torch.load(weights_only=True) for timm checkpoints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medlite.errors import UsageError
+
+
+def save_state(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors checkpoint atomically (temporary name, then rename)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def read_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UsageError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles arbitrary objects
+    except Exception as err:  # noqa: BLE001 - any failure here is a bad file
+        raise UsageError(f"{path}: not a readable weights file ({type(err).__name__})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items() if torch.is_tensor(v)}
+
+
+def load_pretrained(model: nn.Module, path: Path) -> tuple[int, int]:
+    """Copy every tensor whose name and shape match (a new head or stem keeps its fresh init).
+
+    Returns (loaded, skipped); fails when nothing matches, which means the file is for another model.
+    """
+    state = read_state(path)
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise UsageError(f"{path}: no tensor matches the model (is it for another architecture?)")
+    model.load_state_dict(usable, strict=False)
+    return len(usable), len(own) - len(usable)
+
+
+def load_exact(model: nn.Module, path: Path) -> nn.Module:
+    """Load a checkpoint we wrote ourselves: every key must match."""
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path)))
+    return model

@@ -1,0 +1,339 @@
+"""The stage graph: data -> teacher -> students -> export -> compress -> evaluate -> bench -> report.
+
+Every model the pipeline makes is a *variant* with a parent, the stage that made it, an
+artifact in `models/` and the runtime that runs it. Each stage is skipped on a rerun when
+its inputs (config, data, parent artifacts) are unchanged and its outputs are intact.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from medlite.errors import UsageError
+from medlite.recipe import Recipe, dump_recipe
+from medlite.runstate import RunDir, fingerprint, sha256, write_atomic, write_json
+
+
+@dataclass
+class Variant:
+    name: str
+    parent: str | None
+    stage: str
+    arch: str
+    format: str = "onnx-fp32"
+    file: str | None = None  # the deployable artifact, relative to the run directory
+    checkpoint: str | None = None  # safetensors weights (models trained in PyTorch)
+    params: int | None = None
+    nonzero_params: int | None = None
+    macs: int | None = None
+    file_bytes: int | None = None
+    gzip_bytes: int | None = None
+    sparsity: float | None = None
+    runtime: str = "onnxruntime"
+    export: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    compress: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    bench: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Variant":
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["medlite", "torch", "torchvision", "timm", "lightning", "onnx", "onnxruntime", "torch-pruning",
+             "numpy", "scikit-learn", "medmnist", "pillow", "pydantic"]
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+class Context:
+    """What every stage needs: the recipe, the data, the run directory, the variants so far."""
+
+    def __init__(self, recipe: Recipe, run: RunDir, data_root: Path, say: Callable[[str], None], progress: bool | None):
+        self.recipe = recipe
+        self.run = run
+        self.data_root = data_root
+        self.say = say
+        self.progress = progress
+        self.dataset = None
+        self.variants: dict[str, Variant] = {}
+        self.timings: dict[str, float] = {}
+        self.cached_stages: list[str] = []
+        self.device = "cpu"
+
+    # -- helpers used by stages ---------------------------------------------------------
+    def timed(self, stage: str):
+        ctx = self
+
+        class _Timer:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                ctx.timings[stage] = round(ctx.timings.get(stage, 0.0) + time.perf_counter() - self.start, 3)
+
+        return _Timer()
+
+    def add(self, variant: Variant) -> Variant:
+        self.variants[variant.name] = variant
+        return variant
+
+    def example_input(self):
+        import torch
+
+        spec = self.dataset.preprocess
+        return torch.randn(1, spec.channels, spec.image_size, spec.image_size)
+
+    def build_model(self, arch: str, pretrained: str | None = None):
+        from medlite.models import create
+
+        d = self.dataset
+        return create(arch, d.num_classes, d.channels, d.image_size, pretrained=pretrained)
+
+    def load_variant_model(self, variant: Variant):
+        """The PyTorch module behind a trained variant, from its safetensors checkpoint."""
+        from medlite.models.weights import load_exact
+
+        return load_exact(self.build_model(variant.arch), self.run.root / variant.checkpoint)
+
+    def artifact_hash(self, variant: Variant) -> str:
+        return sha256(self.run.root / (variant.file or variant.checkpoint))
+
+
+# -- stages ---------------------------------------------------------------------------
+
+
+def stage_data(ctx: Context) -> None:
+    from medlite.data import load_dataset
+
+    with ctx.timed("data"):
+        ctx.dataset = load_dataset(ctx.recipe.data, ctx.data_root, ctx.recipe.seed)
+        _write_samples(ctx)
+    d = ctx.dataset
+    sizes = ", ".join(f"{k} {len(s)}" for k, s in d.splits.items())
+    ctx.say(f"data: {d.name} ({d.source}), {d.num_classes} classes, {sizes}; {d.image_size}px x {d.channels}ch")
+
+
+def _write_samples(ctx: Context, per_class: int = 2) -> None:
+    """A few real test images as PNG: for input-preparation timing and for trying the edge runner.
+
+    Named `<class>_<index in the test split>.png`, so their predictions can be checked against the run's.
+    """
+    from PIL import Image
+
+    test = ctx.dataset.splits["test"]
+    for cls, name in enumerate(ctx.dataset.class_names):
+        for i in np.flatnonzero(test.labels == cls)[:per_class]:
+            image = test.images[i]
+            safe = "".join(c if c.isalnum() else "_" for c in name)
+            path = ctx.run.samples / f"{safe}_{i}.png"
+            if not path.exists():
+                tmp = path.with_name(path.name + ".tmp")
+                Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(tmp, format="PNG")
+                tmp.replace(path)
+
+
+def _train_key(ctx: Context, cfg, extra: Any = None) -> str:
+    r = ctx.recipe
+    pretrained = sha256(Path(cfg.pretrained)) if cfg.pretrained and Path(cfg.pretrained).is_file() else cfg.pretrained
+    data_keys = r.data.model_dump(include={"augment", "balance"})
+    return fingerprint("train", cfg.model_dump(), data_keys, ctx.dataset.fingerprint(), r.seed, r.device, pretrained, extra)
+
+
+def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, stage: str = "train") -> Variant:
+    """Train (or distil from `parent`) one model; the checkpoint is the best-validation-AUC epoch."""
+    from medlite.models import count_params
+    from medlite.models.weights import save_state
+    from medlite.train import fit
+
+    distill = ctx.recipe.distill if parent is not None else None
+    key = _train_key(ctx, cfg, [ctx.artifact_hash(parent), distill.model_dump()] if parent else None)
+    ckpt = ctx.run.checkpoints / f"{name}.safetensors"
+    facts = ctx.run.cached(name, key)
+    if facts is not None:
+        ctx.cached_stages.append(name)
+        ctx.say(f"{name}: unchanged, using {ctx.run.rel(ckpt)}")
+        return ctx.add(Variant.from_dict(facts))
+    if ctx.run.previous_key(name):
+        ctx.say(f"{name}: recipe, data or parent changed: retraining")
+    if cfg.pretrained and not Path(cfg.pretrained).is_file():
+        raise UsageError(f"{name}.pretrained: weights file {cfg.pretrained!r} not found")
+    with ctx.timed(name):
+        model = ctx.build_model(cfg.arch, cfg.pretrained)
+        teacher = ctx.load_variant_model(parent) if parent is not None else None
+        what = f"distilling {cfg.arch} from {parent.name}" if parent else f"training {cfg.arch}"
+        ctx.say(f"{name}: {what} ({count_params(model):,} parameters, {cfg.epochs} epochs)")
+        result = fit(
+            model, ctx.dataset, cfg, data_cfg=ctx.recipe.data, seed=ctx.recipe.seed,
+            log_dir=ctx.run.logs / name, label=name, teacher=teacher, distill=distill,
+            device=ctx.device, say=ctx.say, progress=ctx.progress,
+        )
+        save_state(model, ckpt, metadata={"arch": cfg.arch, "variant": name})
+    variant = Variant(
+        name=name, parent=parent.name if parent else None, stage=stage, arch=cfg.arch,
+        checkpoint=ctx.run.rel(ckpt), params=count_params(model), train=result.to_dict(),
+    )
+    if result.best_val_auc is not None:
+        ctx.say(f"{name}: best epoch {result.best_epoch + 1} (val AUC {result.best_val_auc:.3f}), {result.seconds:.0f}s")
+    ctx.run.store(name, key, [ckpt], variant.to_dict())
+    return ctx.add(variant)
+
+
+def stage_export(ctx: Context, variant: Variant) -> Variant:
+    """Export a trained variant to ONNX and check it against PyTorch."""
+    from medlite.models.complexity import describe_model
+    from medlite.export.onnx import export_onnx
+
+    stage = f"{variant.name}.export"
+    key = fingerprint("export", ctx.artifact_hash(variant), ctx.dataset.preprocess.to_dict())
+    path = ctx.run.models / f"{variant.name}.onnx"
+    facts = ctx.run.cached(stage, key)
+    if facts is None:
+        with ctx.timed("export"):
+            model = ctx.load_variant_model(variant)
+            check = export_onnx(model, ctx.dataset.preprocess, path, {"medlite.variant": variant.name})
+            facts = {"file": ctx.run.rel(path), "export": {"max_abs_diff": check["max_abs_diff"]},
+                     **describe_model(model, ctx.example_input(), path)}
+        ctx.run.store(stage, key, [path], facts)
+    else:
+        ctx.cached_stages.append(stage)
+    for k, v in facts.items():
+        setattr(variant, k, v)
+    return variant
+
+
+def stage_evaluate(ctx: Context, variant: Variant) -> None:
+    """Metrics of the deployable file, measured in its runtime on the evaluation split."""
+    from medlite.evaluate import evaluate_artifact
+
+    cfg = ctx.recipe.evaluate
+    stage = f"{variant.name}.evaluate"
+    key = fingerprint("evaluate", ctx.artifact_hash(variant), cfg.model_dump(), ctx.dataset.fingerprint(), ctx.recipe.seed)
+    facts = ctx.run.cached(stage, key)
+    if facts is None:
+        with ctx.timed("evaluate"):
+            metrics, _ = evaluate_artifact(ctx.run.root / variant.file, ctx.dataset.splits[cfg.split],
+                                           ctx.dataset.preprocess, cfg, ctx.recipe.seed)
+        facts = {"metrics": metrics}
+        ctx.run.store(stage, key, [], facts)
+    else:
+        ctx.cached_stages.append(stage)
+    variant.metrics = facts["metrics"]
+
+
+def stage_bench(ctx: Context) -> None:
+    from medlite.bench import bench_run_dir
+
+    cfg = ctx.recipe.bench
+    key = fingerprint("bench", cfg.model_dump(), {v.name: ctx.artifact_hash(v) for v in ctx.variants.values()})
+    facts = ctx.run.cached("bench", key)
+    if facts is None:
+        ctx.say(f"bench: timing {len(ctx.variants)} variants, each in a fresh process")
+        with ctx.timed("bench"):
+            facts = {"bench": bench_run_dir(ctx.run.root, cfg)}
+        ctx.run.store("bench", key, [], facts)
+    else:
+        ctx.cached_stages.append("bench")
+    for name, bench in facts["bench"].items():
+        if name in ctx.variants:
+            ctx.variants[name].bench = bench
+
+
+def results_document(ctx: Context, wall_seconds: float) -> dict:
+    return {
+        "medlite": library_versions()["medlite"],
+        "recipe": ctx.recipe.name,
+        "seed": ctx.recipe.seed,
+        "dataset": ctx.dataset.summary(),
+        "variants": [v.to_dict() for v in ctx.variants.values()],
+        "timings": {**ctx.timings, "total": round(wall_seconds, 2)},
+        "cached_stages": ctx.cached_stages,
+        "versions": library_versions(),
+    }
+
+
+def write_results(ctx: Context, wall_seconds: float) -> dict:
+    from medlite.report import render_html
+
+    results = results_document(ctx, wall_seconds)
+    write_json(ctx.run.root / "results.json", results)
+    write_atomic(ctx.run.root / "report.html", render_html(results))
+    return results
+
+
+def run_pipeline(
+    recipe: Recipe,
+    out: Path,
+    data_root: Path,
+    *,
+    fresh: bool = False,
+    say: Callable[[str], None] = print,
+    progress: bool | None = None,
+) -> dict:
+    """Carry out a recipe into `out`; returns the results document (also written to results.json)."""
+    from medlite.models import check_arch
+    from medlite.train import resolve_device
+
+    for section, cfg in (("teacher", recipe.teacher), ("student", recipe.student)):
+        try:
+            check_arch(cfg.arch)
+        except UsageError as err:
+            raise UsageError(f"{section}.arch: {err}") from None
+    if recipe.compress.methods:
+        from medlite.compress.stages import check_targets
+
+        check_targets(recipe, ["teacher", "student_kd"] + (["student_scratch"] if recipe.distill.scratch_baseline else []))
+    start = time.perf_counter()
+    run = RunDir(out)
+    run.prepare(fresh)
+    write_atomic(out / "recipe.yaml", dump_recipe(recipe))
+    write_json(out / "environment.json", {"versions": library_versions(), "argv": sys.argv})
+    ctx = Context(recipe, run, data_root, say, progress)
+    ctx.device = resolve_device(recipe.device)
+
+    stage_data(ctx)
+    teacher = stage_train(ctx, "teacher", recipe.teacher)
+    if recipe.distill.scratch_baseline:
+        stage_train(ctx, "student_scratch", recipe.student)
+    stage_train(ctx, "student_kd", recipe.student, parent=teacher, stage="distill")
+    for variant in list(ctx.variants.values()):
+        stage_export(ctx, variant)
+
+    if recipe.compress.methods:
+        from medlite.compress.stages import run_compression
+
+        try:
+            run_compression(ctx)
+        except UsageError:
+            # Keep (and report) every variant made so far, then say what went wrong.
+            for variant in ctx.variants.values():
+                stage_evaluate(ctx, variant)
+            write_results(ctx, time.perf_counter() - start)
+            raise
+
+    for variant in ctx.variants.values():
+        stage_evaluate(ctx, variant)
+    # Write what we have before benchmarking: the bench reads results.json, and a failure later keeps it.
+    write_results(ctx, time.perf_counter() - start)
+    if recipe.bench.enabled:
+        stage_bench(ctx)
+    return write_results(ctx, time.perf_counter() - start)

@@ -1,0 +1,66 @@
+"""The results table: printed (rich) and as a self-contained HTML report."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+COLUMNS = ("variant", "parent", "format", "params", "MACs", "file", "gzip", "sparsity", "acc", "bal.acc", "AUC", "AUC 95% CI", "F1", "ECE", "p50 ms")
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _fmt_count(n: int | None) -> str:
+    if n is None:
+        return "-"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return str(n)
+
+
+def _num(x, digits: int = 3) -> str:
+    return "-" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def table_rows(results: dict) -> list[list[str]]:
+    rows = []
+    for v in results["variants"]:
+        m = v.get("metrics") or {}
+        ci = (m.get("ci") or {}).get("auc")
+        latency = (v.get("bench") or {}).get("latency_ms") or {}
+        rows.append([
+            v["name"], v.get("parent") or "-", v.get("format") or "-", _fmt_count(v.get("params")),
+            _fmt_count(v.get("macs")), _fmt_bytes(v.get("file_bytes")), _fmt_bytes(v.get("gzip_bytes")),
+            _num(v.get("sparsity"), 2), _num(m.get("accuracy")), _num(m.get("balanced_accuracy")), _num(m.get("auc")),
+            f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-", _num(m.get("f1_macro")), _num(m.get("ece")),
+            _num(latency.get("p50"), 3),
+        ])
+    return rows
+
+
+def print_table(results: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{results['recipe']}: {results['dataset']['name']} (test split, measured on the exported files)")
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column in ("variant", "parent", "format") else "right")
+    for row in table_rows(results):
+        table.add_row(*row)
+    console.print(table)
+
+
+def render_html(results: dict) -> str:
+    from jinja2 import Environment, select_autoescape
+
+    template = (resources.files("medlite") / "report" / "templates" / "report.html.j2").read_text()
+    env = Environment(autoescape=select_autoescape(default=True))
+    return env.from_string(template).render(results=results, columns=COLUMNS, rows=table_rows(results))

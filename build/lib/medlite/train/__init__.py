@@ -1,0 +1,213 @@
+"""`fit()`: train one model with Lightning, restore its best-validation-AUC epoch, return the facts."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_auc: float | None
+    epochs: int
+    epoch_seconds: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    teacher_cache_seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        mean = float(np.mean(self.epoch_seconds)) if self.epoch_seconds else 0.0
+        return {
+            "best_epoch": self.best_epoch,
+            "best_val_auc": self.best_val_auc,
+            "epochs": self.epochs,
+            "epoch_seconds": [round(s, 3) for s in self.epoch_seconds],
+            "mean_epoch_s": round(mean, 3),
+            "seconds": round(self.seconds, 2),
+            "teacher_cache_seconds": round(self.teacher_cache_seconds, 2),
+            "history": self.history,
+        }
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        from medlite.errors import UsageError
+
+        raise UsageError("device: 'cuda' requested but no CUDA GPU is available")
+    return name
+
+
+def _epoch_callback(label: str, say: Callable[[str], None] | None):
+    import lightning as L
+
+    class EpochLog(L.Callback):
+        """Times each training epoch and reports one plain line per epoch."""
+
+        def on_train_epoch_start(self, trainer, module) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, module) -> None:
+            seconds = time.perf_counter() - self.start
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            module.log("epoch_time", seconds)
+            row = {"epoch": trainer.current_epoch, "seconds": round(seconds, 3), **{k: round(v, 5) for k, v in metrics.items()}}
+            module.history.append(row)
+            if say:
+                val = f" val_auc {metrics['val_auc']:.3f} val_acc {metrics['val_acc']:.3f}" if "val_auc" in metrics else ""
+                say(
+                    f"{label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+                    f" loss {metrics.get('train_loss', float('nan')):.4f}{val} ({seconds:.1f}s)"
+                )
+
+    return EpochLog()
+
+
+def _loaders(n_train: int, n_val: int, labels: np.ndarray, batch_size: int, balance: str, seed: int):
+    """DataLoaders of index batches: the module gathers the images from tensors it already holds."""
+    import torch
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
+
+    class _Indices(torch.utils.data.Dataset):
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __getitem__(self, idx):
+            return torch.as_tensor(idx, dtype=torch.long)
+
+    generator = torch.Generator().manual_seed(seed)
+    if balance == "sampler":
+        counts = np.bincount(labels)
+        weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+        sampler = WeightedRandomSampler(weights, n_train, replacement=True, generator=generator)
+    else:
+        sampler = RandomSampler(range(n_train), generator=generator)
+    # A final batch of one image breaks BatchNorm: drop it only in that case.
+    train = DataLoader(_Indices(n_train), sampler=BatchSampler(sampler, batch_size, drop_last=n_train % batch_size == 1), batch_size=None)
+    val = DataLoader(_Indices(n_val), sampler=BatchSampler(SequentialSampler(range(n_val)), 512, False), batch_size=None)
+    return train, val
+
+
+def fit(
+    model,
+    dataset,
+    cfg,
+    *,
+    data_cfg,
+    seed: int,
+    log_dir: Path,
+    label: str = "train",
+    teacher=None,
+    distill=None,
+    callbacks: tuple = (),
+    device: str = "auto",
+    say: Callable[[str], None] | None = None,
+    progress: bool | None = None,
+    teacher_views: int = 8,
+    select_best: bool = True,
+) -> FitResult:
+    """Train `model` (in place) for `cfg.epochs` and restore the epoch with the best validation AUC.
+
+    `cfg` is a recipe TrainConfig (optimizer, lr, schedule, batch size, label smoothing).
+    With `teacher` and `distill` (a DistillConfig) the loss is Hinton KD. `select_best=False`
+    keeps the last epoch (e.g. when callbacks change the model as training goes on).
+    """
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from medlite.train.module import ClassifierModule
+
+    start = time.perf_counter()
+    if cfg.epochs == 0:
+        return FitResult(best_epoch=-1, best_val_auc=None, epochs=0)
+    device = resolve_device(device)
+    L.seed_everything(seed, workers=True, verbose=False)
+    train, val = dataset.splits["train"], dataset.splits["val"]
+    as_tensor = lambda images: torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # noqa: E731
+    train_images, val_images = as_tensor(train.images), as_tensor(val.images)
+    class_weights = None
+    if data_cfg.balance == "class_weights":
+        counts = np.bincount(train.labels, minlength=dataset.num_classes).astype(np.float64)
+        class_weights = torch.tensor(len(train.labels) / (dataset.num_classes * np.maximum(counts, 1)), dtype=torch.float32)
+
+    bank, cache_seconds = None, 0.0
+    if teacher is not None:
+        from medlite.distill.cache import build_teacher_bank
+
+        cache_start = time.perf_counter()
+        bank = build_teacher_bank(
+            teacher, train_images, views=min(teacher_views, cfg.epochs), augment_preset=data_cfg.augment,
+            mean=dataset.mean, std=dataset.std, seed=seed, device=device,
+        )
+        bank = (bank[0].cpu(), bank[1].cpu())
+        cache_seconds = time.perf_counter() - cache_start
+
+    module = ClassifierModule(
+        model, cfg,
+        train_images=train_images, train_labels=torch.from_numpy(train.labels),
+        val_images=val_images, val_labels=torch.from_numpy(val.labels),
+        mean=dataset.mean, std=dataset.std, augment_preset=data_cfg.augment,
+        class_weights=class_weights, teacher=teacher, distill=distill, teacher_bank=bank, seed=seed,
+    )
+    train_loader, val_loader = _loaders(len(train), len(val), train.labels, cfg.batch_size, data_cfg.balance, seed)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    extra = [RichProgressBar(leave=False)] if progress else []
+    precision = "32-true"
+    if device == "cuda":
+        precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
+        precision=precision,
+        logger=[CSVLogger(str(log_dir), name="", version=""), TensorBoardLogger(str(log_dir), name="", version="")],
+        callbacks=[_epoch_callback(label, None if progress else say), LearningRateMonitor("epoch"), *extra, *callbacks],
+        enable_checkpointing=False,  # the best weights are kept in memory and saved as safetensors by the caller
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if len(val) else 0,
+        log_every_n_steps=1,
+        deterministic=False,
+        default_root_dir=str(log_dir),
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's advice on workers and logging intervals does not apply here
+        trainer.fit(module, train_loader, val_loader if len(val) else None)
+    if select_best:
+        module.restore_best()
+    model.cpu().eval()
+    epoch_seconds = [row["seconds"] for row in module.history]
+    best_auc = module.best_score[0] if module.best_score else None
+    if not select_best:
+        last = module.history[-1] if module.history else {}
+        module.best_epoch, best_auc = cfg.epochs - 1, last.get("val_auc")
+    return FitResult(
+        best_epoch=module.best_epoch if module.best_epoch >= 0 else cfg.epochs - 1,
+        best_val_auc=float(best_auc) if best_auc is not None else None,
+        epochs=cfg.epochs,
+        epoch_seconds=epoch_seconds,
+        seconds=time.perf_counter() - start,
+        teacher_cache_seconds=cache_seconds,
+        history=module.history,
+    )

@@ -1,0 +1,146 @@
+"""The LightningModule: the science (loss, metrics, what "best" means) lives here, the loop in the Trainer."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medlite.distill.losses import kd_loss
+from medlite.evaluate.metrics import auc as auc_score
+from medlite.train.augment import augment
+
+
+class ClassifierModule(L.LightningModule):
+    """Trains `model` on in-memory uint8 images; batches arrive as index tensors (no per-sample Python).
+
+    With a teacher it distils (Hinton KD). The teacher's logits come either from a precomputed
+    bank of fixed augmented views (`teacher_bank`, cheap: the teacher never runs during training)
+    or from a live forward pass on the same augmented batch.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg,
+        *,
+        train_images: torch.Tensor,
+        train_labels: torch.Tensor,
+        val_images: torch.Tensor,
+        val_labels: torch.Tensor,
+        mean: float,
+        std: float,
+        augment_preset: str,
+        class_weights: torch.Tensor | None = None,
+        teacher: torch.nn.Module | None = None,
+        distill=None,
+        teacher_bank: tuple[torch.Tensor, torch.Tensor] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.mean, self.std = mean, std
+        self.augment_preset = augment_preset
+        self.distill = distill
+        # Hidden from Lightning in a tuple: the teacher must stay frozen and in eval mode.
+        self._teacher = (teacher.eval().requires_grad_(False),) if teacher is not None else ()
+        self.register_buffer("train_images", train_images, persistent=False)
+        self.register_buffer("train_labels", train_labels, persistent=False)
+        self.register_buffer("val_images", val_images, persistent=False)
+        self.register_buffer("val_labels", val_labels, persistent=False)
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        if teacher_bank is not None:
+            self.register_buffer("bank_images", teacher_bank[0], persistent=False)
+            self.register_buffer("bank_logits", teacher_bank[1], persistent=False)
+        else:
+            self.bank_images = self.bank_logits = None
+        self.generator = torch.Generator().manual_seed(seed)
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.best_state: dict | None = None
+        self.best_score: tuple[float, float] | None = None
+        self.best_epoch = -1
+        self.history: list[dict] = []
+
+    # -- data -------------------------------------------------------------------------
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        return (x01 - self.mean) / self.std
+
+    def on_fit_start(self) -> None:
+        if self._teacher:
+            self._teacher = (self._teacher[0].to(self.device).eval(),)
+
+    # -- steps ------------------------------------------------------------------------
+    def training_step(self, idx: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        labels = self.train_labels[idx]
+        teacher_logits = None
+        if self.bank_images is not None:
+            view = self.current_epoch % self.bank_images.shape[0]
+            x = self.bank_images[view][idx].float() / 255
+            teacher_logits = self.bank_logits[view][idx]
+        else:
+            x = augment(self.train_images[idx].float() / 255, self.augment_preset, self.generator)
+        x = self.normalize(x)
+        logits = self.model(x)
+        if self._teacher or teacher_logits is not None:
+            if teacher_logits is None:
+                with torch.no_grad():
+                    teacher_logits = self._teacher[0](x)
+            loss = kd_loss(
+                logits, teacher_logits.float(), labels, self.distill.temperature, self.distill.alpha,
+                self.class_weights, self.cfg.label_smoothing,
+            )
+        else:
+            loss = F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=self.cfg.label_smoothing)
+        acc = (logits.argmax(1) == labels).float().mean()
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(idx))
+        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=len(idx))
+        return loss
+
+    def validation_step(self, idx: torch.Tensor, batch_idx: int) -> None:
+        x = self.normalize(self.val_images[idx].float() / 255)
+        logits = self.model(x)
+        self._val_outputs.append((logits.float().detach(), self.val_labels[idx]))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_outputs:
+            return
+        logits = torch.cat([o[0] for o in self._val_outputs])
+        labels = torch.cat([o[1] for o in self._val_outputs])
+        self._val_outputs.clear()
+        loss = float(F.cross_entropy(logits, labels))
+        probs = torch.softmax(logits, 1).cpu().numpy()
+        y = labels.cpu().numpy()
+        auc = auc_score(probs, y)
+        acc = float((probs.argmax(1) == y).mean())
+        self.log_dict({"val_loss": loss, "val_acc": acc, "val_auc": auc if np.isfinite(auc) else 0.0})
+        if self.trainer.sanity_checking:
+            return
+        # Best epoch: highest validation AUC, ties broken by lower validation loss.
+        score = (auc if np.isfinite(auc) else -1.0, -loss)
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_epoch = score, self.current_epoch
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def configure_optimizers(self):
+        cfg = self.cfg
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        epochs = max(1, self.trainer.max_epochs)
+        if cfg.schedule == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        elif cfg.schedule == "step":
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=0.1)
+        else:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def restore_best(self) -> None:
+        if self.best_state is not None:
+            self.model.load_state_dict(copy.deepcopy(self.best_state))
