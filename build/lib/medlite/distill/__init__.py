@@ -1,1 +1,0 @@
-"""Knowledge distillation: losses and teacher-output caching."""

@@ -1,1 +1,0 @@
-"""Export to the deployment format. ONNX is the contract; LiteRT/TFLite is an optional extra."""
