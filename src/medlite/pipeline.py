@@ -10,9 +10,10 @@ from __future__ import annotations
 import platform
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -79,19 +80,17 @@ class Context:
         self.timings: dict[str, float] = {}
         self.cached_stages: list[str] = []
         self.device = "cpu"
+        self._hashes: dict[tuple, str] = {}
 
     # -- helpers used by stages ---------------------------------------------------------
-    def timed(self, stage: str):
-        ctx = self
-
-        class _Timer:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                ctx.timings[stage] = round(ctx.timings.get(stage, 0.0) + time.perf_counter() - self.start, 3)
-
-        return _Timer()
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Add the wall time of the block to `timings[stage]` (stages of one kind add up)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - start, 3)
 
     def add(self, variant: Variant) -> Variant:
         self.variants[variant.name] = variant
@@ -120,7 +119,13 @@ class Context:
         return load_exact(self.build_model(variant.arch), self.run.root / variant.checkpoint)
 
     def artifact_hash(self, variant: Variant) -> str:
-        return sha256(self.run.root / (variant.file or variant.checkpoint))
+        """Content hash of a variant's artifact, memoised by (size, mtime): stage keys ask for it often."""
+        path = self.run.root / (variant.file or variant.checkpoint)
+        stat = path.stat()
+        memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if memo_key not in self._hashes:
+            self._hashes[memo_key] = sha256(path)
+        return self._hashes[memo_key]
 
 
 # -- stages ---------------------------------------------------------------------------

@@ -40,14 +40,3 @@ def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     picked = stratified_split(labels, {"train": 1 - ratio, "keep": ratio}, seed)["keep"]
     return picked[:limit]
 
-
-def kfold_indices(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
-    """Stratified fold assignment: a list of `folds` index arrays that partition the data."""
-    rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[] for _ in range(folds)]
-    for cls in np.unique(labels):
-        idx = np.flatnonzero(labels == cls)
-        rng.shuffle(idx)
-        for fold, chunk in enumerate(np.array_split(idx, folds)):
-            parts[fold].append(chunk)
-    return [np.sort(np.concatenate(p)) for p in parts]
