@@ -42,6 +42,7 @@ class Dataset:
     std: float
     split_origin: str  # "official", "folders" or "seeded stratified (70/10/20)"
     skipped: list[str] = field(default_factory=list)
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -60,12 +61,17 @@ class Dataset:
         return PreprocessSpec(self.image_size, self.channels, self.mean, self.std, tuple(self.class_names))
 
     def fingerprint(self) -> str:
-        """Content hash of every image and label: resume reruns training when the data changes."""
-        digest = hashlib.sha256(repr((self.class_names, self.mean, self.std)).encode())
-        for split in SPLITS:
-            digest.update(self.splits[split].images.tobytes())
-            digest.update(self.splits[split].labels.tobytes())
-        return digest.hexdigest()[:16]
+        """Content hash of every image and label: resume reruns training when the data changes.
+
+        Computed once (every stage key includes it); the splits are not modified after loading.
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256(repr((self.class_names, self.mean, self.std)).encode())
+            for split in SPLITS:
+                digest.update(self.splits[split].images.tobytes())
+                digest.update(self.splits[split].labels.tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
 
     def summary(self) -> dict:
         counts = {

@@ -155,7 +155,8 @@ def fit(
 
         cache_start = time.perf_counter()
         bank = build_teacher_bank(
-            teacher, train_images, views=min(teacher_views, cfg.epochs), augment_preset=data_cfg.augment,
+            # Each view serves at least two epochs: otherwise the bank costs as much as a live teacher.
+            teacher, train_images, views=max(1, min(teacher_views, cfg.epochs // 2)), augment_preset=data_cfg.augment,
             mean=dataset.mean, std=dataset.std, seed=seed, device=device,
         )
         bank = (bank[0].cpu(), bank[1].cpu())
