@@ -10,10 +10,10 @@ export MEDLITE_DATA_ROOT ?= $(DATA_ROOT)
 
 .PHONY: setup run test bench clean
 
+# requirements.lock pins every transitive dependency (a pip freeze of a working install).
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# requirements.lock pins every transitive dependency (pip freeze of a working install).
 	$(PY) -m pip install -q -c requirements.lock -e ".[test]"
 	touch $@
 

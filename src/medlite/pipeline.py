@@ -118,6 +118,15 @@ class Context:
 
         return load_exact(self.build_model(variant.arch), self.run.root / variant.checkpoint)
 
+    def reuse(self, stage: str, key: str, announce: str | None = None) -> dict | None:
+        """The facts an earlier run recorded for this stage, if still valid (counted as reused), else None."""
+        facts = self.run.cached(stage, key)
+        if facts is not None:
+            self.cached_stages.append(stage)
+            if announce:
+                self.say(f"{stage}: unchanged, using {announce}")
+        return facts
+
     def artifact_hash(self, variant: Variant) -> str:
         """Content hash of a variant's artifact, memoised by (size, mtime): stage keys ask for it often."""
         path = self.run.root / (variant.file or variant.checkpoint)
@@ -177,10 +186,8 @@ def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, 
     distill = ctx.recipe.distill if parent is not None else None
     key = _train_key(ctx, cfg, [ctx.artifact_hash(parent), distill.model_dump()] if parent else None)
     ckpt = ctx.run.checkpoints / f"{name}.safetensors"
-    facts = ctx.run.cached(name, key)
+    facts = ctx.reuse(name, key, announce=ctx.run.rel(ckpt))
     if facts is not None:
-        ctx.cached_stages.append(name)
-        ctx.say(f"{name}: unchanged, using {ctx.run.rel(ckpt)}")
         return ctx.add(Variant.from_dict(facts))
     if ctx.run.previous_key(name):
         ctx.say(f"{name}: recipe, data or parent changed: retraining")
@@ -215,7 +222,7 @@ def stage_export(ctx: Context, variant: Variant) -> Variant:
     stage = f"{variant.name}.export"
     key = fingerprint("export", ctx.artifact_hash(variant), ctx.dataset.preprocess.to_dict())
     path = ctx.run.models / f"{variant.name}.onnx"
-    facts = ctx.run.cached(stage, key)
+    facts = ctx.reuse(stage, key)
     if facts is None:
         with ctx.timed("export"):
             model = ctx.load_variant_model(variant)
@@ -223,8 +230,6 @@ def stage_export(ctx: Context, variant: Variant) -> Variant:
             facts = {"file": ctx.run.rel(path), "export": {"max_abs_diff": check["max_abs_diff"]},
                      **describe_model(model, ctx.example_input(), path)}
         ctx.run.store(stage, key, [path], facts)
-    else:
-        ctx.cached_stages.append(stage)
     for k, v in facts.items():
         setattr(variant, k, v)
     return variant
@@ -237,15 +242,13 @@ def stage_evaluate(ctx: Context, variant: Variant) -> None:
     cfg = ctx.recipe.evaluate
     stage = f"{variant.name}.evaluate"
     key = fingerprint("evaluate", ctx.artifact_hash(variant), cfg.model_dump(), ctx.dataset.fingerprint(), ctx.recipe.seed)
-    facts = ctx.run.cached(stage, key)
+    facts = ctx.reuse(stage, key)
     if facts is None:
         with ctx.timed("evaluate"):
             metrics, _ = evaluate_artifact(ctx.run.root / variant.file, ctx.dataset.splits[cfg.split],
                                            ctx.dataset.preprocess, cfg, ctx.recipe.seed)
         facts = {"metrics": metrics}
         ctx.run.store(stage, key, [], facts)
-    else:
-        ctx.cached_stages.append(stage)
     variant.metrics = facts["metrics"]
 
 
@@ -254,14 +257,12 @@ def stage_bench(ctx: Context) -> None:
 
     cfg = ctx.recipe.bench
     key = fingerprint("bench", cfg.model_dump(), {v.name: ctx.artifact_hash(v) for v in ctx.variants.values()})
-    facts = ctx.run.cached("bench", key)
+    facts = ctx.reuse("bench", key)
     if facts is None:
         ctx.say(f"bench: timing {len(ctx.variants)} variants, each in a fresh process")
         with ctx.timed("bench"):
             facts = {"bench": bench_run_dir(ctx.run.root, cfg)}
         ctx.run.store("bench", key, [], facts)
-    else:
-        ctx.cached_stages.append("bench")
     for name, bench in facts["bench"].items():
         if name in ctx.variants:
             ctx.variants[name].bench = bench

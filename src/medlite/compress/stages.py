@@ -82,10 +82,8 @@ def _stage(ctx, name: str, parent, method: str, settings: dict, make):
         ctx.dataset.fingerprint(), ctx.recipe.seed, _base_train_cfg(ctx, parent).model_dump(),
     )
     path = ctx.run.models / f"{name}.onnx"
-    facts = ctx.run.cached(name, key)
+    facts = ctx.reuse(name, key, announce=ctx.run.rel(path))
     if facts is not None:
-        ctx.cached_stages.append(name)
-        ctx.say(f"{name}: unchanged, using {ctx.run.rel(path)}")
         return ctx.add(Variant.from_dict(facts))
     with ctx.timed(f"compress.{method}"):
         facts = make(path)
