@@ -28,8 +28,8 @@ import numpy as np
 
 from medlite.data.preprocess import IMAGE_SUFFIXES, PreprocessSpec, load_image, normalize
 
-PREPROCESS_KEY = "medlite.preprocess"  # same key as medlite.export.onnx (which imports onnx, so not used here)
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# medlite.export.onnx imports `onnx` only inside its functions, so its constants are safe to share here.
+from medlite.export.onnx import INPUT_NAME, OUTPUT_NAME, PREPROCESS_KEY  # noqa: E402,F401
 
 
 class EdgeError(Exception):
