@@ -240,3 +240,14 @@ def test_compression_failure_keeps_made_variants(tmp_path, data_root, monkeypatc
     names = [v["name"] for v in kept["variants"]]
     assert "student_kd_int8_dynamic" in names and "student_kd_int8_static" not in names
     assert all("auc" in v["metrics"] for v in kept["variants"])
+
+
+def test_compressed_rerun_reuses_every_stage(compressed_run, data_root):
+    from medlite.pipeline import run_pipeline
+
+    out, results = compressed_run
+    again = run_pipeline(load_recipe("breastmnist", COMPRESS), out, data_root, say=lambda line: None, progress=False)
+    made = {v["name"] for v in results["variants"]}
+    assert made <= set(again["cached_stages"])
+    assert "bench" in again["cached_stages"]
+    assert [v["metrics"]["auc"] for v in again["variants"]] == [v["metrics"]["auc"] for v in results["variants"]]

@@ -38,8 +38,8 @@ def _calibration(ctx, count: int) -> tuple[np.ndarray, np.ndarray]:
     return normalize(train.images[idx], ctx.dataset.preprocess), train.labels[idx]
 
 
-def _teacher_for(ctx, variant, finetune_cfg):
-    """The distillation source for fine-tuning `variant`'s compressed copy: the recipe's teacher.
+def _teacher_for(ctx, finetune_cfg):
+    """The distillation source for fine-tuning a compressed copy: the recipe's teacher.
 
     For the teacher's own variants that is the uncompressed teacher itself (self-distillation):
     on a few hundred images, soft targets recover a pruned or fake-quantized network without the
@@ -53,7 +53,7 @@ def _teacher_for(ctx, variant, finetune_cfg):
 def _finetune(ctx, name: str, model, parent, finetune_cfg, *, callbacks=(), select_best: bool = True):
     from medlite.train import fit
 
-    teacher = _teacher_for(ctx, parent, finetune_cfg)
+    teacher = _teacher_for(ctx, finetune_cfg)
     cfg = _base_train_cfg(ctx, parent).model_copy(
         update={"epochs": finetune_cfg.epochs, "lr": finetune_cfg.lr, "schedule": "cosine", "pretrained": None}
     )
@@ -70,16 +70,21 @@ def _finetune(ctx, name: str, model, parent, finetune_cfg, *, callbacks=(), sele
     return result
 
 
-def _stage(ctx, name: str, parent, method: str, settings: dict, make):
-    """Run `make(path) -> facts` unless an identical earlier run left its artifact intact."""
-    from medlite.pipeline import Variant
+def _stage(ctx, name: str, parent, method: str, cfg, make):
+    """Run `make(path) -> facts` unless an identical earlier run left its artifact intact.
 
-    teacher = _teacher_for(ctx, parent, settings["finetune"]) if settings.get("finetune") else None
+    `cfg` is the method's recipe section (None when it has no settings); the key also covers the
+    parent artifact and, for methods that fine-tune, the teacher and the family's training settings.
+    """
+    from medlite.pipeline import Variant
+    from medlite.recipe import FineTune
+
+    finetunes = isinstance(cfg, FineTune)
+    teacher = _teacher_for(ctx, cfg) if finetunes else None
     key = fingerprint(
-        method, {k: v for k, v in settings.items() if k != "finetune"},
-        settings["finetune"].model_dump() if settings.get("finetune") else None,
-        ctx.artifact_hash(parent), ctx.artifact_hash(teacher) if teacher else None,
-        ctx.dataset.fingerprint(), ctx.recipe.seed, _base_train_cfg(ctx, parent).model_dump(),
+        method, cfg.model_dump() if cfg is not None else None, ctx.artifact_hash(parent),
+        ctx.artifact_hash(teacher) if teacher else None, ctx.dataset.fingerprint(), ctx.recipe.seed,
+        _base_train_cfg(ctx, parent).model_dump() if finetunes else None,
     )
     path = ctx.run.models / f"{name}.onnx"
     facts = ctx.reuse(name, key, announce=ctx.run.rel(path))
@@ -143,7 +148,7 @@ def structured(ctx, parent):
         }
         return {**facts, "export": {"max_abs_diff": check["max_abs_diff"]}, "train": result.to_dict()}
 
-    return _stage(ctx, name, parent, "prune_structured", {**cfg.model_dump(), "finetune": cfg}, make)
+    return _stage(ctx, name, parent, "prune_structured", cfg, make)
 
 
 def unstructured(ctx, parent):
@@ -169,7 +174,7 @@ def unstructured(ctx, parent):
         ctx.say(f"{name}: {facts['sparsity']:.1%} of weights are zero; gzip {facts['gzip_bytes']:,} B")
         return {**facts, "export": {"max_abs_diff": check["max_abs_diff"]}, "train": result.to_dict()}
 
-    return _stage(ctx, name, parent, "prune_unstructured", {**cfg.model_dump(), "finetune": cfg}, make)
+    return _stage(ctx, name, parent, "prune_unstructured", cfg, make)
 
 
 def dynamic(ctx, parent):
@@ -181,7 +186,7 @@ def dynamic(ctx, parent):
         facts = quantize_dynamic(ctx.run.root / parent.file, path)
         return _quantized_facts(ctx, parent, path, {**facts, "method": "int8_dynamic"})
 
-    return _stage(ctx, name, parent, "int8_dynamic", {}, make)
+    return _stage(ctx, name, parent, "int8_dynamic", None, make)
 
 
 def static(ctx, parent):
@@ -197,7 +202,7 @@ def static(ctx, parent):
         ctx.say(f"{name}: int8 QDQ ({cfg.calibration_method} calibration on {len(calibration)} images)")
         return _quantized_facts(ctx, parent, path, {**facts, "method": "int8_static"})
 
-    return _stage(ctx, name, parent, "int8_static", cfg.model_dump(), make)
+    return _stage(ctx, name, parent, "int8_static", cfg, make)
 
 
 def qat(ctx, parent):
@@ -216,7 +221,7 @@ def qat(ctx, parent):
         out = _quantized_facts(ctx, parent, path, {**facts, "method": "int8_qat"})
         return {**out, "train": result.to_dict()}
 
-    return _stage(ctx, name, parent, "int8_qat", cfg.model_dump(), make)
+    return _stage(ctx, name, parent, "int8_qat", cfg, make)
 
 
 def run_compression(ctx) -> None:
