@@ -41,7 +41,7 @@ def test_fine_tuning_never_ends_worse_than_its_start(data_root, tmp_path):
 
 def test_same_seed_same_weights(data_root, tmp_path):
     """The recipe seed fixes initialisation (as the pipeline creates models) and sampling."""
-    from medlite.pipeline import Context
+    from medlite.variant import Context
 
     recipe, ds = _tiny(data_root)
     cfg = recipe.student.model_copy(update={"epochs": 1, "arch": "medlite_dsconv_tiny"})

@@ -76,7 +76,7 @@ def _stage(ctx, name: str, parent, method: str, cfg, make):
     `cfg` is the method's recipe section (None when it has no settings); the key also covers the
     parent artifact and, for methods that fine-tune, the teacher and the family's training settings.
     """
-    from medlite.pipeline import Variant
+    from medlite.variant import Variant
     from medlite.recipe import FineTune
 
     finetunes = isinstance(cfg, FineTune)
