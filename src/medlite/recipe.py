@@ -6,7 +6,9 @@ This module is the single source of defaults. It imports nothing heavy, so
 
 from __future__ import annotations
 
+import copy
 import difflib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +20,26 @@ from medlite.errors import UsageError
 
 
 class _Strict(BaseModel):
-    """Unknown keys are errors: a typo must never silently fall back to a default."""
+    """Unknown keys are errors: a typo must never silently fall back to a default.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    A section left empty in YAML (`teacher:` with every key commented out) reads as None:
+    it means "all defaults", like an absent section. NaN and infinity are never a valid setting.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_are_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, field in cls.model_fields.items():
+                if key in data and data[key] is None and _is_section(field.annotation):
+                    data = {k: v for k, v in data.items() if k != key}
+        return data
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, _Strict)
 
 
 class SplitRatios(_Strict):
@@ -76,6 +95,19 @@ class TrainConfig(_Strict):
     step_size: int = Field(10, ge=1, description="epochs between lr drops (schedule=step)")
     batch_size: int = Field(64, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class TeacherConfig(TrainConfig):
+    """The teacher's training: every key has a default, so a partial `teacher:` section keeps the rest."""
+
+    arch: str = "small_pooled_resnet18"
+
+
+class StudentConfig(TrainConfig):
+    """The student's training: a compact network, a slightly higher learning rate than the teacher's."""
+
+    arch: str = "medlite_dsconv"
+    lr: float = Field(3e-3, gt=0, le=10)
 
 
 class DistillConfig(_Strict):
@@ -176,8 +208,10 @@ class Recipe(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = DataConfig()
-    teacher: TrainConfig = TrainConfig(arch="small_pooled_resnet18")
-    student: TrainConfig = TrainConfig(arch="medlite_dsconv", lr=3e-3)
+    # Defaults live in the section classes, never in instances here: a partial section given as a
+    # dict is validated against its class, so an instance's settings would be lost.
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     compress: CompressConfig = CompressConfig()
@@ -227,59 +261,153 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UsageError(f"--set {text!r}: expected KEY=VALUE, e.g. teacher.epochs=5")
     key, _, raw = text.partition("=")
     key = key.strip()
-    if not key or any(not part for part in key.split(".")):
+    if not key or any(not part.strip() for part in key.split(".")):
         raise UsageError(f"--set {text!r}: empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
+        value = raw  # not YAML (e.g. "a: b: c"): the text itself, typed (and judged) by the schema
+    return [part.strip() for part in key.split(".")], value
 
 
-def _apply_override(tree: dict, path: list[str], value: Any) -> None:
+def _apply_override(tree: dict, path: list[str], value: Any, option: str) -> None:
     node = tree
-    for part in path[:-1]:
+    for depth, part in enumerate(path[:-1]):
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise UsageError(f"--set {'.'.join(path)}: {part!r} is not a section")
+            where = ".".join(path[: depth + 1])
+            raise UsageError(f"{option}: {where} is not a section (it is {type(child).__name__} {child!r:.40})")
         node = child
     node[path[-1]] = value
 
 
-def _format_error(source: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key {key!r}"
-    value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    return f"{source}: {key}: {first['msg']}{shown}"
+# Report the cause before its consequences: an unknown key (often a typo of a key whose absence
+# is then also reported) comes first, a missing key last.
+_ERROR_ORDER = {"extra_forbidden": 0, "invalid_key": 0, "missing": 2}
+
+
+def _error_key(loc: tuple) -> str:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    """The keys allowed where `loc` points (for did-you-mean hints)."""
+    model: Any = Recipe
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not _is_section(field.annotation):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _describe(err: dict) -> str:
+    """One validation error as `key: what is wrong (got value)`."""
+    loc, kind = tuple(err["loc"]), err["type"]
+    key = _error_key(loc) or "(top level)"
+    if kind == "extra_forbidden":
+        hint = difflib.get_close_matches(str(loc[-1]), _section_fields(loc[:-1]), n=1)
+        return f"unknown key {key!r}" + (f" (did you mean {_error_key((*loc[:-1], hint[0]))!r}?)" if hint else "")
+    if kind == "invalid_key":
+        return f"{_error_key(loc[:-1]) or 'top level'}: key {loc[-1]!r} must be text"
+    if kind == "model_type":
+        return f"{key}: must be a section (a mapping of keys), got {type(err.get('input')).__name__}"
+    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) or kind == "missing" else f" (got {_one_line(repr(value), 60)})"
+    return f"{key}: {msg}{shown}"
+
+
+def _source_of(loc: tuple, overrides: list[tuple[str, list[str]]], file_source: str) -> str:
+    """The --set option that put the faulty value there (the last one), else the recipe file."""
+    parts = [str(p) for p in loc]
+    for text, path in reversed(overrides):
+        n = min(len(parts), len(path))
+        if n and parts[:n] == path[:n]:
+            return f"--set {text}"
+    return file_source
+
+
+def validate_tree(tree: Any, source: str, overrides: list[str] | None = None) -> Recipe:
+    """Apply `--set` overrides to a recipe tree (as read from YAML) and validate it.
+
+    Every fault becomes a one-line UsageError that starts with where it came from (the recipe
+    file, or the `--set` option that introduced it) and names the key.
+    """
+    if not isinstance(tree, dict):
+        raise UsageError(f"{source}: a recipe must be a mapping of keys (key: value), got a {_yaml_kind(tree)}")
+    tree = copy.deepcopy(tree)  # overrides must not change the caller's tree
+    applied: list[tuple[str, list[str]]] = []
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        _apply_override(tree, keys, value, f"--set {text}")
+        applied.append((text, keys))
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as err:
+        errors = sorted(err.errors(), key=lambda e: _ERROR_ORDER.get(e["type"], 1))
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        where = _source_of(tuple(first["loc"]), applied, source)
+        raise UsageError(_one_line(f"{where}: {_describe(first)}{more}", 300)) from None
+    except (RecursionError, TypeError, ValueError) as err:  # e.g. a YAML alias that contains itself
+        raise UsageError(f"{source}: cannot read the recipe ({_one_line(err, 100)})") from None
+
+
+def _yaml_kind(value: Any) -> str:
+    return {list: "list", str: "text", int: "number", float: "number", bool: "boolean"}.get(type(value), type(value).__name__)
+
+
+def read_recipe_file(path: Path) -> dict:
+    """The YAML mapping in a recipe file; every fault a one-line UsageError naming the file."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not a text (UTF-8) recipe file (byte {err.start} is {err.object[err.start]:#04x})") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or err
+        if isinstance(err, yaml.reader.ReaderError):  # a control character: say which and where
+            char = err.character
+            problem = f"{err.reason}: {char:#04x} at character {err.position}" if isinstance(char, int) else err.reason
+        raise UsageError(_one_line(f"{path}:{where} malformed YAML ({problem})", 200)) from None
+    except RecursionError:
+        raise UsageError(f"{path}: malformed YAML (nested too deeply)") from None
+    if tree is None:
+        raise UsageError(
+            f"{path}: empty recipe (no keys); give at least one key, e.g. 'data: {{flag: breastmnist}}', "
+            "or run without a RECIPE for the built-in default"
+        )
+    if not isinstance(tree, dict):
+        raise UsageError(f"{path}: a recipe must be a mapping of keys (key: value), got a {_yaml_kind(tree)}")
+    return tree
 
 
 def load_recipe(recipe: str | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe; every fault becomes a one-line UsageError."""
     path = resolve_recipe_path(recipe)
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UsageError(f"{path}:{where} malformed YAML ({getattr(err, 'problem', None) or err})") from None
-    except OSError as err:
-        raise UsageError(f"{path}: cannot read ({err.strerror})") from None
-    if not isinstance(tree, dict):
-        raise UsageError(f"{path}: a recipe must be a mapping of keys, got {type(tree).__name__}")
-    tree.setdefault("name", path.stem)
-    for text in overrides or []:
-        keys, value = parse_override(text)
-        _apply_override(tree, keys, value)
-    try:
-        return Recipe.model_validate(tree)
-    except ValidationError as err:
-        raise UsageError(_format_error(str(path), err)) from None
+    tree = read_recipe_file(path)
+    if "name" not in tree:
+        # The file's name, made a valid run name ("my recipe.yaml" -> "my_recipe").
+        tree["name"] = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem).strip("_") or "medlite"
+    return validate_tree(tree, str(path), overrides)
 
 
 def dump_recipe(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    """The resolved recipe (every default filled in) as YAML; `load_recipe` reads it back equal."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
