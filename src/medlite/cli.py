@@ -23,6 +23,23 @@ app = typer.Typer(
 
 _debug = {"on": False}
 
+
+def _show_version(value: bool) -> None:
+    if value:
+        from medlite import __version__
+
+        typer.echo(f"medlite {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool, typer.Option("--version", help="print the version and exit", callback=_show_version, is_eager=True)
+    ] = False,
+) -> None:
+    """medlite: small, fast, explainable medical image classifiers, measured on the file you deploy."""
+
 RecipeArg = Annotated[Optional[str], typer.Argument(help="recipe YAML path or built-in name (default: breastmnist)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe key, e.g. teacher.epochs=5")]
 DataRootOpt = Annotated[
@@ -134,18 +151,34 @@ def main() -> None:
         print(f"medlite: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except typer.Exit as exit_:
+        if exit_.exit_code == 130 and isinstance(exit_.__cause__, KeyboardInterrupt):
+            print("medlite: interrupted", file=sys.stderr)
         sys.exit(exit_.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except typer.Abort as err:
+        # Typer turns an EOFError raised anywhere inside a command into Abort: that is a fault
+        # (e.g. a file that ended early), not the user pressing Ctrl-D at a prompt.
+        if isinstance(err.__cause__, EOFError) and not _debug["on"]:
+            print(f"medlite: unexpected error: EOFError: {err.__cause__} (rerun with --debug for the traceback)", file=sys.stderr)
+            sys.exit(1)
+        if _debug["on"]:
+            raise
         print("medlite: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as err:  # click's usage errors
-        import click
-
-        if isinstance(err, click.exceptions.NoArgsIsHelpError):
-            sys.exit(0)  # the help text was already shown
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("medlite: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.TyperException as err:
+        # Typer 0.29 ships its own click (typer._click): its usage errors (no such option or
+        # command, bad parameter value) derive from typer.TyperException, not click.ClickException.
+        if err.__class__.__name__ == "NoArgsIsHelpError":
+            sys.exit(2)  # the help text was already shown; no command given is a usage error
+        show = getattr(err, "show", None)
+        if callable(show):
+            show()
+        else:
+            print(f"medlite: error: {err.format_message()}", file=sys.stderr)
+        sys.exit(getattr(err, "exit_code", 2))
+    except Exception as err:
         if _debug["on"]:
             raise
         print(f"medlite: unexpected error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)
