@@ -410,4 +410,5 @@ def load_recipe(recipe: str | None = None, overrides: list[str] | None = None) -
 
 def dump_recipe(recipe: Recipe) -> str:
     """The resolved recipe (every default filled in) as YAML; `load_recipe` reads it back equal."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    # allow_unicode stays off: PyYAML writes U+0085 (NEL) raw, and reads it back as a line break.
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
