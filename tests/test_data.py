@@ -174,8 +174,8 @@ def _grey(n=40, seed=0):
 @pytest.mark.parametrize(
     "x, y, file, fragment",
     [
-        (np.full((40, 8, 8), np.inf, np.float32), np.arange(40) % 2, "X_train.npy", "infinite pixel values in 40 images"),
-        (np.where(np.arange(40)[:, None, None] == 5, np.nan, 0.5), np.arange(40) % 2, "X_train.npy", "NaN pixel values in 1 images (first: image 5)"),
+        (np.full((40, 8, 8), np.inf, np.float32), np.arange(40) % 2, "X_train.npy", "infinite pixel value(s) in 40 of 40 images"),
+        (np.where(np.arange(40)[:, None, None] == 5, np.nan, 0.5), np.arange(40) % 2, "X_train.npy", "NaN pixel value(s) in 1 of 40 images (first: image 5)"),
         (np.random.default_rng(0).standard_normal((40, 8, 8)), np.arange(40) % 2, "X_train.npy", "must lie in [0, 1] or [0, 255]"),
         (_grey().astype(np.uint16) * 257, np.arange(40) % 2, "X_train.npy", "must lie in [0, 1] or [0, 255]"),
         (_grey(), np.arange(40) % 2 + 1, "y_train.npy", "no image has label 0 of 0..2"),

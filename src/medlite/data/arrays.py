@@ -36,7 +36,8 @@ def _as_uint8_images(array: np.ndarray, path: Path) -> np.ndarray:
             bad = np.flatnonzero(~finite.reshape(len(array), -1).all(axis=1))
             kinds = " and ".join(k for k, has in (("NaN", np.isnan(array).any()), ("infinite", np.isinf(array).any())) if has)
             raise DataError(
-                f"{path}: {int((~finite).sum())} {kinds} pixel values in {len(bad)} images (first: image {bad[0]})"
+                f"{path}: {int((~finite).sum())} {kinds} pixel value(s) in {len(bad)} of {len(array)} images "
+                f"(first: image {bad[0]})"
             )
         low, high = float(array.min()), float(array.max())
         if low < 0 or high > 255:
