@@ -179,6 +179,15 @@ def test_bad_recipe_files_are_one_line_naming_the_file(tmp_path, content, fragme
     assert message.startswith(path) and fragment in message and "\n" not in message
 
 
+def test_a_folder_or_a_huge_file_is_not_a_recipe(tmp_path):
+    with pytest.raises(UsageError, match="a folder, not a recipe file"):
+        load_recipe(str(tmp_path))
+    huge = tmp_path / "huge.yaml"
+    huge.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(UsageError, match="too large for a recipe"):
+        load_recipe(str(huge))
+
+
 def test_set_errors_name_the_set_option_not_the_builtin_file():
     with pytest.raises(UsageError) as info:
         load_recipe(None, ["teacher.epochs=abc"])

@@ -244,6 +244,8 @@ def resolve_recipe_path(recipe: str | None) -> Path:
         recipe = DEFAULT_RECIPE
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise UsageError(f"{recipe}: a folder, not a recipe file")
         if not path.is_file():
             raise UsageError(f"{recipe}: recipe file not found")
         return path
@@ -368,9 +370,14 @@ def _yaml_kind(value: Any) -> str:
     return {list: "list", str: "text", int: "number", float: "number", bool: "boolean"}.get(type(value), type(value).__name__)
 
 
+_MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of settings; a bigger file is the wrong file
+
+
 def read_recipe_file(path: Path) -> dict:
     """The YAML mapping in a recipe file; every fault a one-line UsageError naming the file."""
     try:
+        if path.stat().st_size > _MAX_RECIPE_BYTES:
+            raise UsageError(f"{path}: {path.stat().st_size} bytes is too large for a recipe (a YAML file of settings)")
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise UsageError(f"{path}: not a text (UTF-8) recipe file (byte {err.start} is {err.object[err.start]:#04x})") from None
