@@ -208,8 +208,8 @@ class Recipe(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = DataConfig()
-    # Defaults live in the section classes, never in instances here: a partial section given as a
-    # dict is validated against its class, so an instance's settings would be lost.
+    # Every default below is its class with no arguments: a partial section given as a dict is
+    # validated against the class, so a setting that only a default instance carried would be lost.
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
     distill: DistillConfig = DistillConfig()
