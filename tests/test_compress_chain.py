@@ -117,3 +117,37 @@ def test_schema_version_bump_redoes_only_that_stage(chain_run, data_root, monkey
     cached = set(results["cached_stages"])
     assert not any(stage.endswith(".evaluate") for stage in cached)
     assert {"teacher", "student_kd", "teacher_pruned", "teacher_pruned_int8_qat"} <= cached
+
+
+def test_dense_only_dynamic_int8_is_renamed_and_warned(chain_run, data_root, monkeypatch):
+    """A 'dynamic int8' conv net whose convolutions stayed float does not keep the plain name."""
+    import onnxruntime.quantization as ortq
+
+    from medlite.compress import stages
+    from medlite.data import load_dataset
+    from medlite.runstate import RunDir
+    from medlite.variant import Context, Variant
+
+    real = ortq.quantize_dynamic
+
+    def no_conv_integer(*args, **kwargs):
+        if "Conv" in kwargs.get("op_types_to_quantize", []):
+            raise RuntimeError("ConvInteger is not implemented (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ortq, "quantize_dynamic", no_conv_integer)
+    out, results, _ = chain_run
+    recipe = load_recipe("breastmnist", CHAIN)
+    said: list[str] = []
+    ctx = Context(recipe, RunDir(out), data_root, say=said.append, progress=False)
+    ctx.dataset = load_dataset(recipe.data, data_root, recipe.seed)
+    for v in results["variants"]:
+        ctx.add(Variant.from_dict(v))
+    made = stages.dynamic(ctx, ctx.variants["student_kd"])
+    assert made.name == "student_kd_int8_dynamic_dense" and made.file == "models/student_kd_int8_dynamic_dense.onnx"
+    assert (out / made.file).is_file() and not (out / "models" / "student_kd_int8_dynamic.onnx").exists()
+    assert made.compress["dense_only"] and made.warnings
+    assert any("warning: only the dense layers are int8" in line for line in said)
+    # reused as it was made: same name, same warning
+    again = stages.dynamic(ctx, ctx.variants["student_kd"])
+    assert again.name == made.name and again.warnings == made.warnings
