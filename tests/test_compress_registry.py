@@ -143,3 +143,31 @@ def test_warnings_are_kept_printed_and_reported():
     html = render_html(results)
     assert 'id="warnings"' in html and "5 Conv node(s) stay float" in html
     assert "reused: measured by the run that made it" in html
+
+
+def test_bench_results_are_keyed_by_the_machine(tmp_path, monkeypatch):
+    """A run directory copied to another machine re-benches: the bench record names its machine."""
+    from medlite.bench import runner
+    from medlite.pipeline import stage_bench
+    from medlite.runstate import RunDir
+    from medlite.variant import Context
+
+    here = {"cpu": "CPU A", "cores": 4, "platform": "Linux-x", "python": "3.11"}
+    calls = []
+    monkeypatch.setattr(runner, "machine_info", lambda: dict(here))
+    # Only the keying is under test here: the measurement itself is tests/test_bench.py's business.
+    monkeypatch.setattr(runner, "bench_run_dir", lambda root, cfg: calls.append(root) or {})
+
+    def bench_once():
+        ctx = Context(load_recipe("breastmnist"), RunDir(tmp_path), tmp_path, say=lambda line: None, progress=False)
+        stage_bench(ctx)
+        return ctx.cached_stages
+
+    assert bench_once() == [] and len(calls) == 1
+    assert bench_once() == ["bench"] and len(calls) == 1  # same machine: reused
+    here["python"] = "3.12"  # not part of the machine identity
+    assert bench_once() == ["bench"]
+    here["cpu"] = "CPU B"
+    assert bench_once() == [] and len(calls) == 2  # another CPU: measured again
+    here["cores"] = 8
+    assert bench_once() == [] and len(calls) == 3
