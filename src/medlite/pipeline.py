@@ -17,8 +17,8 @@ import numpy as np
 
 from medlite.errors import UsageError
 from medlite.recipe import Recipe, dump_recipe
-from medlite.runstate import RunDir, fingerprint, sha256, write_atomic, write_json
-from medlite.variant import Context, Variant
+from medlite.runstate import RunDir, sha256, write_atomic, write_json
+from medlite.variant import Context, Variant, stage_key
 
 
 def library_versions() -> dict[str, str]:
@@ -72,11 +72,18 @@ def _train_key(ctx: Context, cfg, extra: Any = None) -> str:
     r = ctx.recipe
     pretrained = sha256(Path(cfg.pretrained)) if cfg.pretrained and Path(cfg.pretrained).is_file() else cfg.pretrained
     data_keys = r.data.model_dump(include={"augment", "balance"})
-    return fingerprint("train", cfg.model_dump(), data_keys, ctx.dataset.fingerprint(), r.seed, r.device, pretrained, extra)
+    return stage_key("train", cfg.model_dump(), data_keys, ctx.dataset.fingerprint(), r.seed, r.device, pretrained, extra)
 
 
-def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, stage: str = "train") -> Variant:
-    """Train (or distil from `parent`) one model; the checkpoint is the best-validation-AUC epoch."""
+def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, stage: str = "train",
+                section: str | None = None) -> Variant:
+    """Train (or distil from `parent`) one model; the checkpoint is the best-validation-AUC epoch.
+
+    `section` names the recipe section `cfg` came from (default: found by identity); it is
+    recorded on the variant, so later stages find its training settings by lineage, not by name.
+    """
+    if section is None:
+        section = next((f for f in type(ctx.recipe).model_fields if getattr(ctx.recipe, f) is cfg), None)
     from medlite.models import count_params
     from medlite.models.weights import save_state
     from medlite.train import fit
@@ -104,12 +111,15 @@ def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, 
         save_state(model, ckpt, metadata={"arch": cfg.arch, "variant": name})
     variant = Variant(
         name=name, parent=parent.name if parent else None, stage=stage, arch=cfg.arch,
-        teachers=[parent.name] if parent else [],
+        teachers=[parent.name] if parent else [], train_section=section,
         checkpoint=ctx.run.rel(ckpt), params=count_params(model), train=result.to_dict(),
     )
-    if result.best_val_auc is not None and result.best_epoch >= 0:
-        ctx.say(f"{name}: best epoch {result.best_epoch + 1} (val AUC {result.best_val_auc:.3f}), {result.seconds:.0f}s")
-    ctx.run.store(name, key, [ckpt], variant.to_dict())
+    for warning in result.warnings:
+        ctx.warn(variant, warning)
+    if result.best_epoch >= 0:
+        score = f"val AUC {result.best_val_auc:.3f}" if result.best_val_auc is not None else f"by {result.selected_by}"
+        ctx.say(f"{name}: best epoch {result.best_epoch + 1} ({score}), {result.seconds:.0f}s")
+    ctx.store(name, key, [ckpt], variant.to_dict())
     return ctx.add(variant)
 
 
@@ -119,7 +129,7 @@ def stage_export(ctx: Context, variant: Variant) -> Variant:
     from medlite.export.onnx import export_onnx
 
     stage = f"{variant.name}.export"
-    key = fingerprint("export", ctx.artifact_hash(variant), ctx.dataset.preprocess.to_dict())
+    key = stage_key("export", ctx.artifact_hash(variant), ctx.dataset.preprocess.to_dict())
     path = ctx.run.models / f"{variant.name}.onnx"
     facts = ctx.reuse(stage, key)
     if facts is None:
@@ -128,7 +138,7 @@ def stage_export(ctx: Context, variant: Variant) -> Variant:
             check = export_onnx(model, ctx.dataset.preprocess, path, {"medlite.variant": variant.name})
             facts = {"file": ctx.run.rel(path), "export": {"max_abs_diff": check["max_abs_diff"]},
                      **describe_model(model, ctx.example_input(), path)}
-        ctx.run.store(stage, key, [path], facts)
+        ctx.store(stage, key, [path], facts)
     for k, v in facts.items():
         setattr(variant, k, v)
     return variant
@@ -140,28 +150,31 @@ def stage_evaluate(ctx: Context, variant: Variant) -> None:
 
     cfg = ctx.recipe.evaluate
     stage = f"{variant.name}.evaluate"
-    key = fingerprint("evaluate", ctx.artifact_hash(variant), cfg.model_dump(), ctx.dataset.fingerprint(), ctx.recipe.seed)
+    key = stage_key("evaluate", ctx.artifact_hash(variant), cfg.model_dump(), ctx.dataset.fingerprint(), ctx.recipe.seed)
     facts = ctx.reuse(stage, key)
     if facts is None:
         with ctx.timed("evaluate"):
             metrics, _ = evaluate_artifact(ctx.run.root / variant.file, ctx.dataset.splits[cfg.split],
                                            ctx.dataset.preprocess, cfg, ctx.recipe.seed)
         facts = {"metrics": metrics}
-        ctx.run.store(stage, key, [], facts)
+        ctx.store(stage, key, [], facts)
     variant.metrics = facts["metrics"]
 
 
 def stage_bench(ctx: Context) -> None:
     from medlite.bench import bench_run_dir
+    from medlite.bench.runner import machine_info
 
     cfg = ctx.recipe.bench
-    key = fingerprint("bench", cfg.model_dump(), {v.name: ctx.artifact_hash(v) for v in ctx.variants.values()})
+    # Timings belong to the machine that measured them: a run directory copied elsewhere re-benches.
+    machine = {k: v for k, v in machine_info().items() if k in ("cpu", "cores", "platform")}
+    key = stage_key("bench", cfg.model_dump(), {v.name: ctx.artifact_hash(v) for v in ctx.variants.values()}, machine)
     facts = ctx.reuse("bench", key)
     if facts is None:
         ctx.say(f"bench: timing {len(ctx.variants)} variants, each in a fresh process")
         with ctx.timed("bench"):
-            facts = {"bench": bench_run_dir(ctx.run.root, cfg)}
-        ctx.run.store("bench", key, [], facts)
+            facts = {"bench": bench_run_dir(ctx.run.root, cfg), "machine": machine}
+        ctx.store("bench", key, [], facts)
     for name, bench in facts["bench"].items():
         if name in ctx.variants:
             ctx.variants[name].bench = bench
@@ -175,6 +188,7 @@ def results_document(ctx: Context, wall_seconds: float) -> dict:
         "dataset": ctx.dataset.summary(),
         "variants": [v.to_dict() for v in ctx.variants.values()],
         "timings": {**ctx.timings, "total": round(wall_seconds, 2)},
+        "timings_reused": ctx.reused_timings,  # seconds measured by the earlier runs whose stages were reused
         "cached_stages": ctx.cached_stages,
         "versions": library_versions(),
     }
@@ -207,7 +221,7 @@ def run_pipeline(
             check_arch(cfg.arch)
         except UsageError as err:
             raise UsageError(f"{section}.arch: {err}") from None
-    if recipe.compress.methods:
+    if recipe.compress.methods or recipe.compress.chains:
         from medlite.compress.stages import check_targets
 
         check_targets(recipe, ["teacher", "student_kd"] + (["student_scratch"] if recipe.distill.scratch_baseline else []))
@@ -220,14 +234,14 @@ def run_pipeline(
     ctx.device = resolve_device(recipe.device)
 
     stage_data(ctx)
-    teacher = stage_train(ctx, "teacher", recipe.teacher)
+    teacher = stage_train(ctx, "teacher", recipe.teacher, section="teacher")
     if recipe.distill.scratch_baseline:
-        stage_train(ctx, "student_scratch", recipe.student)
-    stage_train(ctx, "student_kd", recipe.student, parent=teacher, stage="distill")
+        stage_train(ctx, "student_scratch", recipe.student, section="student")
+    stage_train(ctx, "student_kd", recipe.student, parent=teacher, stage="distill", section="student")
     for variant in list(ctx.variants.values()):
         stage_export(ctx, variant)
 
-    if recipe.compress.methods:
+    if recipe.compress.methods or recipe.compress.chains:
         from medlite.compress.stages import run_compression
 
         try:

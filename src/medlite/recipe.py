@@ -127,9 +127,6 @@ class EvaluateConfig(_Strict):
 
 # -- compression (pruning, quantization) -------------------------------------------------
 
-COMPRESS_METHODS = ("prune_structured", "prune_unstructured", "int8_dynamic", "int8_static", "int8_qat")
-
-
 class FineTune(_Strict):
     epochs: int = Field(3, ge=0)
     lr: float = Field(5e-4, gt=0)
@@ -172,25 +169,52 @@ class Int8QatConfig(FineTune):
 
 
 class CompressConfig(_Strict):
+    """Methods are registered in `medlite.compress.registry` (each with its section below)."""
+
     targets: list[str] = Field(default_factory=lambda: ["teacher", "student_kd"])
-    methods: list[str] = Field(default_factory=list)
-    quantize_pruned: bool = Field(True, description="also quantize (int8_static) each structured-pruned variant")
+    methods: list[str] = Field(default_factory=list, description="methods applied to each target")
+    chains: list[list[str]] = Field(
+        default_factory=list,
+        description="methods applied in sequence to each target, e.g. [[prune_structured, int8_qat]]; "
+        "default: [[prune_structured, int8_static]] when both are in methods",
+    )
     prune_structured: PruneStructuredConfig = PruneStructuredConfig()
     prune_unstructured: PruneUnstructuredConfig = PruneUnstructuredConfig()
     int8_static: Int8StaticConfig = Int8StaticConfig()
     int8_qat: Int8QatConfig = Int8QatConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_chains(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "quantize_pruned" in data:
+                raise ValueError(
+                    "'quantize_pruned' was removed: declare chains instead, "
+                    "e.g. compress.chains: [[prune_structured, int8_static]]"
+                )
+            methods = data.get("methods")
+            if "chains" not in data and isinstance(methods, list) and {"prune_structured", "int8_static"} <= set(methods):
+                data = {**data, "chains": [["prune_structured", "int8_static"]]}
+        return data
+
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
+        from medlite.compress import registry  # light: no torch
+
         for method in methods:
-            if method not in COMPRESS_METHODS:
-                hint = difflib.get_close_matches(method, COMPRESS_METHODS, n=1)
-                raise ValueError(
-                    f"unknown method {method!r}"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else f"; choose from {', '.join(COMPRESS_METHODS)}")
-                )
+            if method not in registry.METHODS:
+                raise ValueError(registry.unknown_message(method))
         return methods
+
+    @field_validator("chains")
+    @classmethod
+    def _valid_chains(cls, chains: list[list[str]]) -> list[list[str]]:
+        from medlite.compress import registry
+
+        for chain in chains:
+            registry.check_chain(chain)
+        return chains
 
 
 class BenchConfig(_Strict):

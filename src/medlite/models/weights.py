@@ -59,3 +59,11 @@ def load_exact(model: nn.Module, path: Path) -> nn.Module:
 
     model.load_state_dict(load_file(str(path)))
     return model
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file (no tensors are read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})

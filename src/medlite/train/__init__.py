@@ -22,6 +22,8 @@ class FitResult:
     seconds: float = 0.0
     teacher_cache_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+    selected_by: str = "val_auc"  # what chose best_epoch: val_auc, val_loss (AUC not computable), last_epoch
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         mean = float(np.mean(self.epoch_seconds)) if self.epoch_seconds else 0.0
@@ -34,6 +36,8 @@ class FitResult:
             "seconds": round(self.seconds, 2),
             "teacher_cache_seconds": round(self.teacher_cache_seconds, 2),
             "history": self.history,
+            "selected_by": self.selected_by,
+            "warnings": self.warnings,
         }
 
 
@@ -208,9 +212,27 @@ def fit(
     if not select_best:
         last = module.history[-1] if module.history else {}
         module.best_epoch, best_auc = cfg.epochs - 1, last.get("val_auc")
+    selected_by, notes = "val_auc", []
     if module.best_score is None:  # no validation split: the last epoch
         module.best_epoch = cfg.epochs - 1
+        selected_by = "last_epoch"
+        if select_best:
+            notes.append("no validation split: kept the last epoch")
+    elif not select_best:
+        selected_by = "last_epoch"
+    if best_auc is not None and not np.isfinite(best_auc):
+        best_auc = None
+    if module.auc_missing and select_best and module.best_score is not None:
+        if best_auc is None:
+            selected_by = "val_loss"
+        notes.append(
+            f"validation AUC could not be computed in {module.auc_missing} of {module.val_passes} "
+            "validation passes (one class in the validation split?)"
+            + ("; best epoch chosen by validation loss" if best_auc is None else "; those epochs ranked by loss, below the rest")
+        )
     return FitResult(
+        selected_by=selected_by,
+        warnings=notes,
         best_epoch=module.best_epoch,
         best_val_auc=float(best_auc) if best_auc is not None else None,
         epochs=cfg.epochs,
