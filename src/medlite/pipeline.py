@@ -18,7 +18,7 @@ import numpy as np
 from medlite.errors import UsageError
 from medlite.recipe import Recipe, dump_recipe
 from medlite.runstate import (
-    DISK_ERRNOS, RESOLVED_RECIPE, RunDir, atomic_path, data_identity, fingerprint, sha256, write_atomic, write_error,
+    RESOLVED_RECIPE, RunDir, atomic_path, data_identity, fingerprint, sha256, write_atomic, write_error,
     write_json,
 )
 from medlite.variant import Context, Variant
@@ -100,7 +100,7 @@ def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, 
         ctx.say(f"{name}: {what} ({count_params(model):,} parameters, {cfg.epochs} epochs)")
         result = fit(
             model, ctx.dataset, cfg, data_cfg=ctx.recipe.data, seed=ctx.recipe.seed,
-            log_dir=ctx.run.logs / name, label=name, teacher=teacher, distill=distill,
+            log_dir=ctx.run.stage_logs(name), label=name, teacher=teacher, distill=distill,
             device=ctx.device, say=ctx.say, progress=ctx.progress,
         )
         save_state(model, ckpt, metadata={"arch": cfg.arch, "variant": name})
@@ -223,7 +223,7 @@ def run_pipeline(
     try:
         return _carry_out(recipe, run, data_root, say, progress)
     except OSError as err:
-        if err.errno in DISK_ERRNOS:  # a full disk or a folder we may not write: the user's to fix
+        if run.is_write_fault(err):  # a full disk or a folder we may not write: the user's to fix
             raise write_error(Path(err.filename) if err.filename else out, err) from None
         raise
     finally:

@@ -319,6 +319,21 @@ class RunDir:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def is_write_fault(self, err: OSError) -> bool:
+        """A full disk anywhere, or a permission/not-a-folder error on a path in this run directory."""
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+            return True
+        if err.errno in DISK_ERRNOS and err.filename:
+            return Path(os.path.abspath(err.filename)).is_relative_to(os.path.abspath(self.root))
+        return False
+
+    def stage_logs(self, name: str) -> Path:
+        """`logs/<name>/`, emptied: a retrained stage's curves never mix with a killed or older attempt's."""
+        folder = self.logs / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return folder
+
     def rel(self, path: Path) -> str:
         return str(path.relative_to(self.root))
 
