@@ -214,7 +214,8 @@ class RunDir:
         marker = read_marker(root) if root.is_dir() else None
         adopted = False
         if root.is_dir() and marker is None and not _legacy_run_dir(root):
-            entries = sorted(p.name for p in root.iterdir())
+            # What a medlite run killed before it could mark the folder left (its lock, a temporary) is not the user's.
+            entries = sorted(p.name for p in root.iterdir() if p.name != LOCK and not _TMP_FILE.match(p.name))
             if fresh and entries:
                 raise UsageError(
                     f"--fresh: {root} was not made by medlite (no {MARKER}): medlite deletes nothing in it; "
