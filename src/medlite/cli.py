@@ -58,7 +58,6 @@ def run(
     """Carry out a recipe: train, distil, compress, export, evaluate, benchmark, report."""
     _debug["on"] = debug
     from medlite.recipe import load_recipe
-
     from medlite.runstate import default_run_dir
 
     parsed = load_recipe(recipe, set_ or [])

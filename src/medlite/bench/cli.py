@@ -30,10 +30,9 @@ def _run_config(run_dir: Optional[Path], overrides: dict):
 
     from medlite.errors import UsageError
     from medlite.recipe import BenchConfig
-
-    base: dict = {}
     from medlite.runstate import RESOLVED_RECIPE
 
+    base: dict = {}
     recipe = run_dir / RESOLVED_RECIPE if run_dir is not None else None
     if recipe is not None and recipe.is_file():
         try:
