@@ -66,7 +66,7 @@ def _data_root(option: Path | None) -> Path:
 @app.command()
 def run(
     recipe: RecipeArg = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="run directory (default: runs/<recipe name>)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="run directory (default: runs/<recipe name>[-<data id>])")] = None,
     data_root: DataRootOpt = None,
     set_: SetOpt = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="start over instead of resuming")] = False,
@@ -75,15 +75,18 @@ def run(
     """Carry out a recipe: train, distil, compress, export, evaluate, benchmark, report."""
     _debug["on"] = debug
     from medlite.recipe import load_recipe
+    from medlite.runstate import default_run_dir
 
     parsed = load_recipe(recipe, set_ or [])
-    out = out or Path("runs") / parsed.name
+    default_out = out is None
+    out = out or default_run_dir(parsed)
     console = _console()
     console.print(f"medlite run {parsed.name} -> {out}")
     from medlite.pipeline import run_pipeline
     from medlite.report import print_table
 
-    results = run_pipeline(parsed, out, _data_root(data_root), fresh=fresh, say=console.print, progress=None)
+    results = run_pipeline(parsed, out, _data_root(data_root), fresh=fresh, say=console.print, progress=None,
+                           default_out=default_out)
     print_table(results, console)
     cached = len(results["cached_stages"])
     console.print(

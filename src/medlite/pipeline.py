@@ -17,7 +17,10 @@ import numpy as np
 
 from medlite.errors import UsageError
 from medlite.recipe import Recipe, dump_recipe
-from medlite.runstate import RunDir, sha256, write_atomic, write_json
+from medlite.runstate import (
+    RESOLVED_RECIPE, RunDir, atomic_path, data_identity, sha256, write_atomic, write_error,
+    write_json,
+)
 from medlite.variant import Context, Variant, stage_key
 
 
@@ -63,9 +66,8 @@ def _write_samples(ctx: Context, per_class: int = 2) -> None:
             safe = "".join(c if c.isalnum() else "_" for c in name)
             path = ctx.run.samples / f"{safe}_{i}.png"
             if not path.exists():
-                tmp = path.with_name(path.name + ".tmp")
-                Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(tmp, format="PNG")
-                tmp.replace(path)
+                with atomic_path(path) as tmp:
+                    Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(tmp, format="PNG")
 
 
 def _train_key(ctx: Context, cfg, extra: Any = None) -> str:
@@ -105,7 +107,7 @@ def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, 
         ctx.say(f"{name}: {what} ({count_params(model):,} parameters, {cfg.epochs} epochs)")
         result = fit(
             model, ctx.dataset, cfg, data_cfg=ctx.recipe.data, seed=ctx.recipe.seed,
-            log_dir=ctx.run.logs / name, label=name, teacher=teacher, distill=distill,
+            log_dir=ctx.run.stage_logs(name), label=name, teacher=teacher, distill=distill,
             device=ctx.device, say=ctx.say, progress=ctx.progress,
         )
         save_state(model, ckpt, metadata={"arch": cfg.arch, "variant": name})
@@ -211,10 +213,15 @@ def run_pipeline(
     fresh: bool = False,
     say: Callable[[str], None] = print,
     progress: bool | None = None,
+    default_out: bool = False,
 ) -> dict:
-    """Carry out a recipe into `out`; returns the results document (also written to results.json)."""
+    """Carry out a recipe into `out`; returns the results document (also written to results.json).
+
+    `out` is locked for the run (a second live run into it is refused) and must be a folder
+    medlite made, or a new one (see RunDir.open). `default_out`: `out` is the default
+    `runs/<name>` the user did not choose, so it must not hold a run on other data.
+    """
     from medlite.models import check_arch
-    from medlite.train import resolve_device
 
     for section, cfg in (("teacher", recipe.teacher), ("student", recipe.student)):
         try:
@@ -225,10 +232,24 @@ def run_pipeline(
         from medlite.compress.stages import check_targets
 
         check_targets(recipe, ["teacher", "student_kd"] + (["student_scratch"] if recipe.distill.scratch_baseline else []))
-    start = time.perf_counter()
     run = RunDir(out)
-    run.prepare(fresh)
-    write_atomic(out / "recipe.yaml", dump_recipe(recipe))
+    run.open(fresh, data=data_identity(recipe), same_data=default_out)
+    try:
+        return _carry_out(recipe, run, data_root, say, progress)
+    except OSError as err:
+        if run.is_write_fault(err):  # a full disk or a folder we may not write: the user's to fix
+            raise write_error(Path(err.filename) if err.filename else out, err) from None
+        raise
+    finally:
+        run.close()
+
+
+def _carry_out(recipe: Recipe, run: RunDir, data_root: Path, say: Callable[[str], None], progress: bool | None) -> dict:
+    from medlite.train import resolve_device
+
+    start = time.perf_counter()
+    out = run.root
+    write_atomic(out / RESOLVED_RECIPE, dump_recipe(recipe))
     write_json(out / "environment.json", {"versions": library_versions(), "argv": sys.argv})
     ctx = Context(recipe, run, data_root, say, progress)
     ctx.device = resolve_device(recipe.device)

@@ -71,7 +71,7 @@ def _finetune(ctx, name: str, model, parent, finetune_cfg, *, callbacks=(), sele
     how = f", distilling from {teacher.name}" if teacher else ""
     ctx.say(f"{name}: fine-tuning {cfg.epochs} epochs at lr {cfg.lr:g}{how}")
     result = fit(
-        model, ctx.dataset, cfg, data_cfg=ctx.recipe.data, seed=ctx.recipe.seed, log_dir=ctx.run.logs / name,
+        model, ctx.dataset, cfg, data_cfg=ctx.recipe.data, seed=ctx.recipe.seed, log_dir=ctx.run.stage_logs(name),
         label=name, teacher=ctx.load_variant_model(teacher) if teacher else None,
         distill=ctx.recipe.distill if teacher else None, callbacks=callbacks, device=ctx.device,
         say=ctx.say, progress=ctx.progress, select_best=select_best, score_start=True,

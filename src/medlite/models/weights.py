@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -15,11 +14,11 @@ def save_state(model: nn.Module, path: Path, metadata: dict[str, str] | None = N
     """Write a safetensors checkpoint atomically (temporary name, then rename)."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from medlite.runstate import atomic_path
+
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:

@@ -56,6 +56,8 @@ def resolve_device(name: str) -> str:
 def _epoch_callback(label: str, say: Callable[[str], None] | None):
     import lightning as L
 
+    from medlite.runstate import fault_point
+
     class EpochLog(L.Callback):
         """Times each training epoch and reports one plain line per epoch."""
 
@@ -68,6 +70,7 @@ def _epoch_callback(label: str, say: Callable[[str], None] | None):
             module.log("epoch_time", seconds)
             row = {"epoch": trainer.current_epoch, "seconds": round(seconds, 3), **{k: round(v, 5) for k, v in metrics.items()}}
             module.history.append(row)
+            fault_point(f"epoch:{label}:{trainer.current_epoch + 1}")  # tests kill a run mid-training here
             if say:
                 val = f" val_auc {metrics['val_auc']:.3f} val_acc {metrics['val_acc']:.3f}" if "val_auc" in metrics else ""
                 say(
