@@ -47,3 +47,12 @@ def busi_root(data_root: Path) -> Path:
 def breast_npz(data_root: Path):
     with np.load(data_root / "breastmnist.npz") as npz:
         return {k: npz[k] for k in npz.files}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """medlite's user cache (remembered MD5 checks) goes to a private folder, never ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MEDLITE_CACHE_DIR", str(tmp_path_factory.mktemp("medlite-cache")))
+    yield
+    patch.undo()
