@@ -99,8 +99,12 @@ def bench(
         print_bench_table(result, console)
         console.print(f"wrote {target / 'bench.json'}")
     elif target.is_file():
-        if target.suffix.lower() != ".onnx":
-            raise UsageError(f"{target}: expected an .onnx file or a run directory")
+        from medlite.runtime import ArtifactError, runtime_for
+
+        try:
+            runtime_for(target)
+        except ArtifactError as err:
+            raise UsageError(f"{err}; give a model file or a run directory") from None
         cfg = _run_config(None, overrides)
         with console.status(f"benchmarking {target.name}..."):
             result = bench_file(
