@@ -125,6 +125,16 @@ def _register_bench() -> None:
 _register_bench()
 
 
+def _register_deploy() -> None:
+    from medlite.deploy.cli import predict, serve
+
+    app.command("predict")(predict)
+    app.command("serve")(serve)
+
+
+_register_deploy()
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -145,7 +145,7 @@ def stage_evaluate(ctx: Context, variant: Variant) -> None:
     if facts is None:
         with ctx.timed("evaluate"):
             metrics, _ = evaluate_artifact(ctx.run.root / variant.file, ctx.dataset.splits[cfg.split],
-                                           ctx.dataset.preprocess, cfg, ctx.recipe.seed)
+                                           ctx.dataset.preprocess, cfg, ctx.recipe.seed, runtime=variant.runtime)
         facts = {"metrics": metrics}
         ctx.run.store(stage, key, [], facts)
     variant.metrics = facts["metrics"]
@@ -174,6 +174,7 @@ def results_document(ctx: Context, wall_seconds: float) -> dict:
         "seed": ctx.recipe.seed,
         "dataset": ctx.dataset.summary(),
         "variants": [v.to_dict() for v in ctx.variants.values()],
+        "skipped": ctx.skipped,  # variants a converter could not make, each with a one-line reason
         "timings": {**ctx.timings, "total": round(wall_seconds, 2)},
         "cached_stages": ctx.cached_stages,
         "versions": library_versions(),
@@ -211,6 +212,9 @@ def run_pipeline(
         from medlite.compress.stages import check_targets
 
         check_targets(recipe, ["teacher", "student_kd"] + (["student_scratch"] if recipe.distill.scratch_baseline else []))
+    from medlite.export.stages import check_export_formats, stage_litert_exports
+
+    check_export_formats(recipe)
     start = time.perf_counter()
     run = RunDir(out)
     run.prepare(fresh)
@@ -239,8 +243,12 @@ def run_pipeline(
             write_results(ctx, time.perf_counter() - start)
             raise
 
+    stage_litert_exports(ctx)
     for variant in ctx.variants.values():
         stage_evaluate(ctx, variant)
+    from medlite.export.card import write_model_cards
+
+    write_model_cards(ctx, library_versions()["medlite"])
     # Write what we have before benchmarking: the bench reads results.json, and a failure later keeps it.
     write_results(ctx, time.perf_counter() - start)
     if recipe.bench.enabled:

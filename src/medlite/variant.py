@@ -59,6 +59,7 @@ class Context:
         self.variants: dict[str, Variant] = {}
         self.timings: dict[str, float] = {}
         self.cached_stages: list[str] = []
+        self.skipped: list[dict] = []  # variants a stage could not make: {"name", "reason", ...}
         self.device = "cpu"
         self._hashes: dict[tuple, str] = {}
 
