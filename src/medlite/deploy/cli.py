@@ -65,7 +65,7 @@ def predict(
         raise _usage(err) from None
     _print(result, console, out)
     if not result["predictions"]:
-        raise typer.Exit(2)
+        raise _usage(ValueError(f"none of the {len(result['unreadable'])} inputs could be classified"))
 
 
 def _print(result: dict, console, out: Path | None) -> None:

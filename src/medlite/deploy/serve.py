@@ -14,7 +14,6 @@ nothing is written outside a private temporary directory (multipart spooling goe
 upload gets a 4xx with a one-line message and the server keeps serving.
 """
 
-from __future__ import annotations
 
 import asyncio
 import ipaddress
@@ -119,7 +118,7 @@ def create_app(model_path: Path, *, runtime: str | None = None, selection: str =
             raise HTTPException(413, f"request of {int(length)} bytes exceeds the limit "
                                      f"({max_files} files of {max_upload_mb:g} MB)")
         ctype = request.headers.get("content-type", "")
-        if not ctype.startswith("multipart/form-data"):
+        if not ctype.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
             raise HTTPException(400, "expected multipart/form-data with the image in a field named `file`")
         body = bytearray()
         async for chunk in request.stream():  # capped while streaming: chunked uploads cannot bypass it
