@@ -12,20 +12,26 @@ import io
 import numpy as np
 from PIL import Image
 
-from medlite.runtime import Artifact, softmax
+from medlite.runtime import Artifact
 
 
 def occlusion_map(art: Artifact, x: np.ndarray, target: int, patch: int | None = None,
                   stride: int | None = None) -> np.ndarray:
-    """(H, W) map in [0, 1]: mean drop of p(target) when a patch covering the pixel is occluded.
+    """(H, W) map in [0, 1]: mean drop of the target's logit margin when a patch covering the pixel is hidden.
 
     `x` is one normalised input (1, C, H, W). The patch holds 0, i.e. the dataset mean after
-    normalisation, so the occluder is "average tissue" rather than a black hole.
+    normalisation, so the occluder is "average tissue" rather than a black hole. The score is the
+    margin logit(target) - max other logit, not the probability: a confident model's probability
+    stays at 1.00 under every occlusion and would give a blank map.
     """
     _, _, h, w = x.shape
     patch = patch or max(2, round(h / 7))
     stride = stride or max(1, patch // 2)
-    base = softmax(art.run(x))[0, target]
+    def margin(logits: np.ndarray) -> np.ndarray:
+        others = np.delete(logits, target, axis=1)
+        return logits[:, target] - others.max(axis=1)
+
+    base = margin(art.run(x).astype(np.float64))[0]
     tops = list(range(0, max(h - patch, 0) + 1, stride))
     lefts = list(range(0, max(w - patch, 0) + 1, stride))
     if tops[-1] != h - patch:
@@ -36,7 +42,7 @@ def occlusion_map(art: Artifact, x: np.ndarray, target: int, patch: int | None =
     batch = np.repeat(x, len(boxes), axis=0)
     for i, (t, l) in enumerate(boxes):
         batch[i, :, t : t + patch, l : l + patch] = 0.0
-    probs = softmax(art.run(batch, batch_size=64))[:, target]
+    probs = margin(art.run(batch, batch_size=64).astype(np.float64))
     heat = np.zeros((h, w), np.float64)
     count = np.zeros((h, w), np.float64)
     for (t, l), p in zip(boxes, probs):

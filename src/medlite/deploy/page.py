@@ -89,7 +89,7 @@ td {{ border-top:1px solid var(--line); padding:6px 4px; vertical-align:top; }} 
   <h2>Model card</h2>
   <table id="card">{card}</table>
   <p class="meta">Heat-map: occlusion sensitivity computed on the deployed file (how much the predicted
-  class's probability drops when each region is hidden). Bright = the model relied on it.</p>
+  class's score (logit margin) drops when each region is hidden). Bright = the model relied on it.</p>
 </section>
 </main>
 <script>

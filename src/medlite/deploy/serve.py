@@ -96,7 +96,7 @@ def create_app(model_path: Path, *, runtime: str | None = None, selection: str =
         if heatmap:
             heat = occlusion_map(art, x, k)
             out["heatmap_png"] = overlay_png(pixels, heat)
-            out["heatmap_method"] = "occlusion (Zeiler & Fergus 2014) on the deployed file: drop in p(predicted class)"
+            out["heatmap_method"] = "occlusion (Zeiler & Fergus 2014) on the deployed file: drop in the predicted class's logit margin"
         return out
 
     @app.get("/", response_class=HTMLResponse)
