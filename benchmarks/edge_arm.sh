@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The edge runner on aarch64 (64-bit Raspberry Pi OS) under emulation, compared with x86.
+#
+#   benchmarks/edge_arm.sh MODEL.onnx IMAGE_FOLDER [WORKDIR]
+#
+# 1. a Debian arm64 sysroot with Python 3.11 (from Debian's own arm64 packages, unpacked with
+#    dpkg-deb -x: nothing is installed into this system),
+# 2. aarch64 wheels of numpy, onnxruntime and Pillow (pip download --platform manylinux2014_aarch64
+#    --only-binary=:all:), unzipped into a site folder,
+# 3. `python -m medlite.edge` run under qemu-aarch64-static (called directly with -L SYSROOT, so no
+#    binfmt_misc registration is needed) and natively on x86 with the same files,
+# 4. the two JSON reports compared: same classes, probabilities within 1e-5.
+#
+# Needs: qemu-user-static (apt-get install qemu-user-static), network access to the Debian archive
+# and PyPI, and `dpkg --add-architecture arm64 && apt-get update` once (done here when missing).
+# Not a CI test: it downloads ~60 MB and runs emulated Python (minutes).
+set -euo pipefail
+
+MODEL=${1:?usage: edge_arm.sh MODEL.onnx IMAGE_FOLDER [WORKDIR]}
+IMAGES=${2:?usage: edge_arm.sh MODEL.onnx IMAGE_FOLDER [WORKDIR]}
+WORK=${3:-${TMPDIR:-/tmp}/medlite-edge-arm}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PY_X86=${PYTHON:-python3}
+NUMPY=${NUMPY_VERSION:-2.4.6}
+ORT=${ORT_VERSION:-1.32.0}
+PILLOW=${PILLOW_VERSION:-13.0.0}
+
+QEMU=$(command -v qemu-aarch64-static || true)
+if [ -z "$QEMU" ]; then
+  echo "blocked: qemu-aarch64-static not found (apt-get install qemu-user-static)" >&2
+  exit 3
+fi
+mkdir -p "$WORK/debs" "$WORK/sysroot" "$WORK/site" "$WORK/wheels"
+
+# -- 1. arm64 Python sysroot ---------------------------------------------------------------
+if [ ! -x "$WORK/sysroot/usr/bin/python3.11" ]; then
+  if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    dpkg --add-architecture arm64
+    apt-get update -qq
+  fi
+  PKGS="libc6 libgcc-s1 libstdc++6 zlib1g libexpat1 libffi8 libbz2-1.0 liblzma5 libssl3 libuuid1 libmpdec3
+        libreadline8 libtinfo6 libncursesw6 libsqlite3-0 libdb5.3 libcrypt1 libnsl2 libtirpc3 libgssapi-krb5-2
+        libkrb5-3 libk5crypto3 libcom-err2 libkrb5support0 libkeyutils1
+        libpython3.11-minimal libpython3.11-stdlib python3.11-minimal"
+  (cd "$WORK/debs" && for p in $PKGS; do apt-get download -q "$p:arm64" >/dev/null 2>&1 || echo "warning: $p:arm64 not downloaded" >&2; done)
+  for deb in "$WORK"/debs/*.deb; do dpkg-deb -x "$deb" "$WORK/sysroot"; done
+fi
+ARMPY=("$QEMU" -L "$WORK/sysroot" "$WORK/sysroot/usr/bin/python3.11")
+echo "arm64 python: $("${ARMPY[@]}" -c 'import platform, sys; print(sys.version.split()[0], platform.machine())')"
+
+# -- 2. aarch64 wheels -------------------------------------------------------------------------
+if [ ! -d "$WORK/site/onnxruntime" ]; then
+  "$PY_X86" -m pip download -q --no-deps --only-binary=:all: --platform manylinux2014_aarch64 \
+    --platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64 \
+    --python-version 3.11 --implementation cp -d "$WORK/wheels" \
+    "numpy==$NUMPY" "onnxruntime==$ORT" "pillow==$PILLOW"
+  for whl in "$WORK"/wheels/*.whl; do "$PY_X86" -m zipfile -e "$whl" "$WORK/site"; done
+fi
+
+# -- 3. run the edge runner on both ------------------------------------------------------------
+# The medlite sources are copied so the arm run sees exactly the x86 run's code.
+rm -rf "$WORK/src" && cp -r "$REPO/src" "$WORK/src"
+echo "x86_64 run..."
+PYTHONPATH="$WORK/src" "$PY_X86" -m medlite.edge "$MODEL" "$IMAGES" --threads 1 --indent 0 > "$WORK/x86.json"
+echo "aarch64 run (emulated, slow)..."
+START=$(date +%s)
+PYTHONPATH="$WORK/src:$WORK/site" PYTHONHOME="$WORK/sysroot/usr" "${ARMPY[@]}" -m medlite.edge "$MODEL" "$IMAGES" \
+  --threads 1 --indent 0 > "$WORK/arm64.json"
+echo "aarch64 run took $(( $(date +%s) - START )) s under emulation"
+
+# -- 4. compare ---------------------------------------------------------------------------------
+"$PY_X86" - "$WORK/x86.json" "$WORK/arm64.json" <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+ia = {r["path"]: r for r in a["images"]}
+ib = {r["path"]: r for r in b["images"]}
+assert ia.keys() == ib.keys(), "different image sets"
+same = sum(ia[k]["class"] == ib[k]["class"] for k in ia)
+diff = max(abs(ia[k]["probabilities"][c] - ib[k]["probabilities"][c]) for k in ia for c in ia[k]["probabilities"])
+print(json.dumps({"images": len(ia), "same_class": same, "max_abs_prob_diff": diff,
+                  "x86_runtime": a["runtime"], "arm64_runtime": b["runtime"],
+                  "arm64_inference_ms_p50_emulated": b["summary"]["inference_ms_p50"],
+                  "x86_inference_ms_p50": a["summary"]["inference_ms_p50"]}, indent=1))
+sys.exit(0 if same == len(ia) and diff < 1e-5 else 1)
+PY
