@@ -205,3 +205,24 @@ def test_serve_under_bounded_local_load(model, images):
         stats = run_load(url, [p.read_bytes() for p in images[:8]], clients=4, requests_per_client=10)
     assert stats["errors"] == 0 and stats["requests"] == 40
     assert 0 < stats["p50_ms"] <= stats["p99_ms"]
+
+
+# -- medlite bench --soak -------------------------------------------------------------------------
+
+
+def test_soak_samples_every_second_into_csv_and_png(tmp_path, model):
+    env = {"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}
+    out = tmp_path / "soak.csv"
+    proc = subprocess.run([sys.executable, "-m", "medlite.cli", "bench", str(model), "--soak", "2", "--soak-out", str(out),
+                           "--threads", "1"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 2 and [round(float(r["t_s"])) for r in rows] == [1, 2]
+    assert all(int(r["inferences"]) > 0 and float(r["rss_mb"]) > 0 for r in rows)
+    summary = json.loads(out.with_suffix(".json").read_text())["summary"]
+    assert summary["inferences"] == sum(int(r["inferences"]) for r in rows)
+    assert (summary["temperature_c_max"] is None) == bool(summary["temperature_unavailable"])
+    assert out.with_suffix(".png").stat().st_size > 1000
+    bad = subprocess.run([sys.executable, "-m", "medlite.cli", "bench", str(model), "--soak", "0"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "--soak" in bad.stderr

@@ -36,6 +36,8 @@ def predict(
     from medlite.runtime import ArtifactError
 
     console = Console(stderr=True, highlight=False)
+    if not console.is_terminal:  # logs: one line per message, no wrapping at 80 columns
+        console = Console(stderr=True, highlight=False, width=240)
     if batch_size < 1:
         raise _usage(ValueError(f"--batch-size {batch_size}: must be at least 1"))
     try:
