@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The edge runner on aarch64 (64-bit Raspberry Pi OS) under emulation, compared with x86.
 #
-#   benchmarks/edge_arm.sh MODEL.onnx IMAGE_FOLDER [WORKDIR]
+#   benchmarks/edge_arm.sh MODEL.onnx|MODEL.tflite IMAGE_FOLDER [WORKDIR]
 #
 # 1. a Debian arm64 sysroot with Python 3.11 (from Debian's own arm64 packages, unpacked with
 #    dpkg-deb -x: nothing is installed into this system),
-# 2. aarch64 wheels of numpy, onnxruntime and Pillow (pip download --platform manylinux2014_aarch64
+# 2. aarch64 wheels of numpy, Pillow and the runtime (onnxruntime for .onnx, ai-edge-litert for .tflite) (pip download --platform manylinux2014_aarch64
 #    --only-binary=:all:), unzipped into a site folder,
 # 3. `python -m medlite.edge` run under qemu-aarch64-static (called directly with -L SYSROOT, so no
 #    binfmt_misc registration is needed) and natively on x86 with the same files,
@@ -22,7 +22,11 @@ WORK=${3:-${TMPDIR:-/tmp}/medlite-edge-arm}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY_X86=${PYTHON:-python3}
 NUMPY=${NUMPY_VERSION:-2.4.6}
-ORT=${ORT_VERSION:-1.32.0}
+# onnxruntime 1.32.0's aarch64 wheel segfaults on import under Debian 12's qemu 7.2 user mode
+# (uncaught target signal 11, before any medlite code runs); 1.20.1 imports and runs. On a real
+# Raspberry Pi 1.32.0 is the one to use: set ORT_VERSION=1.32.0.
+ORT=${ORT_VERSION:-1.20.1}
+LITERT=${LITERT_VERSION:-2.3.0}
 PILLOW=${PILLOW_VERSION:-13.0.0}
 
 QEMU=$(command -v qemu-aarch64-static || true)
@@ -48,13 +52,20 @@ fi
 ARMPY=("$QEMU" -L "$WORK/sysroot" "$WORK/sysroot/usr/bin/python3.11")
 echo "arm64 python: $("${ARMPY[@]}" -c 'import platform, sys; print(sys.version.split()[0], platform.machine())')"
 
-# -- 2. aarch64 wheels -------------------------------------------------------------------------
-if [ ! -d "$WORK/site/onnxruntime" ]; then
+# -- 2. aarch64 wheels: numpy, Pillow and the model's runtime only ------------------------------
+case "$MODEL" in
+  *.tflite) RUNTIME_WHEEL="ai-edge-litert==$LITERT"; TAG=litert-$LITERT ;;
+  *)        RUNTIME_WHEEL="onnxruntime==$ORT"; TAG=ort-$ORT ;;
+esac
+SITE="$WORK/site-$TAG"
+if [ ! -f "$SITE/.done" ]; then
+  rm -rf "$SITE" "$WORK/wheels-$TAG" && mkdir -p "$SITE"
   "$PY_X86" -m pip download -q --no-deps --only-binary=:all: --platform manylinux2014_aarch64 \
     --platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64 \
-    --python-version 3.11 --implementation cp -d "$WORK/wheels" \
-    "numpy==$NUMPY" "onnxruntime==$ORT" "pillow==$PILLOW"
-  for whl in "$WORK"/wheels/*.whl; do "$PY_X86" -m zipfile -e "$whl" "$WORK/site"; done
+    --python-version 3.11 --implementation cp -d "$WORK/wheels-$TAG" \
+    "numpy==$NUMPY" "pillow==$PILLOW" "$RUNTIME_WHEEL"
+  for whl in "$WORK/wheels-$TAG"/*.whl; do "$PY_X86" -m zipfile -e "$whl" "$SITE"; done
+  touch "$SITE/.done"
 fi
 
 # -- 3. run the edge runner on both ------------------------------------------------------------
@@ -64,7 +75,7 @@ echo "x86_64 run..."
 PYTHONPATH="$WORK/src" "$PY_X86" -m medlite.edge "$MODEL" "$IMAGES" --threads 1 --indent 0 > "$WORK/x86.json"
 echo "aarch64 run (emulated, slow)..."
 START=$(date +%s)
-PYTHONPATH="$WORK/src:$WORK/site" PYTHONHOME="$WORK/sysroot/usr" "${ARMPY[@]}" -m medlite.edge "$MODEL" "$IMAGES" \
+PYTHONPATH="$WORK/src:$SITE" PYTHONHOME="$WORK/sysroot/usr" "${ARMPY[@]}" -m medlite.edge "$MODEL" "$IMAGES" \
   --threads 1 --indent 0 > "$WORK/arm64.json"
 echo "aarch64 run took $(( $(date +%s) - START )) s under emulation"
 

@@ -155,6 +155,13 @@ def test_run_dir_selection_rule(tmp_path, model):
     assert "within 0.01 AUC" in rule and "gone (file missing)" in rule
 
 
+def bomb_png() -> bytes:
+    """A 10000 x 10000 grey PNG: ~100 KB on the wire, 100 MB once decoded."""
+    buf = io.BytesIO()
+    Image.new("L", (10000, 10000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 # -- medlite serve ------------------------------------------------------------------------------
 
 
@@ -187,6 +194,7 @@ def test_serve_api_page_and_malformed_uploads(model, images):
             "wrong field": (client.post("/predict", files={"image": ("a.png", images[0].read_bytes(), "image/png")}), 422),
             "text field": (client.post("/predict", data={"file": "hello"}), 422),
             "not multipart": (client.post("/predict", content=b"{}", headers={"content-type": "application/json"}), 400),
+            "decompression bomb": (client.post("/predict", files={"file": ("b.png", bomb_png(), "image/png")}), 413),
             "too many files": (client.post("/predict", files=[("file", (p.name, p.read_bytes())) for p in images[:6]]), 400),
         }
         for label, (res, status) in cases.items():

@@ -76,7 +76,8 @@ def create_app(model_path: Path, *, runtime: str | None = None, selection: str =
         try:
             pixels, adaptation = load_for_model(data, spec, art.card)
         except ImageError as err:
-            raise HTTPException(415, f"{filename}: not a readable image ({err})") from None
+            status = 413 if "too large" in str(err) else 415
+            raise HTTPException(status, f"{filename}: not a readable image ({err})") from None
         from medlite.data.preprocess import normalize
 
         x = normalize(pixels[None], spec)

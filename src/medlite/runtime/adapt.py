@@ -24,8 +24,9 @@ from medlite.data.preprocess import PreprocessSpec, convert_image, is_grey
 ASPECT_WARN = 1.5
 # Upscaling a source more than this many times its size invents detail the model never saw.
 UPSCALE_WARN = 4.0
-# Decompression-bomb guard: far above any medical image we expect (e.g. 16k x 16k).
-MAX_PIXELS = 16384 * 16384
+# Decompression-bomb guard, checked on the header before decoding: 64 megapixels (8k x 8k) is
+# above a full-field mammogram (~4k x 5k) yet stops a tiny PNG that would expand to gigabytes.
+MAX_PIXELS = 8192 * 8192
 
 
 class ImageError(ValueError):
@@ -36,10 +37,14 @@ def open_image(source: str | Path | bytes | BinaryIO) -> Image.Image:
     """Decode (really decode, not just read the header) an image from a path, bytes or a file object."""
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
-        image = Image.open(source)
+        image = Image.open(source)  # reads the header only
+        if image.width * image.height > MAX_PIXELS:
+            raise ImageError(f"image too large to decode safely ({image.width}x{image.height} pixels, "
+                             f"limit {MAX_PIXELS // 1_000_000} megapixels)")
         image.load()
+    except ImageError:
+        raise
     except Image.DecompressionBombError as err:
         raise ImageError(f"image too large ({err})") from None
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError) as err:
