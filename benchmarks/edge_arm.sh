@@ -14,6 +14,13 @@
 # Needs: qemu-user-static (apt-get install qemu-user-static), network access to the Debian archive
 # and PyPI, and `dpkg --add-architecture arm64 && apt-get update` once (done here when missing).
 # Not a CI test: it downloads ~60 MB and runs emulated Python (minutes).
+#
+# Measured in the medlite sandbox (Debian 12, qemu-user-static 7.2, no binfmt_misc):
+#   .onnx  : onnxruntime 1.20.1 aarch64 gives the x86 (onnxruntime 1.32.0) classes on every image,
+#            probabilities within 3e-7. onnxruntime 1.32.0 aarch64 segfaults on import under qemu.
+#   .tflite: ai-edge-litert 2.3.0 aarch64 imports, but creating an Interpreter segfaults under
+#            qemu 7.2 (with and without the default XNNPACK delegate): emulation, not the model,
+#            is what fails there; run this part on a real Pi.
 set -euo pipefail
 
 MODEL=${1:?usage: edge_arm.sh MODEL.onnx IMAGE_FOLDER [WORKDIR]}

@@ -119,7 +119,7 @@ def _register_bench() -> None:
         from medlite.bench.cli import bench
     except ImportError:  # pragma: no cover - bench is part of the package; guard for partial installs
         return
-    app.command("bench", help="Benchmark every variant of a run directory, or one .onnx file.")(bench)
+    app.command("bench", help="Benchmark every variant of a run directory, or one model file (.onnx, .tflite); --soak SECONDS for a resource monitor.")(bench)
 
 
 _register_bench()

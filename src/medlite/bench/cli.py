@@ -49,7 +49,7 @@ def _run_config(run_dir: Optional[Path], overrides: dict):
 
 
 def bench(
-    target: Annotated[Path, typer.Argument(help="a run directory (with results.json) or an .onnx file")],
+    target: Annotated[Path, typer.Argument(help="a run directory (with results.json) or a model file (.onnx, .tflite)")],
     input_shape: Annotated[
         Optional[str], typer.Option("--input-shape", help="N,C,H,W for ONNX files without medlite metadata, e.g. 1,1,28,28")
     ] = None,
