@@ -9,8 +9,8 @@ Why this module is so strict about imports: the deployment target (a Raspberry P
 laptop) gets `pip install --no-deps medlite numpy onnxruntime pillow` and nothing more. So this
 file imports only the standard library, numpy, the model's runtime (onnxruntime, or
 ai-edge-litert for .tflite, through `medlite.runtime`) and `medlite.data.preprocess` (numpy + Pillow), and it prepares images with exactly the functions training used; a test runs
-it with torch, onnx, scipy, pydantic, ... made unimportable. `medlite.bench.worker` reuses the
-session and spec helpers below for the same reason.
+it with torch, onnx, scipy, pydantic, ... made unimportable. The runtime code itself lives in
+`medlite.runtime`, shared with the benchmark worker, `medlite predict` and `medlite serve`.
 """
 
 from __future__ import annotations
