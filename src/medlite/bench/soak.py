@@ -148,8 +148,12 @@ def write_soak(result: dict, csv_path: Path) -> list[Path]:
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
         if all(v is None for v in (r[key] for r in rows)):
+            ax.set_yticks([])
             ax.text(0.5, 0.5, result["summary"].get("temperature_unavailable") or "not available",
                     ha="center", va="center", transform=ax.transAxes, fontsize=8, color="grey")
+        elif key != "temperature_c":
+            # From zero: a 0.01 MB wiggle must not look like a leak.
+            ax.set_ylim(0, max(v for v in values if v == v) * 1.15 or 1)
     axes[-1].set_xlabel("seconds")
     fig.suptitle(f"soak: {Path(result['model']).name} ({result['runtime']}, {result['threads']} threads)", fontsize=9)
     fig.tight_layout()
