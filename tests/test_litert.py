@@ -71,3 +71,34 @@ def test_litert_files_match_pytorch_and_carry_preprocessing(tmp_path, breast_npz
         # int8 changes the numbers a little, not the answers for most images
         assert np.abs(got - want).max() < 0.25 and (got.argmax(1) == want.argmax(1)).mean() >= 0.85
         assert np.corrcoef(got[:, 1], want[:, 1])[0, 1] > 0.8, mode
+
+
+def test_converter_failure_is_recorded_not_raised(tmp_path, monkeypatch):
+    """A converter that cannot handle an architecture: one line in ctx.skipped, no variant, no crash."""
+    from types import SimpleNamespace
+
+    from medlite.data.preprocess import PreprocessSpec
+    from medlite.export import litert
+    from medlite.export.stages import stage_litert_exports
+    from medlite.recipe import load_recipe
+    from medlite.runstate import RunDir
+    from medlite.variant import Context, Variant
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("Lowering not found: aten::grid_sampler_3d\nlong traceback follows")
+
+    monkeypatch.setattr(litert, "convert_fp32", fail)
+    run = RunDir(tmp_path)
+    run.prepare(False)
+    said = []
+    ctx = Context(load_recipe(None, ["export.formats=[onnx,litert]"]), run, tmp_path, said.append, False)
+    ctx.dataset = SimpleNamespace(preprocess=PreprocessSpec(28, 1, 0.5, 0.5, ("a", "b")), fingerprint=lambda: "d")
+    (run.models / "teacher.onnx").write_bytes(b"onnx bytes")
+    ctx.add(Variant(name="teacher", parent=None, stage="train", arch="resnet18", file="models/teacher.onnx",
+                    checkpoint="checkpoints/teacher.safetensors"))
+    monkeypatch.setattr(ctx, "load_variant_model", lambda v: None)
+    made = stage_litert_exports(ctx)
+    assert made == [] and list(ctx.variants) == ["teacher"]
+    assert ctx.skipped == [{"name": "teacher_tflite_fp32", "parent": "teacher", "format": "tflite-fp32",
+                            "reason": "RuntimeError: Lowering not found: aten::grid_sampler_3d"}]
+    assert any("teacher_tflite_fp32: skipped" in line for line in said)
