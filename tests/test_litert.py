@@ -102,3 +102,40 @@ def test_converter_failure_is_recorded_not_raised(tmp_path, monkeypatch):
     assert ctx.skipped == [{"name": "teacher_tflite_fp32", "parent": "teacher", "format": "tflite-fp32",
                             "reason": "RuntimeError: Lowering not found: aten::grid_sampler_3d"}]
     assert any("teacher_tflite_fp32: skipped" in line for line in said)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_LITERT, reason="litert-torch / ai-edge-litert / ai-edge-quantizer not installed")
+def test_edge_runner_runs_tflite_with_only_litert_numpy_pillow(tmp_path, breast_npz, monkeypatch):
+    import json
+
+    import test_edge
+    import torch
+    from PIL import Image
+
+    from medlite.data.preprocess import PreprocessSpec
+    from medlite.export.litert import convert_fp32
+    from medlite.models import create
+    from medlite.runtime import open_artifact
+
+    torch.manual_seed(0)
+    spec = PreprocessSpec(28, 1, 0.5, 0.5, ("benign", "malignant"))
+    model = create("medlite_dsconv_tiny", num_classes=2, in_chans=1, img_size=28).eval()
+    path = tmp_path / "m.tflite"
+    convert_fp32(model, spec, path, "m")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(breast_npz["test_images"][i]).save(folder / f"{i}.png")
+    # No onnxruntime either: a .tflite needs only ai-edge-litert, numpy and Pillow.
+    monkeypatch.setattr(test_edge, "BLOCKED", test_edge.BLOCKED + ("onnxruntime",))
+    proc, imports = test_edge.run_without_training_stack("medlite.edge", str(path), str(folder), "--threads", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert imports["attempts"] == [] and "onnxruntime" not in imports["third_party"]
+    report = json.loads(proc.stdout)
+    assert report["runtime"].startswith("ai-edge-litert") and report["summary"]["count"] == 3
+    art = open_artifact(path)
+    for item in report["images"]:
+        pixels = np.asarray(Image.open(item["path"]).convert("L"))[None, :, :, None]
+        want = art.predict_proba(pixels)[0]
+        np.testing.assert_allclose([item["probabilities"][c] for c in spec.class_names], want, atol=1e-6)
