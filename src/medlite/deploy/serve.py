@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medlite.runtime import Artifact, ArtifactError, open_artifact, softmax
+from medlite.runtime import Artifact, open_artifact, softmax
 from medlite.runtime.adapt import ImageError, load_for_model
 
 DEFAULT_MAX_UPLOAD_MB = 10.0
