@@ -139,10 +139,20 @@ def _register_bench() -> None:
         from medlite.bench.cli import bench
     except ImportError:  # pragma: no cover - bench is part of the package; guard for partial installs
         return
-    app.command("bench", help="Benchmark every variant of a run directory, or one .onnx file.")(bench)
+    app.command("bench", help="Benchmark every variant of a run directory, or one model file (.onnx, .tflite); --soak SECONDS for a resource monitor.")(bench)
 
 
 _register_bench()
+
+
+def _register_deploy() -> None:
+    from medlite.deploy.cli import predict, serve
+
+    app.command("predict")(predict)
+    app.command("serve")(serve)
+
+
+_register_deploy()
 
 
 def main() -> None:

@@ -1,132 +1,57 @@
-"""Edge runner: classify images with an exported medlite ONNX file on a device that has nothing else.
+"""Edge runner: classify images with an exported medlite model on a device that has nothing else.
 
-    python -m medlite.edge MODEL.onnx IMAGE_OR_DIR [--threads N] [--top-k K]
+    python -m medlite.edge MODEL.onnx|MODEL.tflite IMAGE_OR_DIR [--threads N] [--top-k K]
 
 It prints one JSON document: per image the predicted class, the probability of every class,
 the top-k classes and timings, plus the model load time and the process's peak RSS.
 
 Why this module is so strict about imports: the deployment target (a Raspberry Pi, an old
 laptop) gets `pip install --no-deps medlite numpy onnxruntime pillow` and nothing more. So this
-file imports only the standard library, numpy, onnxruntime and `medlite.data.preprocess`
-(numpy + Pillow), and it prepares images with exactly the functions training used; a test runs
-it with torch, onnx, scipy, pydantic, ... made unimportable. `medlite.bench.worker` reuses the
-session and spec helpers below for the same reason.
+file imports only the standard library, numpy, the model's runtime (onnxruntime, or
+ai-edge-litert for .tflite, through `medlite.runtime`) and `medlite.data.preprocess` (numpy + Pillow), and it prepares images with exactly the functions training used; a test runs
+it with torch, onnx, scipy, pydantic, ... made unimportable. The runtime code itself lives in
+`medlite.runtime`, shared with the benchmark worker, `medlite predict` and `medlite serve`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from medlite.data.preprocess import IMAGE_SUFFIXES, PreprocessSpec, load_image, normalize
+from medlite.data.preprocess import IMAGE_SUFFIXES, PreprocessSpec, normalize
+from medlite.runtime import ArtifactError as EdgeError  # a fault the user can fix: one line, exit 2
+from medlite.runtime import (  # noqa: F401 - re-exported for callers of the first version
+    PREPROCESS_KEY,
+    open_artifact,
+    peak_rss_mb,
+    resolve_threads,
+    sidecar_paths,
+    softmax,
+)
+from medlite.runtime.adapt import ImageError, load_for_model
+from medlite.runtime.onnxrt import INPUT_NAME, OUTPUT_NAME  # noqa: F401
 
-# medlite.export.onnx imports `onnx` only inside its functions, so its constants are safe to share here.
-from medlite.export.onnx import INPUT_NAME, OUTPUT_NAME, PREPROCESS_KEY  # noqa: E402,F401
 
-
-class EdgeError(Exception):
-    """A fault the user can fix (bad path, no preprocessing spec); printed as one line, exit code 2."""
-
-
-# -- helpers shared with medlite.bench.worker -------------------------------------------------
-
-
-def resolve_threads(threads: int) -> int:
-    """0 means "all cores this process may use"; we pass the resolved number to the runtime so the
-    thread count we report is the one that ran (ONNX Runtime's own default counts physical cores)."""
-    if threads < 0:
-        raise EdgeError(f"--threads {threads}: must be 0 (all cores) or a positive number")
-    if threads:
-        return threads
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # macOS, Windows
-        return os.cpu_count() or 1
+# -- helpers (kept here for callers of the first version; the code lives in medlite.runtime) --
 
 
 def make_session(model_path: Path, threads: int):
-    """An ONNX Runtime CPU session with the same options as `medlite.export.onnx.session`.
+    """An ONNX Runtime CPU session (through the runtime seam)."""
+    from medlite.runtime.onnxrt import OnnxArtifact
 
-    One inter-op thread: our graphs are a single chain, and extra pools only add contention.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = resolve_threads(threads)
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # noqa: BLE001 - ORT raises several private exception types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise EdgeError(f"{model_path}: not a loadable ONNX model ({first[:200]})") from None
+    return OnnxArtifact(model_path, threads=threads).session
 
 
-def _spec_from_json(data: Any, where: str) -> PreprocessSpec:
-    """Accept the spec itself or a document that nests it under `medlite.preprocess` / `preprocess`."""
-    if isinstance(data, str):
-        data = json.loads(data)
-    if isinstance(data, dict):
-        for key in (PREPROCESS_KEY, "preprocess"):
-            if key in data:
-                return _spec_from_json(data[key], where)
-    try:
-        return PreprocessSpec.from_dict(data)
-    except (KeyError, TypeError, ValueError) as err:
-        raise EdgeError(f"{where}: not a medlite preprocessing spec ({type(err).__name__}: {err})") from None
-
-
-def sidecar_paths(model_path: Path) -> list[Path]:
-    """Where a spec for a model written by another tool may live: MODEL.onnx.json, then MODEL.json."""
-    return [model_path.with_name(model_path.name + ".json"), model_path.with_suffix(".json")]
-
-
-def read_spec(model_path: Path, session) -> tuple[PreprocessSpec | None, str]:
-    """The preprocessing the model was trained with, and where it came from.
-
-    The ONNX metadata comes first (medlite writes it into every file); a sidecar JSON lets a
-    model exported elsewhere be used too. Returns (None, reason) when there is neither.
-    """
-    meta = session.get_modelmeta().custom_metadata_map
-    if PREPROCESS_KEY in meta:
-        try:
-            return _spec_from_json(meta[PREPROCESS_KEY], f"{model_path} metadata {PREPROCESS_KEY}"), "onnx metadata"
-        except json.JSONDecodeError as err:
-            raise EdgeError(f"{model_path}: metadata {PREPROCESS_KEY} is not valid JSON ({err})") from None
-    for sidecar in sidecar_paths(model_path):
-        if sidecar.is_file():
-            try:
-                data = json.loads(sidecar.read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise EdgeError(f"{sidecar}: unreadable preprocessing sidecar ({err})") from None
-            return _spec_from_json(data, str(sidecar)), str(sidecar)
-    names = " or ".join(p.name for p in sidecar_paths(model_path))
-    return None, f"no {PREPROCESS_KEY} metadata in {model_path.name} and no sidecar {names}"
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB.
-
-    Linux: VmHWM from /proc/self/status. Not ru_maxrss: Linux carries ru_maxrss across execve, so
-    a runner started from a big process (pytest with torch loaded, the pipeline) would report its
-    parent's peak. Elsewhere ru_maxrss (KiB on Linux/BSD, bytes on macOS).
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 2)
-    except (OSError, ValueError, IndexError):
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 2)
+def read_spec(model_path: Path, session=None) -> tuple[PreprocessSpec | None, str]:
+    """The preprocessing a model was trained with, and where it came from (file metadata, then sidecar)."""
+    art = open_artifact(model_path)
+    return art.spec, art.spec_source
 
 
 def find_images(target: Path) -> list[Path]:
@@ -138,22 +63,16 @@ def find_images(target: Path) -> list[Path]:
     raise EdgeError(f"{target}: no such file or folder")
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (stable: subtract the max)."""
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 # -- the runner -------------------------------------------------------------------------------
 
 
-def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1) -> dict:
+def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1, runtime: str | None = None) -> dict:
     """Classify `target` (an image or a folder) one image at a time, as a device would.
 
-    Unreadable files inside a folder are listed under `skipped`; a single unreadable file,
-    or a folder without any readable image, is an error.
+    The runtime comes from the registry (`.onnx` -> ONNX Runtime, `.tflite` -> LiteRT) unless
+    named. Unreadable files inside a folder are listed under `skipped`; a single unreadable
+    file, or a folder without any readable image, is an error. Each image carries the report of
+    how it was adapted to the model's input, with warnings for inputs far from the training data.
     """
     if not model_path.is_file():
         raise EdgeError(f"{model_path}: model file not found")
@@ -164,13 +83,9 @@ def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1) -
         raise EdgeError(f"{target}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
 
     start = time.perf_counter()
-    session = make_session(model_path, threads)
-    spec, spec_source = read_spec(model_path, session)
+    art = open_artifact(model_path, runtime=runtime, threads=threads)
     load_ms = (time.perf_counter() - start) * 1000
-    if spec is None:
-        raise EdgeError(f"{model_path}: no preprocessing spec ({spec_source})")
-    input_name = session.get_inputs()[0].name
-    output_name = session.get_outputs()[0].name
+    spec = art.require_spec()
     names = list(spec.class_names)
     k = min(top_k, len(names))
 
@@ -178,27 +93,30 @@ def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1) -
     for path in images:
         t0 = time.perf_counter()
         try:
-            pixels = load_image(path, spec.channels, spec.image_size)
-        except (OSError, ValueError, SyntaxError) as err:
+            pixels, adaptation = load_for_model(path, spec, art.card)
+        except ImageError as err:
             if len(images) == 1 and target.is_file():
-                raise EdgeError(f"{path}: not a readable image ({type(err).__name__})") from None
-            skipped.append({"path": str(path), "error": f"{type(err).__name__}: {err}"[:200]})
+                raise EdgeError(f"{path}: not a readable image ({err})") from None
+            skipped.append({"path": str(path), "error": str(err)[:200]})
             continue
         x = normalize(pixels[None], spec)
         t1 = time.perf_counter()
-        logits = session.run([output_name], {input_name: x})[0]
+        logits = art.run(x)
         t2 = time.perf_counter()
-        probs = softmax(logits)[0]
-        if len(probs) != len(names):
-            raise EdgeError(f"{model_path}: model has {len(probs)} outputs but the spec names {len(names)} classes")
+        probs = softmax(logits)
+        if probs.shape[1] != len(names):
+            raise EdgeError(f"{model_path}: model has {probs.shape[1]} outputs but the spec names {len(names)} classes")
+        decided = int(art.decide(probs)[0])
+        probs = probs[0]
         order = np.argsort(-probs, kind="stable")
         results.append(
             {
                 "path": str(path),
-                "class": names[int(order[0])],
-                "class_index": int(order[0]),
+                "class": names[decided],
+                "class_index": decided,
                 "probabilities": {name: float(p) for name, p in zip(names, probs)},
                 "top_k": [{"class": names[int(i)], "probability": float(probs[i])} for i in order[:k]],
+                "input": adaptation,
                 "prep_ms": round((t1 - t0) * 1000, 4),
                 "inference_ms": round((t2 - t1) * 1000, 4),
             }
@@ -206,22 +124,23 @@ def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1) -
     if not results:
         raise EdgeError(f"{target}: none of the {len(images)} image files could be read")
 
-    import onnxruntime as ort
-
     inference = np.array([r["inference_ms"] for r in results])
     prep = np.array([r["prep_ms"] for r in results])
     return {
         "model": str(model_path),
-        "runtime": f"onnxruntime {ort.__version__}",
-        "threads": resolve_threads(threads),
-        "spec_source": spec_source,
+        "runtime": art.version(),
+        "threads": art.threads,
+        "spec_source": art.spec_source,
         "preprocess": spec.to_dict(),
+        "operating_point": art.operating_point,
+        "card": art.card,
         "load_ms": round(load_ms, 3),
         "images": results,
         "skipped": skipped,
         "summary": {
             "count": len(results),
             "skipped": len(skipped),
+            "warnings": sum(1 for r in results if r["input"]["warnings"]),
             "prep_ms_mean": round(float(prep.mean()), 4),
             "inference_ms_mean": round(float(inference.mean()), 4),
             "inference_ms_p50": round(float(np.percentile(inference, 50)), 4),
@@ -235,11 +154,11 @@ def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1) -
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m medlite.edge",
-        description="Classify an image (or every image in a folder) with a medlite ONNX model; prints JSON.",
+        description="Classify an image (or every image in a folder) with a medlite ONNX or LiteRT model; prints JSON.",
     )
-    parser.add_argument("model", type=Path, help="the .onnx file (preprocessing read from its metadata or MODEL.json)")
+    parser.add_argument("model", type=Path, help="the .onnx or .tflite file (preprocessing read from its metadata or the MODEL.ext.json sidecar)")
     parser.add_argument("target", type=Path, help="an image file or a folder (searched recursively)")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads; 0 = all cores (default)")
+    parser.add_argument("--threads", type=int, default=0, help="runtime threads; 0 = all cores (default)")
     parser.add_argument("--top-k", type=int, default=1, help="how many best classes to list per image (default 1)")
     parser.add_argument("--indent", type=int, default=2, help="JSON indentation; 0 for one line")
     return parser

@@ -157,7 +157,7 @@ def stage_evaluate(ctx: Context, variant: Variant) -> None:
     if facts is None:
         with ctx.timed("evaluate"):
             metrics, _ = evaluate_artifact(ctx.run.root / variant.file, ctx.dataset.splits[cfg.split],
-                                           ctx.dataset.preprocess, cfg, ctx.recipe.seed)
+                                           ctx.dataset.preprocess, cfg, ctx.recipe.seed, runtime=variant.runtime)
         facts = {"metrics": metrics}
         ctx.store(stage, key, [], facts)
     variant.metrics = facts["metrics"]
@@ -189,6 +189,7 @@ def results_document(ctx: Context, wall_seconds: float) -> dict:
         "seed": ctx.recipe.seed,
         "dataset": ctx.dataset.summary(),
         "variants": [v.to_dict() for v in ctx.variants.values()],
+        "skipped": ctx.skipped,  # variants a converter could not make, each with a one-line reason
         "timings": {**ctx.timings, "total": round(wall_seconds, 2)},
         "timings_reused": ctx.reused_timings,  # seconds measured by the earlier runs whose stages were reused
         "cached_stages": ctx.cached_stages,
@@ -232,6 +233,9 @@ def run_pipeline(
         from medlite.compress.stages import check_targets
 
         check_targets(recipe, ["teacher", "student_kd"] + (["student_scratch"] if recipe.distill.scratch_baseline else []))
+    from medlite.export.stages import check_export_formats
+
+    check_export_formats(recipe)
     run = RunDir(out)
     run.open(fresh, data=data_identity(recipe), same_data=default_out)
     try:
@@ -274,8 +278,14 @@ def _carry_out(recipe: Recipe, run: RunDir, data_root: Path, say: Callable[[str]
             write_results(ctx, time.perf_counter() - start)
             raise
 
+    from medlite.export.card import write_model_cards
+    from medlite.export.stages import stage_litert_exports
+
+    stage_litert_exports(ctx)
     for variant in ctx.variants.values():
         stage_evaluate(ctx, variant)
+
+    write_model_cards(ctx, library_versions()["medlite"])
     # Write what we have before benchmarking: the bench reads results.json, and a failure later keeps it.
     write_results(ctx, time.perf_counter() - start)
     if recipe.bench.enabled:

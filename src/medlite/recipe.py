@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medlite.errors import UsageError
+from medlite.export.config import ExportConfig
 
 
 class _Strict(BaseModel):
@@ -239,6 +240,7 @@ class Recipe(_Strict):
     distill: DistillConfig = DistillConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     compress: CompressConfig = CompressConfig()
+    export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
 
 

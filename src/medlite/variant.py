@@ -80,6 +80,7 @@ class Context:
         self.reused_timings: dict[str, float] = {}  # the part of `timings` measured by the runs that made reused stages
         self._pending: dict[str, float] = {}  # seconds timed since the last reuse()/store(): the stage under way
         self.cached_stages: list[str] = []
+        self.skipped: list[dict] = []  # variants a stage could not make: {"name", "reason", ...}
         self.device = "cpu"
         self._hashes: dict[tuple, str] = {}
 

@@ -50,7 +50,7 @@ def _run_config(run_dir: Optional[Path], overrides: dict):
 
 
 def bench(
-    target: Annotated[Path, typer.Argument(help="a run directory (with results.json) or an .onnx file")],
+    target: Annotated[Path, typer.Argument(help="a run directory (with results.json) or a model file (.onnx, .tflite)")],
     input_shape: Annotated[
         Optional[str], typer.Option("--input-shape", help="N,C,H,W for ONNX files without medlite metadata, e.g. 1,1,28,28")
     ] = None,
@@ -69,6 +69,10 @@ def bench(
         Optional[int], typer.Option("--throughput-batch", help="batch size for images/s [default: recipe]")
     ] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the figures to this JSON file")] = None,
+    soak: Annotated[Optional[float], typer.Option(
+        "--soak", help="sustained inference for SECONDS, sampling CPU %, RSS and temperature every second")] = None,
+    soak_out: Annotated[Optional[Path], typer.Option(
+        "--soak-out", help="CSV for --soak (a PNG plot goes beside it) [default: RUN_DIR/figures/soak.csv or ./soak.csv]")] = None,
 ) -> None:
     """Measure latency, throughput, load time, memory and CPU of exported models, each in a fresh process."""
     from rich.console import Console
@@ -78,6 +82,9 @@ def bench(
     from medlite.errors import UsageError
 
     console = Console()
+    if soak is not None:
+        _soak(target, soak, soak_out, threads, console)
+        return
     overrides = {
         "threads": parse_threads(threads) if threads is not None else None,
         "warmup": warmup,
@@ -111,8 +118,12 @@ def bench(
             console.print(f"bench.json not written: {target} was not made by medlite (no .medlite-run); "
                           "--json FILE saves the figures")
     elif target.is_file():
-        if target.suffix.lower() != ".onnx":
-            raise UsageError(f"{target}: expected an .onnx file or a run directory")
+        from medlite.runtime import ArtifactError, runtime_for
+
+        try:
+            runtime_for(target)
+        except ArtifactError as err:
+            raise UsageError(f"{err}; give a model file or a run directory") from None
         cfg = _run_config(None, overrides)
         with console.status(f"benchmarking {target.name}..."):
             result = bench_file(
@@ -125,3 +136,39 @@ def bench(
     if json_out is not None:
         write_json_atomic(json_out, result)
         console.print(f"wrote {json_out}")
+
+
+def _soak(target: Path, seconds: float, out: Optional[Path], threads: Optional[str], console) -> None:
+    import json
+
+    from medlite.bench.soak import soak, write_soak
+    from medlite.deploy.select import resolve_model
+    from medlite.errors import UsageError
+    from medlite.runtime import ArtifactError
+
+    if seconds <= 0:
+        raise UsageError(f"--soak {seconds}: must be a positive number of seconds")
+    counts = parse_threads(threads) if threads is not None else [0]
+    if len(counts) != 1:
+        raise UsageError("--threads: give one thread count with --soak")
+    try:
+        path, runtime, rule = resolve_model(target)
+    except ArtifactError as err:
+        raise UsageError(str(err)) from None
+    out = out or (target / "figures" / "soak.csv" if target.is_dir() else Path("soak.csv"))
+    console.print(f"model: {rule}")
+    with console.status(f"soak: {seconds:g} s of sustained inference..."):
+        try:
+            result = soak(path, seconds, runtime=runtime, threads=counts[0])
+        except ArtifactError as err:
+            raise UsageError(str(err)) from None
+    files = write_soak(result, out)
+    (out.with_suffix(".json")).write_text(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+    s = result["summary"]
+    console.print(
+        f"{s['inferences']} inferences, {s['inferences_per_s_mean']}/s (first half {s['inferences_per_s_first_half']}, "
+        f"second half {s['inferences_per_s_second_half']}); RSS max {s['rss_mb_max']} MB (growth {s['rss_mb_growth']}); "
+        + (f"temperature max {s['temperature_c_max']} °C" if s["temperature_c_max"] is not None
+           else f"temperature unavailable ({s['temperature_unavailable']})")
+    )
+    console.print("wrote " + ", ".join(str(f) for f in files))

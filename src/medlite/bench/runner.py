@@ -161,6 +161,7 @@ def bench_file(
     time_budget_s: float | None = None,
     throughput_batch: int | None = None,
     reference: dict | None = None,
+    runtime: str | None = None,
 ) -> dict:
     """Measure one ONNX file at each thread count, each in a fresh process.
 
@@ -199,6 +200,8 @@ def bench_file(
     measured = {}
     for t in threads:
         argv = ["onnx", str(model_path), *common[t]] + (["--input-shape", input_shape] if input_shape else [])
+        if runtime:
+            argv += ["--runtime", runtime]
         measured[thread_key(t)] = run_worker(argv, timeout)
     primary = thread_key(1 if 1 in threads else threads[0])
     bench = _assemble(measured, primary)
@@ -304,8 +307,8 @@ def bench_run_dir(run_dir: Path | str, cfg: Any, *, images: Path | str | None = 
         bench: dict
         if not rel:
             bench = {"error": f"variant {name}: no `file` in results.json"}
-        elif not str(rel).endswith(".onnx"):
-            bench = {"skipped": f"{rel}: only .onnx files are benchmarked"}
+        elif not _has_runtime(rel, variant.get("runtime")):
+            bench = {"skipped": f"{rel}: no registered runtime runs this file"}
         else:
             reference = None
             if cfg.reference and variant.get("checkpoint"):
@@ -320,7 +323,7 @@ def bench_run_dir(run_dir: Path | str, cfg: Any, *, images: Path | str | None = 
                 bench = bench_file(
                     run_dir / rel, images_dir=image_source, threads=cfg.threads, warmup=cfg.warmup,
                     iterations=cfg.iterations, time_budget_s=cfg.time_budget_s,
-                    throughput_batch=cfg.throughput_batch, reference=reference,
+                    throughput_batch=cfg.throughput_batch, reference=reference, runtime=variant.get("runtime"),
                 )
                 bench["file"] = str(rel)
                 if reference and "checkpoint" in bench.get("reference", {}):
@@ -340,6 +343,16 @@ def bench_run_dir(run_dir: Path | str, cfg: Any, *, images: Path | str | None = 
     if write:
         write_json_atomic(run_dir / "bench.json", document)
     return out
+
+
+def _has_runtime(rel: str, runtime: str | None) -> bool:
+    from medlite.runtime import ArtifactError, runtime_for
+
+    try:
+        runtime_for(rel, runtime)
+        return True
+    except ArtifactError:
+        return False
 
 
 def load_bench(run_dir: Path | str) -> dict[str, dict]:

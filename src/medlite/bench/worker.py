@@ -8,7 +8,8 @@ Why a fresh process per measurement: peak RSS (ru_maxrss) only ever grows, sessi
 is faster when the runtime is already loaded, and two models in one process share caches and
 thread pools. A new interpreter makes load time, memory and thread count honest.
 
-The `onnx` mode imports only numpy, onnxruntime and Pillow (through `medlite.edge` and
+The `onnx` (alias `artifact`) mode runs any deployable file through `medlite.runtime` and
+imports only numpy, the file's runtime (onnxruntime or ai-edge-litert) and Pillow (through
 `medlite.data.preprocess`), so it runs on an edge device too; `torch` mode is the PyTorch
 eager fp32 reference and imports torch and medlite.models.
 
@@ -106,29 +107,32 @@ def prepare_input(spec, images: list[Path], channels: int, size: int) -> tuple:
 
 
 def run_onnx(args: argparse.Namespace) -> dict:
+    """Any deployable file, in the runtime the registry (or --runtime) picks: ONNX Runtime, LiteRT, ..."""
     t0 = time.perf_counter()
     import numpy as np
-    import onnxruntime as ort
 
-    from medlite.edge import EdgeError, make_session, read_spec, resolve_threads
+    from medlite.runtime import ArtifactError, open_artifact, resolve_threads, runtime_for
 
     import_ms = (time.perf_counter() - t0) * 1000
-    import_rss = measure_rss()
     if not args.model.is_file():
         raise WorkerError(f"{args.model}: model file not found")
-    threads = resolve_threads(args.threads)
-    t0 = time.perf_counter()
     try:
-        session = make_session(args.model, threads)
-    except EdgeError as err:
+        runtime = runtime_for(args.model, args.runtime)
+        # Import the runtime library before timing the load: import time is reported on its own.
+        t0 = time.perf_counter()
+        __import__({"onnxruntime": "onnxruntime", "litert": "ai_edge_litert.interpreter"}.get(runtime, "numpy"))
+        import_ms += (time.perf_counter() - t0) * 1000
+        import_rss = measure_rss()
+        threads = resolve_threads(args.threads)
+        t0 = time.perf_counter()
+        art = open_artifact(args.model, runtime=runtime, threads=threads)
+    except ArtifactError as err:
         raise WorkerError(str(err)) from None
     load_ms = (time.perf_counter() - t0) * 1000
-    spec, spec_source = read_spec(args.model, session)
-    model_input = session.get_inputs()[0]
-    output_name = session.get_outputs()[0].name
+    spec, spec_source = art.spec, art.spec_source
+    declared = art.input_shape
 
-    shape = _onnx_shape(model_input, spec, args.input_shape)
-    batch = shape[0]
+    shape = _artifact_shape(declared, spec, args.input_shape)
     notes = []
     if spec is None:
         notes.append(f"no preprocessing spec ({spec_source}); prep timed with mean=0.5, std=0.5 from the input shape")
@@ -138,20 +142,19 @@ def run_onnx(args: argparse.Namespace) -> dict:
     else:
         x = np.random.default_rng(0).standard_normal((1, *shape[1:]), dtype=np.float32)
         prep["prep_unavailable"] = "non-square input: medlite preprocessing makes square images only"
-    dtype = _ORT_DTYPES.get(model_input.type)
-    if dtype is None:
-        raise WorkerError(f"{args.model}: input type {model_input.type} is not supported by the benchmark")
-    x1 = np.repeat(x, batch, axis=0).astype(dtype)
-    fixed_batch = isinstance(model_input.shape[0], int) and model_input.shape[0] > 0
-    tp_batch = batch if fixed_batch else args.throughput_batch
-    xb = np.repeat(x, tp_batch, axis=0).astype(dtype)
-    feed1, feedb = {model_input.name: x1}, {model_input.name: xb}
+    if art.input_dtype not in ("float32", "float16", "float64", "int8", "uint8"):
+        raise WorkerError(f"{args.model}: input type {art.input_dtype} is not supported by the benchmark")
+    x = x.astype(np.float32)
+    fixed = declared[0]
+    tp_batch = fixed if fixed else args.throughput_batch
+    x1 = np.repeat(x, fixed or 1, axis=0)
+    xb = np.repeat(x, tp_batch, axis=0)
 
     def one() -> object:
-        return session.run([output_name], feed1)
+        return art.run(x1)
 
     def many() -> object:
-        return session.run([output_name], feedb)
+        return art.run(xb)
 
     if args.input_shape:
         try:  # a shape the graph cannot take (e.g. too small for its pooling) is the user's value at fault
@@ -159,12 +162,14 @@ def run_onnx(args: argparse.Namespace) -> dict:
         except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise WorkerError(f"--input-shape {args.input_shape}: the model cannot run on it ({str(err).splitlines()[0][:160]})") from None
     facts = _measure(one, many, tp_batch, args)
-    if fixed_batch and tp_batch != args.throughput_batch:
+    if fixed and tp_batch != args.throughput_batch:
         notes.append(f"the model's batch size is fixed at {tp_batch}; throughput measured at that batch")
     return {
-        "mode": "onnx",
-        "runtime": f"onnxruntime {ort.__version__}",
+        "mode": art.runtime,
+        "runtime": art.version(),
         "model": str(args.model),
+        "files": [str(f) for f in art.files()],
+        "file_bytes": art.file_bytes(),
         "spec_source": spec_source if spec is not None else None,
         "preprocess": spec.to_dict() if spec is not None else None,
         "input_shape": list(x1.shape),
@@ -183,8 +188,8 @@ def run_torch(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     import torch
 
-    from medlite.edge import resolve_threads
     from medlite.errors import UsageError
+    from medlite.runtime import resolve_threads
     from medlite.models import create
     from medlite.models.weights import load_exact
 
@@ -245,16 +250,8 @@ def run_torch(args: argparse.Namespace) -> dict:
     }
 
 
-_ORT_DTYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(double)": "float64",
-}
-
-
-def _onnx_shape(model_input, spec, input_shape: str | None) -> tuple[int, int, int, int]:
+def _artifact_shape(declared: tuple, spec, input_shape: str | None) -> tuple[int, int, int, int]:
     """N, C, H, W for the benchmark: from the spec, else --input-shape, else the model's static dims."""
-    declared = list(model_input.shape)
     batch = declared[0] if declared and isinstance(declared[0], int) and declared[0] > 0 else 1
     given = parse_shape(input_shape) if input_shape else None
     if spec is not None:
@@ -272,7 +269,7 @@ def _onnx_shape(model_input, spec, input_shape: str | None) -> tuple[int, int, i
         return (batch, *given[1:])
     if len(declared) == 4 and all(isinstance(d, int) and d > 0 for d in declared[1:]):
         return (batch, *declared[1:])
-    raise WorkerError(f"cannot tell the input shape of {model_input.name} {declared}: pass --input-shape N,C,H,W")
+    raise WorkerError(f"cannot tell the input shape {list(declared)}: pass --input-shape N,C,H,W")
 
 
 def _measure(one: Callable[[], object], many: Callable[[], object], batch: int, args: argparse.Namespace) -> dict:
@@ -307,7 +304,7 @@ def _measure(one: Callable[[], object], many: Callable[[], object], batch: int, 
 
 
 def measure_rss() -> float:
-    from medlite.edge import peak_rss_mb
+    from medlite.runtime import peak_rss_mb
 
     return peak_rss_mb()
 
@@ -322,9 +319,10 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--time-budget", type=float, default=5.0, help="seconds per loop")
     common.add_argument("--throughput-batch", type=int, default=32)
     common.add_argument("--image", type=Path, action="append", default=[], help="image(s) for prep timing and input")
-    onnx = sub.add_parser("onnx", parents=[common])
+    onnx = sub.add_parser("onnx", aliases=["artifact"], parents=[common])
     onnx.add_argument("model", type=Path)
     onnx.add_argument("--input-shape", default=None)
+    onnx.add_argument("--runtime", default=None, help="registered runtime name (default: from the file suffix)")
     eager = sub.add_parser("torch", parents=[common])
     eager.add_argument("--arch", required=True)
     eager.add_argument("--checkpoint", type=Path, required=True)
@@ -343,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise WorkerError(f"--{name.replace('_', '-')} {getattr(args, name)}: out of range")
         if args.time_budget <= 0:
             raise WorkerError(f"--time-budget {args.time_budget}: must be positive")
-        result = run_onnx(args) if args.mode == "onnx" else run_torch(args)
+        result = run_onnx(args) if args.mode in ("onnx", "artifact") else run_torch(args)
     except WorkerError as err:
         print(json.dumps({"error": str(err)}))
         return 2

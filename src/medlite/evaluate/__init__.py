@@ -1,4 +1,4 @@
-"""Evaluate a deployable artifact by running it in its runtime (ONNX Runtime for .onnx files)."""
+"""Evaluate a deployable artifact by running it in its runtime (through `medlite.runtime`)."""
 
 from __future__ import annotations
 
@@ -6,21 +6,28 @@ from pathlib import Path
 
 import numpy as np
 
-from medlite.data.preprocess import normalize
-from medlite.evaluate.metrics import classification_metrics, softmax
+from medlite.evaluate.metrics import classification_metrics
 
 
-def predict_artifact(path: Path, images_uint8: np.ndarray, spec, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities from the exported file itself, never from the PyTorch module it came from."""
-    from medlite.export.onnx import run_onnx
+def predict_artifact(path: Path, images_uint8: np.ndarray, spec=None, batch_size: int = 256,
+                     runtime: str | None = None) -> np.ndarray:
+    """Class probabilities from the exported file itself, never from the PyTorch module it came from.
 
-    logits = run_onnx(path, normalize(images_uint8, spec), batch_size=batch_size)
-    return softmax(logits.astype(np.float64))
+    `runtime` is the variant's runtime (`onnxruntime`, `litert`); None picks it from the registry.
+    `spec` (the dataset's preprocessing) wins over the file's own when given: evaluation prepares
+    the split exactly as training did.
+    """
+    from medlite.runtime import open_artifact, softmax
+    from medlite.data.preprocess import normalize
+
+    art = open_artifact(path, runtime=runtime)
+    spec = spec or art.require_spec()
+    return softmax(art.run(normalize(images_uint8, spec), batch_size).astype(np.float64))
 
 
-def evaluate_artifact(path: Path, split, spec, cfg, seed: int) -> tuple[dict, np.ndarray]:
+def evaluate_artifact(path: Path, split, spec, cfg, seed: int, runtime: str | None = None) -> tuple[dict, np.ndarray]:
     """(metrics, probabilities) of the artifact on one split; `cfg` is the recipe's EvaluateConfig."""
-    probs = predict_artifact(path, split.images, spec, cfg.batch_size)
+    probs = predict_artifact(path, split.images, spec, cfg.batch_size, runtime=runtime)
     metrics = classification_metrics(
         probs, split.labels, list(spec.class_names),
         bootstrap=cfg.bootstrap, confidence=cfg.confidence, ece_bins=cfg.ece_bins, seed=seed,

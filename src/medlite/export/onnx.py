@@ -110,18 +110,17 @@ def export_onnx(model, spec: PreprocessSpec, path: Path, extra_metadata: dict[st
 
 
 def session(path: Path, threads: int = 0):
-    """An ONNX Runtime CPU session (threads=0: all cores)."""
-    import onnxruntime as ort
+    """An ONNX Runtime CPU session (threads=0: all cores), opened through the runtime seam."""
+    from medlite.runtime.onnxrt import OnnxArtifact
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return OnnxArtifact(path, threads=threads).session
 
 
 def run_onnx(path: Path, inputs: np.ndarray, batch_size: int = 256, sess=None) -> np.ndarray:
-    """Logits for float32 NCHW inputs, computed by ONNX Runtime in batches."""
-    sess = sess or session(path)
+    """Logits for float32 NCHW inputs, computed by ONNX Runtime in batches (via `medlite.runtime`)."""
+    if sess is None:
+        from medlite.runtime.onnxrt import OnnxArtifact
+
+        return OnnxArtifact(path).run(inputs, batch_size=batch_size)
     outs = [sess.run([OUTPUT_NAME], {INPUT_NAME: inputs[i : i + batch_size]})[0] for i in range(0, len(inputs), batch_size)]
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)

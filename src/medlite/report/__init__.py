@@ -56,6 +56,8 @@ def print_table(results: dict, console) -> None:
     for row in table_rows(results):
         table.add_row(*row)
     console.print(table)
+    for skipped in results.get("skipped") or []:
+        console.print(f"not made: {skipped['name']} ({skipped['reason']})")
     for line in warning_lines(results):
         console.print(f"(!) {line}", markup=False)
 

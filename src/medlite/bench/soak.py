@@ -1,0 +1,164 @@
+"""Sustained inference with a resource monitor (the resource studies' `sys_mon`).
+
+`soak(model, seconds)` runs batch-1 inference on the deployed file in a loop for `seconds` while a
+sampler records, once a second: this process's CPU % (of one core; 200 = two cores busy), the
+whole machine's CPU %, resident memory, CPU temperature (sysfs thermal zones; None where the
+machine exposes none, with the reason) and inferences completed in that second. Rows go to a CSV
+and a PNG plot, so thermal throttling shows up as falling inferences/s under rising temperature.
+Standard library + numpy (+ matplotlib for the plot, skipped with a note when missing).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medlite.bench.measure import read_temperature
+from medlite.runtime import open_artifact
+
+FIELDS = ("t_s", "inferences", "inferences_per_s", "process_cpu_pct", "system_cpu_pct", "rss_mb", "temperature_c")
+
+
+def _process_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _system_cpu() -> tuple[float, float] | None:
+    """(busy, total) jiffies from /proc/stat (Linux), or None."""
+    try:
+        parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        values = [float(v) for v in parts]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = values[3] + (values[4] if len(values) > 4 else 0.0)
+    return sum(values) - idle, sum(values)
+
+
+def _rss_mb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 2)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def soak(model: Path, seconds: float, *, runtime: str | None = None, threads: int = 0, interval: float = 1.0) -> dict:
+    """Run the model for `seconds`; returns {"rows": [...], "summary": {...}} (one row per interval)."""
+    if seconds <= 0:
+        raise ValueError(f"--soak {seconds}: must be positive")
+    art = open_artifact(model, runtime=runtime, threads=threads)
+    spec = art.require_spec()
+    x = np.random.default_rng(0).standard_normal((1, spec.channels, spec.image_size, spec.image_size)).astype(np.float32)
+    art.run(x)  # warm-up
+    count = {"n": 0}
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            art.run(x)
+            count["n"] += 1
+
+    worker = threading.Thread(target=work, daemon=True)
+    rows: list[dict] = []
+    temp_reason = None
+    start = time.perf_counter()
+    last_t, last_cpu, last_sys, last_n = start, _process_cpu_s(), _system_cpu(), 0
+    worker.start()
+    try:
+        while True:
+            elapsed = time.perf_counter() - start
+            wait = min(interval * (len(rows) + 1), seconds) - elapsed
+            if wait > 0:
+                time.sleep(wait)
+            now, cpu, sys_now, n = time.perf_counter(), _process_cpu_s(), _system_cpu(), count["n"]
+            dt = now - last_t
+            temp, reason = read_temperature()
+            temp_reason = temp_reason or reason
+            system_pct = None
+            if sys_now and last_sys and sys_now[1] > last_sys[1]:
+                system_pct = round(100 * (sys_now[0] - last_sys[0]) / (sys_now[1] - last_sys[1]), 1)
+            rows.append({
+                "t_s": round(now - start, 3), "inferences": n - last_n,
+                "inferences_per_s": round((n - last_n) / dt, 2) if dt > 0 else None,
+                "process_cpu_pct": round(100 * (cpu - last_cpu) / dt, 1) if dt > 0 else None,
+                "system_cpu_pct": system_pct, "rss_mb": _rss_mb(), "temperature_c": temp,
+            })
+            last_t, last_cpu, last_sys, last_n = now, cpu, sys_now, n
+            if now - start >= seconds:
+                break
+    finally:
+        stop.set()
+        worker.join(timeout=10)
+    ips = np.array([r["inferences_per_s"] for r in rows if r["inferences_per_s"] is not None])
+    temps = [r["temperature_c"] for r in rows if r["temperature_c"] is not None]
+    rss = [r["rss_mb"] for r in rows if r["rss_mb"] is not None]
+    half = len(ips) // 2
+    return {
+        "model": str(model), "runtime": art.version(), "threads": art.threads, "seconds": seconds,
+        "rows": rows,
+        "summary": {
+            "inferences": int(sum(r["inferences"] for r in rows)),
+            "inferences_per_s_mean": round(float(ips.mean()), 2) if len(ips) else None,
+            # Throttling shows as a slower second half.
+            "inferences_per_s_first_half": round(float(ips[:half].mean()), 2) if half else None,
+            "inferences_per_s_second_half": round(float(ips[half:].mean()), 2) if half else None,
+            "rss_mb_max": max(rss) if rss else None,
+            "rss_mb_growth": round(rss[-1] - rss[0], 2) if len(rss) > 1 else None,
+            "temperature_c_max": max(temps) if temps else None,
+            "temperature_unavailable": None if temps else (temp_reason or "no thermal sensor readable"),
+        },
+    }
+
+
+def write_soak(result: dict, csv_path: Path) -> list[Path]:
+    """CSV (atomically) and, where matplotlib is installed, a PNG beside it; returns the files written."""
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        for row in result["rows"]:
+            writer.writerow({k: "" if row[k] is None else row[k] for k in FIELDS})
+    os.replace(tmp, csv_path)
+    written = [csv_path]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        result["summary"]["plot_unavailable"] = "matplotlib not installed"
+        return written
+    rows = result["rows"]
+    t = [r["t_s"] for r in rows]
+    panels = [("inferences_per_s", "inferences / s"), ("process_cpu_pct", "CPU % (process)"),
+              ("rss_mb", "RSS (MB)"), ("temperature_c", "CPU temperature (°C)")]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 7), sharex=True)
+    for ax, (key, label) in zip(axes, panels):
+        values = [r[key] if r[key] is not None else np.nan for r in rows]
+        ax.plot(t, values, lw=1.4)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+        if all(v is None for v in (r[key] for r in rows)):
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, result["summary"].get("temperature_unavailable") or "not available",
+                    ha="center", va="center", transform=ax.transAxes, fontsize=8, color="grey")
+        elif key != "temperature_c":
+            # From zero: a 0.01 MB wiggle must not look like a leak.
+            ax.set_ylim(0, max(v for v in values if v == v) * 1.15 or 1)
+    axes[-1].set_xlabel("seconds")
+    fig.suptitle(f"soak: {Path(result['model']).name} ({result['runtime']}, {result['threads']} threads)", fontsize=9)
+    fig.tight_layout()
+    png = csv_path.with_suffix(".png")
+    fig.savefig(png.with_name(png.name + ".tmp.png"), dpi=110)
+    plt.close(fig)
+    os.replace(png.with_name(png.name + ".tmp.png"), png)
+    return written + [png]

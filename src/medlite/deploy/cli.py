@@ -1,0 +1,128 @@
+"""Typer commands `medlite predict`, `medlite serve` (registered by medlite.cli in one line each).
+
+Module-level imports stay light so `medlite --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def _usage(err: Exception):
+    from medlite.errors import UsageError
+
+    return UsageError(str(err))
+
+
+def predict(
+    model: Annotated[Path, typer.Argument(help="a model file (.onnx, .tflite) or a run directory")],
+    images: Annotated[list[Path], typer.Argument(help="image files, folders, or list files (.txt: one path a line)")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="write predictions to a .csv or .json file")] = None,
+    threshold: Annotated[Optional[float], typer.Option(
+        "--threshold", help="two-class models: decision threshold on the positive class [default: the file's operating point, else argmax]")] = None,
+    min_confidence: Annotated[float, typer.Option(
+        "--min-confidence", help="flag predictions whose probability is below this as low-confidence")] = 0.6,
+    threads: Annotated[int, typer.Option("--threads", help="runtime threads; 0 = all cores")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="images per runtime call")] = 64,
+) -> None:
+    """Classify images with a deployed model: class, probabilities, low-confidence flag, input warnings."""
+    from rich.console import Console
+
+    from medlite.deploy.predict import expand_inputs, predict_files, write_output
+    from medlite.deploy.select import resolve_model
+    from medlite.runtime import ArtifactError
+
+    console = Console(stderr=True, highlight=False)
+    if not console.is_terminal:  # logs: one line per message, no wrapping at 80 columns
+        console = Console(stderr=True, highlight=False, width=240)
+    if batch_size < 1:
+        raise _usage(ValueError(f"--batch-size {batch_size}: must be at least 1"))
+    try:
+        path, runtime, rule = resolve_model(model)
+        console.print(f"model: {rule}")
+        files, missing = expand_inputs(images)
+        if not files:
+            raise ArtifactError("no images to classify" + (f" ({missing[0]['file']}: {missing[0]['error']})" if missing else ""))
+        if len(files) >= 50 and console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            with Progress("classifying", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          console=console, transient=True) as bar:
+                task = bar.add_task("", total=len(files))
+                result = predict_files(path, files, runtime=runtime, threads=threads, batch_size=batch_size,
+                                       threshold=threshold, min_confidence=min_confidence,
+                                       on_progress=lambda n: bar.update(task, completed=n))
+        else:
+            result = predict_files(path, files, runtime=runtime, threads=threads, batch_size=batch_size,
+                                   threshold=threshold, min_confidence=min_confidence)
+        result["unreadable"] = missing + result["unreadable"]
+        result["summary"]["unreadable"] = len(result["unreadable"])
+        result["selection"] = rule
+        if out is not None:
+            write_output(result, out)
+    except ArtifactError as err:
+        raise _usage(err) from None
+    _print(result, console, out)
+    if not result["predictions"]:
+        raise _usage(ValueError(f"none of the {len(result['unreadable'])} inputs could be classified"))
+
+
+def _print(result: dict, console, out: Path | None) -> None:
+    from rich.table import Table
+
+    s = result["summary"]
+    names = list(result["model"]["preprocess"]["class_names"])
+    if out is None:
+        table = Table(show_edge=False)
+        for col in ("file", "predicted", *names, "flags"):
+            table.add_column(col, overflow="fold")
+        for r in result["predictions"][:200]:
+            flags = (["low confidence"] if r["low_confidence"] else []) + r["input"]["warnings"]
+            table.add_row(r["file"], r["predicted"], *[f"{r['probabilities'][n]:.3f}" for n in names], "; ".join(flags))
+        from rich.console import Console
+
+        Console(highlight=False).print(table)
+        if len(result["predictions"]) > 200:
+            console.print(f"(first 200 of {len(result['predictions'])} rows; use --out FILE.csv for all)")
+    for r in result["unreadable"]:
+        console.print(f"unreadable: {r['file']}: {r['error']}")
+    console.print(
+        f"{s['classified']} classified, {s['unreadable']} unreadable, {s['low_confidence']} low-confidence, "
+        f"{s['with_warnings']} with input warnings; decision: {result['decision']}; "
+        f"{s['wall_s']:.2f} s ({s['images_per_s']} images/s)" + (f"; wrote {out}" if out else "")
+    )
+
+
+def serve(
+    model: Annotated[Path, typer.Argument(help="a model file (.onnx, .tflite) or a run directory")],
+    host: Annotated[str, typer.Option("--host", help="address to bind; the default keeps it on this machine")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port")] = 8000,
+    threads: Annotated[int, typer.Option("--threads", help="runtime threads; 0 = all cores")] = 0,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="largest accepted image file")] = 10.0,
+    max_files: Annotated[int, typer.Option("--max-files", help="most images per request")] = 16,
+) -> None:
+    """Serve one page and a JSON API (POST /predict, GET /model, GET /health) for a deployed model."""
+    from medlite.deploy.select import resolve_model
+    from medlite.runtime import ArtifactError
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise _usage(ImportError("medlite serve needs fastapi and uvicorn (pip install medlite[serve])")) from None
+    if not 0 < port < 65536:
+        raise _usage(ValueError(f"--port {port}: must be 1..65535"))
+    if max_upload_mb <= 0 or max_files < 1:
+        raise _usage(ValueError("--max-upload-mb must be > 0 and --max-files >= 1"))
+    from medlite.deploy.serve import serve as run_server
+
+    try:
+        path, runtime, rule = resolve_model(model)
+        typer.echo(f"model: {rule}")
+        run_server(path, host=host, port=port, runtime=runtime, selection=rule, threads=threads,
+                   max_upload_mb=max_upload_mb, max_files=max_files, say=typer.echo)
+    except ArtifactError as err:
+        raise _usage(err) from None

@@ -1,0 +1,178 @@
+"""`medlite predict MODEL|RUN_DIR IMAGES... [--out predictions.csv|.json]`: classify files into a table.
+
+Inputs are image files, folders (searched recursively) or list files (`.txt`/`.lst`: one path per
+line, relative to the list). Every image is decoded and adapted exactly as in training (through
+`medlite.runtime.adapt`), run in batches through the deployed file's runtime, and reported with
+its class, the probability of every class, a low-confidence flag and how the input was adapted
+(with warnings for inputs far from the training images). Unreadable files are listed with their
+reason; the rest are still classified.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from medlite.data.preprocess import IMAGE_SUFFIXES
+from medlite.runtime import ArtifactError, open_artifact
+from medlite.runtime.adapt import ImageError, load_for_model
+
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+DEFAULT_MIN_CONFIDENCE = 0.6
+
+
+def expand_inputs(items: Iterable[Path]) -> tuple[list[Path], list[dict]]:
+    """(image paths in order, [{"file", "error"}] for inputs that do not exist)."""
+    images: list[Path] = []
+    missing: list[dict] = []
+    for item in items:
+        item = Path(item)
+        if item.is_dir():
+            images += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.is_file() and item.suffix.lower() in LIST_SUFFIXES:
+            try:
+                lines = item.read_text().splitlines()
+            except (OSError, UnicodeDecodeError) as err:
+                missing.append({"file": str(item), "error": f"unreadable list file ({err})"})
+                continue
+            for line in lines:
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                path = Path(line)
+                path = path if path.is_absolute() else item.parent / path
+                if path.is_file():
+                    images.append(path)
+                else:
+                    missing.append({"file": str(path), "error": f"listed in {item.name} but not found"})
+        elif item.is_file():
+            images.append(item)  # any suffix: decoding decides whether it is an image
+        else:
+            missing.append({"file": str(item), "error": "no such file or folder"})
+    return images, missing
+
+
+def predict_files(
+    model: Path,
+    images: list[Path],
+    *,
+    runtime: str | None = None,
+    threads: int = 0,
+    batch_size: int = 64,
+    threshold: float | None = None,
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict:
+    """Classify `images`; returns {"model", "predictions", "unreadable", "summary"}."""
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ArtifactError(f"--threshold {threshold}: must be between 0 and 1")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ArtifactError(f"--min-confidence {min_confidence}: must be between 0 and 1")
+    start = time.perf_counter()
+    art = open_artifact(model, runtime=runtime, threads=threads)
+    spec = art.require_spec()
+    names = art.class_names
+    if threshold is not None and len(names) != 2:
+        raise ArtifactError(f"--threshold: only for two-class models ({model.name} has {len(names)} classes)")
+    load_s = time.perf_counter() - start
+    predictions: list[dict] = []
+    unreadable: list[dict] = []
+    batch_px: list[np.ndarray] = []
+    batch_rows: list[dict] = []
+    infer_s = 0.0
+
+    def flush() -> None:
+        nonlocal infer_s
+        if not batch_px:
+            return
+        t0 = time.perf_counter()
+        probs = art.predict_proba(np.stack(batch_px), batch_size=batch_size)
+        decided = art.decide(probs, threshold)
+        infer_s += time.perf_counter() - t0
+        for row, p, k in zip(batch_rows, probs, decided):
+            confidence = float(p[k])
+            row.update(
+                predicted=names[int(k)],
+                confidence=round(confidence, 6),
+                probabilities={n: round(float(v), 6) for n, v in zip(names, p)},
+                low_confidence=bool(confidence < min_confidence),
+            )
+            predictions.append(row)
+        batch_px.clear()
+        batch_rows.clear()
+
+    for i, path in enumerate(images):
+        try:
+            pixels, adaptation = load_for_model(path, spec, art.card)
+        except (ImageError, OSError) as err:
+            unreadable.append({"file": str(path), "error": str(err)[:200]})
+        else:
+            batch_px.append(pixels)
+            batch_rows.append({"file": str(path), "input": adaptation})
+            if len(batch_px) >= batch_size:
+                flush()
+        if on_progress:
+            on_progress(i + 1)
+    flush()
+    wall = time.perf_counter() - start
+    op = art.operating_point if threshold is None else {"threshold": threshold, "source": "--threshold"}
+    return {
+        "model": {**art.describe(), "card": art.card},
+        "decision": (f"class {names[(art.operating_point or {}).get('positive_index', 1)]} when its probability "
+                     f">= {op['threshold']:g} ({op['source']})") if op and len(names) == 2 else "highest probability",
+        "min_confidence": min_confidence,
+        "predictions": predictions,
+        "unreadable": unreadable,
+        "summary": {
+            "images": len(images),
+            "classified": len(predictions),
+            "unreadable": len(unreadable),
+            "low_confidence": sum(r["low_confidence"] for r in predictions),
+            "with_warnings": sum(1 for r in predictions if r["input"]["warnings"]),
+            "per_class": {n: sum(r["predicted"] == n for r in predictions) for n in names},
+            "wall_s": round(wall, 3),
+            "load_s": round(load_s, 3),
+            "inference_s": round(infer_s, 3),
+            "images_per_s": round(len(images) / wall, 2) if wall > 0 else None,
+        },
+    }
+
+
+def to_csv(result: dict) -> str:
+    """One row per input file: classified rows, then unreadable ones (with the reason in `error`)."""
+    names = list(result["model"]["preprocess"]["class_names"])
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["file", "predicted", "confidence", *[f"p_{n}" for n in names], "low_confidence",
+                     "original_size", "original_mode", "warnings", "error"])
+    for r in result["predictions"]:
+        size = "x".join(str(v) for v in r["input"]["original_size"])
+        writer.writerow([r["file"], r["predicted"], f"{r['confidence']:.6f}",
+                         *[f"{r['probabilities'][n]:.6f}" for n in names], int(r["low_confidence"]),
+                         size, r["input"]["original_mode"], "; ".join(r["input"]["warnings"]), ""])
+    for r in result["unreadable"]:
+        writer.writerow([r["file"], "", "", *["" for _ in names], "", "", "", "", r["error"]])
+    return out.getvalue()
+
+
+def write_output(result: dict, out: Path) -> None:
+    """CSV or JSON by suffix, written to a temporary name and renamed (never half-written)."""
+    suffix = out.suffix.lower()
+    if suffix == ".csv":
+        text = to_csv(result)
+    elif suffix == ".json":
+        text = json.dumps(result, indent=1)
+    else:
+        raise ArtifactError(f"--out {out}: use a .csv or .json file name")
+    if not out.parent.is_dir():
+        raise ArtifactError(f"--out {out}: folder {out.parent} does not exist")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
