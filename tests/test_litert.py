@@ -88,8 +88,8 @@ def test_converter_failure_is_recorded_not_raised(tmp_path, monkeypatch):
         raise RuntimeError("Lowering not found: aten::grid_sampler_3d\nlong traceback follows")
 
     monkeypatch.setattr(litert, "convert_fp32", fail)
-    run = RunDir(tmp_path)
-    run.prepare(False)
+    run = RunDir(tmp_path / "run")
+    run.open()
     said = []
     ctx = Context(load_recipe(None, ["export.formats=[onnx,litert]"]), run, tmp_path, said.append, False)
     ctx.dataset = SimpleNamespace(preprocess=PreprocessSpec(28, 1, 0.5, 0.5, ("a", "b")), fingerprint=lambda: "d")
