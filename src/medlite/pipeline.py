@@ -180,12 +180,14 @@ def results_document(ctx: Context, wall_seconds: float) -> dict:
     }
 
 
-def write_results(ctx: Context, wall_seconds: float) -> dict:
-    from medlite.report import render_html
-
+def write_results(ctx: Context, wall_seconds: float, report: bool = True) -> dict:
     results = results_document(ctx, wall_seconds)
     write_json(ctx.run.root / "results.json", results)
-    write_atomic(ctx.run.root / "report.html", render_html(results))
+    if report:  # the report with its figures and tables (medlite.report)
+        from medlite.report import write_report
+
+        with ctx.timed("report"):
+            write_report(ctx.run.root, results, ctx.dataset)
     return results
 
 
@@ -220,6 +222,9 @@ def run_pipeline(
     ctx.device = resolve_device(recipe.device)
 
     stage_data(ctx)
+    from medlite.evaluate.operating_point import check_config, stage_predict
+
+    check_config(recipe, ctx.dataset.class_names)
     teacher = stage_train(ctx, "teacher", recipe.teacher)
     if recipe.distill.scratch_baseline:
         stage_train(ctx, "student_scratch", recipe.student)
@@ -241,8 +246,13 @@ def run_pipeline(
 
     for variant in ctx.variants.values():
         stage_evaluate(ctx, variant)
+        stage_predict(ctx, variant)
     # Write what we have before benchmarking: the bench reads results.json, and a failure later keeps it.
-    write_results(ctx, time.perf_counter() - start)
+    write_results(ctx, time.perf_counter() - start, report=False)
     if recipe.bench.enabled:
         stage_bench(ctx)
+    if recipe.explain.enabled:
+        from medlite.explain.stage import stage_explain
+
+        stage_explain(ctx)
     return write_results(ctx, time.perf_counter() - start)

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-MANAGED = ("stages", "models", "checkpoints", "logs", "figures", "samples")
+MANAGED = ("stages", "models", "checkpoints", "logs", "figures", "samples", "explain", "predictions", "confusion")
 
 
 def sha256(path: Path) -> str:
@@ -68,7 +68,7 @@ class RunDir:
         if fresh:
             for name in MANAGED:
                 shutil.rmtree(self.root / name, ignore_errors=True)
-            for name in ("results.json", "report.html", "bench.json"):
+            for name in ("results.json", "report.html", "bench.json", "classification_report.csv"):
                 (self.root / name).unlink(missing_ok=True)
         for name in MANAGED:
             (self.root / name).mkdir(parents=True, exist_ok=True)

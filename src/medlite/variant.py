@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from medlite.recipe import Recipe
-from medlite.runstate import RunDir, sha256
+from medlite.runstate import RunDir
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Variant:
     compress: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     bench: dict = field(default_factory=dict)
+    explain: dict = field(default_factory=dict)  # maps' faithfulness and agreement (medlite.explain)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,5 +114,7 @@ class Context:
         stat = path.stat()
         memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
         if memo_key not in self._hashes:
-            self._hashes[memo_key] = sha256(path)
+            from medlite.export.onnx import content_hash  # blind to the operating-point metadata
+
+            self._hashes[memo_key] = content_hash(path)
         return self._hashes[memo_key]

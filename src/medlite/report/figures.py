@@ -1,0 +1,243 @@
+"""The report's figures (matplotlib, Agg backend): saved as PNG and SVG under `figures/`, and
+returned as PNG data URIs so `report.html` is one self-contained file that works offline."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+
+DPI = 110
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "svg.fonttype": "none", "figure.dpi": DPI})
+    return plt
+
+
+def save(fig, folder: Path, stem: str) -> dict:
+    """Write `<stem>.png` and `<stem>.svg` atomically; return {"png", "svg", "uri", "width"}."""
+    import os
+
+    plt = _plt()
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    png = buffer.getvalue()
+    for suffix, data in ((".png", png), (".svg", None)):
+        path = folder / f"{stem}{suffix}"
+        tmp = path.with_name(path.name + ".tmp")
+        if data is None:
+            fig.savefig(tmp, format="svg", bbox_inches="tight")
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    width = int(fig.get_size_inches()[0] * DPI)
+    plt.close(fig)
+    return {
+        "png": f"{folder.name}/{stem}.png", "svg": f"{folder.name}/{stem}.svg",
+        "uri": "data:image/png;base64," + base64.b64encode(png).decode(), "width": width,
+    }
+
+
+def safe_stem(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, C) -> something imshow draws faithfully (grey images as 2-D)."""
+    return image[:, :, 0] if image.shape[2] == 1 else image
+
+
+def dataset_examples(images_by_class: dict[str, np.ndarray], folder: Path) -> dict:
+    plt = _plt()
+    per_class = max(len(v) for v in images_by_class.values())
+    rows = len(images_by_class)
+    fig, axes = plt.subplots(rows, per_class, figsize=(per_class * 0.95, rows * 1.05), squeeze=False)
+    for r, (name, images) in enumerate(images_by_class.items()):
+        for c in range(per_class):
+            ax = axes[r, c]
+            ax.set_xticks([]), ax.set_yticks([])
+            if c < len(images):
+                ax.imshow(_gray(images[c]), cmap="gray", vmin=0, vmax=255)
+            else:
+                ax.axis("off")
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center")
+    fig.suptitle("Test images per class", y=1.0)
+    return save(fig, folder, "dataset_examples")
+
+
+def variant_panels(name: str, probs: np.ndarray, labels: np.ndarray, classes: list[str], cm: np.ndarray,
+                   folder: Path, op: dict | None = None, bins: int = 10) -> dict:
+    """Confusion matrix, ROC curve(s) and reliability diagram of one variant's deployed file."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _plt()
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(9.6, 3.1))
+    # confusion matrix (rows: true, columns: predicted), counts and row share
+    k = len(classes)
+    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    a1.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            a1.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] > 0.6 else "black")
+    short = [c if len(c) <= 12 else c[:11] + "…" for c in classes]
+    a1.set_xticks(range(k), short, rotation=30 if k > 2 else 0, ha="right" if k > 2 else "center")
+    a1.set_yticks(range(k), short)
+    a1.set_xlabel("predicted (argmax)"), a1.set_ylabel("true")
+    a1.set_title("Confusion matrix")
+    # ROC: the positive class of a binary task (the operating point's class if set), else one-vs-rest
+    show = [op["positive_index"]] if op else ([1] if k == 2 else list(range(k)))
+    for c in show:
+        truth = labels == c
+        if truth.all() or not truth.any():
+            continue
+        fpr, tpr, _ = roc_curve(truth, probs[:, c])
+        a2.plot(fpr, tpr, lw=1.4, label=f"{short[c]} (AUC {roc_auc_score(truth, probs[:, c]):.3f})")
+    if op:
+        spec, sens = op["test"]["specificity"], op["test"]["sensitivity"]
+        a2.plot([1 - spec], [sens], "o", color="crimson", label=f"threshold {op['threshold']:.2f}")
+        a2.plot([1 - op["argmax"]["specificity"]], [op["argmax"]["sensitivity"]], "s", color="gray", label="argmax")
+    a2.plot([0, 1], [0, 1], ":", color="gray", lw=0.8)
+    a2.set_xlabel("1 - specificity"), a2.set_ylabel("sensitivity")
+    a2.set_title("ROC"), a2.legend(fontsize=6, loc="lower right")
+    a2.set_xlim(0, 1), a2.set_ylim(0, 1.02)
+    # reliability: accuracy per confidence bin, bar width = bin, count annotated
+    confidence, correct = probs.max(1), probs.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    centers, accs, counts = [], [], []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            centers.append((edges[b] + edges[b + 1]) / 2)
+            accs.append(correct[mask].mean())
+            counts.append(int(mask.sum()))
+    a3.bar(centers, accs, width=1 / bins, edgecolor="black", lw=0.5, color="#7aa6d6", label="accuracy")
+    a3.plot([0, 1], [0, 1], ":", color="gray", lw=0.8, label="perfect calibration")
+    for x, y, n in zip(centers, accs, counts):
+        a3.text(x, min(y + 0.02, 0.97), str(n), ha="center", fontsize=6)
+    lo = 1 / k
+    a3.set_xlim(max(0, lo - 0.05), 1), a3.set_ylim(0, 1.02)
+    a3.set_xlabel("confidence (max probability)"), a3.set_ylabel("accuracy")
+    a3.set_title("Reliability (n per bin)"), a3.legend(fontsize=6, loc="upper left")
+    fig.suptitle(name, y=1.02)
+    fig.tight_layout()
+    return save(fig, folder, f"variant_{safe_stem(name)}")
+
+
+def training_curves(histories: dict[str, list[dict]], folder: Path) -> dict | None:
+    series = {n: h for n, h in histories.items() if h}
+    if not series:
+        return None
+    plt = _plt()
+    keys = [("train_loss", "training loss"), ("val_auc", "validation AUC")]
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.2))
+    for name, history in series.items():
+        for ax, (key, _) in zip(axes, keys):
+            xs = [row["epoch"] + 1 for row in history if key in row]
+            ys = [row[key] for row in history if key in row]
+            if xs:
+                ax.plot(xs, ys, lw=1.1, marker="." if len(xs) < 20 else None, label=name)
+    for ax, (_, title) in zip(axes, keys):
+        ax.set_title(title), ax.set_xlabel("epoch"), ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=6, ncol=2, loc="lower right")
+    fig.tight_layout()
+    return save(fig, folder, "training_curves")
+
+
+def pareto_front(points: list[tuple[str, float, float, float | None]]) -> set[str]:
+    """Names not dominated by another variant: none is at least as good on AUC, bytes and latency and better on one."""
+    front = set()
+    for name, auc, size, lat in points:
+        lat = lat if lat is not None else np.inf
+        dominated = False
+        for other, a2, s2, l2 in points:
+            l2 = l2 if l2 is not None else np.inf
+            if other != name and a2 >= auc and s2 <= size and l2 <= lat and (a2 > auc or s2 < size or l2 < lat):
+                dominated = True
+                break
+        if not dominated:
+            front.add(name)
+    return front
+
+
+def pareto(points: list[tuple[str, float, float, float | None]], folder: Path) -> dict | None:
+    """AUC against file size (colour: latency) and against latency; the Pareto front in red."""
+    points = [p for p in points if p[1] == p[1] and p[2]]
+    if not points:
+        return None
+    plt = _plt()
+    front = pareto_front(points)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    lat = np.array([p[3] if p[3] is not None else np.nan for p in points], float)
+    has_lat = np.isfinite(lat).any()
+    sc = a1.scatter([p[2] / 1024 for p in points], [p[1] for p in points], c=lat if has_lat else "#4477aa",
+                    cmap="viridis", s=36, edgecolors=["crimson" if p[0] in front else "black" for p in points],
+                    linewidths=[1.8 if p[0] in front else 0.5 for p in points], zorder=3)
+    if has_lat:
+        fig.colorbar(sc, ax=a1, label="latency p50 (ms)")
+    for name, auc, size, _ in points:
+        a1.annotate(name, (size / 1024, auc), fontsize=5.5, xytext=(3, 2), textcoords="offset points")
+    a1.set_xscale("log"), a1.set_xlabel("file size (KB, log)"), a1.set_ylabel("test AUC")
+    a1.set_title("AUC vs size (red ring: Pareto front)"), a1.grid(alpha=0.3, which="both")
+    if has_lat:
+        for (name, auc, _, l) in points:
+            if l is not None:
+                a2.scatter([l], [auc], s=30, color="crimson" if name in front else "#4477aa", zorder=3)
+                a2.annotate(name, (l, auc), fontsize=5.5, xytext=(3, 2), textcoords="offset points")
+        a2.set_xscale("log"), a2.set_xlabel("latency p50, 1 image (ms, log)"), a2.set_ylabel("test AUC")
+        a2.set_title("AUC vs latency"), a2.grid(alpha=0.3, which="both")
+    else:
+        a2.axis("off")
+        a2.text(0.5, 0.5, "no benchmark in this run\n(bench.enabled: false)", ha="center", va="center")
+    fig.tight_layout()
+    return save(fig, folder, "pareto")
+
+
+def explanation_gallery(method: str, images: np.ndarray, true_names: list[str], columns: list[tuple[str, np.ndarray, np.ndarray]],
+                        classes: list[str], targets: np.ndarray, folder: Path) -> dict:
+    """Rows: images; columns: the image, then each variant's map over it.
+
+    `columns`: (variant, maps (N, H, W), probabilities (N, K)). Each tile's caption is the
+    variant's prediction, green when right, red when wrong.
+    """
+    plt = _plt()
+    n, m = len(images), len(columns)
+    tile = 1.0
+    fig, axes = plt.subplots(n, m + 1, figsize=((m + 1) * tile, n * tile * 1.12), squeeze=False)
+    for i in range(n):
+        ax = axes[i, 0]
+        ax.imshow(_gray(images[i]), cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_ylabel(true_names[i][:14], rotation=0, ha="right", va="center", fontsize=7)
+        if i == 0:
+            ax.set_title("image", fontsize=7)
+        for j, (name, maps, probs) in enumerate(columns):
+            ax = axes[i, j + 1]
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.imshow(_gray(images[i]), cmap="gray", vmin=0, vmax=255)
+            saliency = maps[i]
+            span = np.ptp(saliency)
+            norm = (saliency - saliency.min()) / span if span > 0 else np.zeros_like(saliency)
+            ax.imshow(norm, cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+            predicted = int(np.argmax(probs[i]))
+            right = predicted == targets[i]
+            ax.set_xlabel(f"{classes[predicted][:10]} {probs[i][predicted]:.2f}", fontsize=6,
+                          color="darkgreen" if right else "crimson", labelpad=1)
+            for spine in ax.spines.values():
+                spine.set_edgecolor("darkgreen" if right else "crimson")
+                spine.set_linewidth(1.2)
+            if i == 0:
+                ax.set_title(name.replace("_", "_\u200b"), fontsize=6, wrap=True)
+    fig.suptitle(f"{method}: where each variant looks for the true class (caption: its prediction)", y=1.0, fontsize=8)
+    fig.tight_layout(pad=0.3)
+    return save(fig, folder, f"explain_{safe_stem(method)}")
