@@ -29,7 +29,7 @@ import numpy as np
 from medlite.data.preprocess import IMAGE_SUFFIXES, PreprocessSpec, load_image, normalize
 
 # medlite.export.onnx imports `onnx` only inside its functions, so its constants are safe to share here.
-from medlite.export.onnx import INPUT_NAME, OUTPUT_NAME, PREPROCESS_KEY  # noqa: E402,F401
+from medlite.export.onnx import INPUT_NAME, OPERATING_POINT_KEY, OUTPUT_NAME, PREPROCESS_KEY  # noqa: E402,F401
 
 
 class EdgeError(Exception):
@@ -112,6 +112,36 @@ def read_spec(model_path: Path, session) -> tuple[PreprocessSpec | None, str]:
     return None, f"no {PREPROCESS_KEY} metadata in {model_path.name} and no sidecar {names}"
 
 
+def read_operating_point(model_path: Path, session, class_names: Sequence[str]) -> dict | None:
+    """The decision threshold stored in the file (`medlite.operating_point`), checked against its classes."""
+    raw = session.get_modelmeta().custom_metadata_map.get(OPERATING_POINT_KEY)
+    if raw is None:
+        return None
+    try:
+        op = json.loads(raw)
+        index, threshold = int(op["positive_index"]), float(op["threshold"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise EdgeError(f"{model_path}: metadata {OPERATING_POINT_KEY} is not a valid operating point ({err})") from None
+    if not 0 <= index < len(class_names) or class_names[index] != op.get("positive_class", class_names[index]):
+        raise EdgeError(f"{model_path}: metadata {OPERATING_POINT_KEY} names class {op.get('positive_class')!r} at index {index}, "
+                        f"which does not match the model's classes")
+    return {**op, "positive_index": index, "threshold": threshold}
+
+
+def apply_operating_point(probs: np.ndarray, op: dict | None) -> int:
+    """The decided class: the operating point's class when its probability reaches the threshold,
+    else the most probable other class; plain argmax without an operating point.
+    (The same rule as medlite.evaluate.operating_point.decide, kept here free of medlite's training side.)"""
+    if op is None:
+        return int(np.argmax(probs))
+    index = op["positive_index"]
+    if probs[index] >= op["threshold"]:
+        return index
+    others = probs.astype(np.float64).copy()
+    others[index] = -np.inf
+    return int(np.argmax(others))
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB.
 
@@ -149,8 +179,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 # -- the runner -------------------------------------------------------------------------------
 
 
-def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1) -> dict:
+def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1, use_threshold: bool = True) -> dict:
     """Classify `target` (an image or a folder) one image at a time, as a device would.
+
+    `class` is the decision at the file's operating point (`medlite.operating_point` metadata,
+    chosen on validation data) when it has one and `use_threshold`; `argmax_class` is always given.
 
     Unreadable files inside a folder are listed under `skipped`; a single unreadable file,
     or a folder without any readable image, is an error.
@@ -173,6 +206,7 @@ def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1) -
     output_name = session.get_outputs()[0].name
     names = list(spec.class_names)
     k = min(top_k, len(names))
+    op = read_operating_point(model_path, session, names) if use_threshold else None
 
     results, skipped = [], []
     for path in images:
@@ -192,11 +226,13 @@ def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1) -
         if len(probs) != len(names):
             raise EdgeError(f"{model_path}: model has {len(probs)} outputs but the spec names {len(names)} classes")
         order = np.argsort(-probs, kind="stable")
+        decided = apply_operating_point(probs, op)
         results.append(
             {
                 "path": str(path),
-                "class": names[int(order[0])],
-                "class_index": int(order[0]),
+                "class": names[decided],
+                "class_index": decided,
+                "argmax_class": names[int(order[0])],
                 "probabilities": {name: float(p) for name, p in zip(names, probs)},
                 "top_k": [{"class": names[int(i)], "probability": float(probs[i])} for i in order[:k]],
                 "prep_ms": round((t1 - t0) * 1000, 4),
@@ -216,6 +252,7 @@ def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1) -
         "threads": resolve_threads(threads),
         "spec_source": spec_source,
         "preprocess": spec.to_dict(),
+        "operating_point": op,
         "load_ms": round(load_ms, 3),
         "images": results,
         "skipped": skipped,
@@ -241,6 +278,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("target", type=Path, help="an image file or a folder (searched recursively)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads; 0 = all cores (default)")
     parser.add_argument("--top-k", type=int, default=1, help="how many best classes to list per image (default 1)")
+    parser.add_argument("--argmax", action="store_true", help="ignore the operating point stored in the model; use the most probable class")
     parser.add_argument("--indent", type=int, default=2, help="JSON indentation; 0 for one line")
     return parser
 
@@ -249,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: JSON on stdout and exit 0, or one line on stderr and exit 2."""
     args = _parser().parse_args(argv)
     try:
-        report = classify(args.model, args.target, threads=args.threads, top_k=args.top_k)
+        report = classify(args.model, args.target, threads=args.threads, top_k=args.top_k, use_threshold=not args.argmax)
     except EdgeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

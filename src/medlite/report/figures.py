@@ -80,7 +80,7 @@ def variant_panels(name: str, probs: np.ndarray, labels: np.ndarray, classes: li
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _plt()
-    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(9.6, 3.1))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(8.4, 2.8))
     # confusion matrix (rows: true, columns: predicted), counts and row share
     k = len(classes)
     share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
@@ -149,56 +149,53 @@ def training_curves(histories: dict[str, list[dict]], folder: Path) -> dict | No
                 ax.plot(xs, ys, lw=1.1, marker="." if len(xs) < 20 else None, label=name)
     for ax, (_, title) in zip(axes, keys):
         ax.set_title(title), ax.set_xlabel("epoch"), ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=6, ncol=2, loc="lower right")
+    axes[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.tight_layout()
     return save(fig, folder, "training_curves")
 
 
-def pareto_front(points: list[tuple[str, float, float, float | None]]) -> set[str]:
-    """Names not dominated by another variant: none is at least as good on AUC, bytes and latency and better on one."""
-    front = set()
-    for name, auc, size, lat in points:
-        lat = lat if lat is not None else np.inf
-        dominated = False
-        for other, a2, s2, l2 in points:
-            l2 = l2 if l2 is not None else np.inf
-            if other != name and a2 >= auc and s2 <= size and l2 <= lat and (a2 > auc or s2 < size or l2 < lat):
-                dominated = True
-                break
-        if not dominated:
-            front.add(name)
-    return front
+def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
+    """Names on the 2-D front of (AUC up, cost down): no other variant is at least as accurate and at
+    most as costly, and better in one. Sorted by cost."""
+    front = []
+    for name, auc, cost in points:
+        if not any(o != name and a >= auc and c <= cost and (a > auc or c < cost) for o, a, c in points):
+            front.append((cost, name))
+    return [name for _, name in sorted(front)]
 
 
 def pareto(points: list[tuple[str, float, float, float | None]], folder: Path) -> dict | None:
-    """AUC against file size (colour: latency) and against latency; the Pareto front in red."""
+    """AUC against file size (colour: latency) and against latency, each panel with its Pareto front."""
     points = [p for p in points if p[1] == p[1] and p[2]]
     if not points:
         return None
     plt = _plt()
-    front = pareto_front(points)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.5, 4.0))
     lat = np.array([p[3] if p[3] is not None else np.nan for p in points], float)
     has_lat = np.isfinite(lat).any()
-    sc = a1.scatter([p[2] / 1024 for p in points], [p[1] for p in points], c=lat if has_lat else "#4477aa",
-                    cmap="viridis", s=36, edgecolors=["crimson" if p[0] in front else "black" for p in points],
-                    linewidths=[1.8 if p[0] in front else 0.5 for p in points], zorder=3)
+    panels = [(a1, [(n, a, s / 1024) for n, a, s, _ in points], "file size (KB, log)")]
     if has_lat:
-        fig.colorbar(sc, ax=a1, label="latency p50 (ms)")
-    for name, auc, size, _ in points:
-        a1.annotate(name, (size / 1024, auc), fontsize=5.5, xytext=(3, 2), textcoords="offset points")
-    a1.set_xscale("log"), a1.set_xlabel("file size (KB, log)"), a1.set_ylabel("test AUC")
-    a1.set_title("AUC vs size (red ring: Pareto front)"), a1.grid(alpha=0.3, which="both")
-    if has_lat:
-        for (name, auc, _, l) in points:
-            if l is not None:
-                a2.scatter([l], [auc], s=30, color="crimson" if name in front else "#4477aa", zorder=3)
-                a2.annotate(name, (l, auc), fontsize=5.5, xytext=(3, 2), textcoords="offset points")
-        a2.set_xscale("log"), a2.set_xlabel("latency p50, 1 image (ms, log)"), a2.set_ylabel("test AUC")
-        a2.set_title("AUC vs latency"), a2.grid(alpha=0.3, which="both")
+        panels.append((a2, [(n, a, l) for n, a, _, l in points if l is not None], "latency p50, one image (ms, log)"))
     else:
         a2.axis("off")
         a2.text(0.5, 0.5, "no benchmark in this run\n(bench.enabled: false)", ha="center", va="center")
+    for ax, pts, xlabel in panels:
+        front = pareto_front(pts)
+        by_name = {n: (a, c) for n, a, c in pts}
+        colours = lat if (ax is a1 and has_lat) else "#7f9cc0"
+        sc = ax.scatter([c for _, _, c in pts], [a for _, a, _ in pts], c=colours, cmap="viridis", s=30,
+                        edgecolors="black", linewidths=0.4, zorder=3)
+        if ax is a1 and has_lat:
+            fig.colorbar(sc, ax=a1, label="latency p50 (ms)")
+        ax.step([by_name[n][1] for n in front], [by_name[n][0] for n in front], where="post", color="crimson", lw=1.2, zorder=2)
+        for name, auc, cost in pts:
+            on = name in front
+            ax.annotate(name, (cost, auc), fontsize=6.5 if on else 5.5, xytext=(3, 2), textcoords="offset points",
+                        color="crimson" if on else "#444444", fontweight="bold" if on else "normal")
+        ax.set_xscale("log"), ax.set_xlabel(xlabel), ax.set_ylabel("test AUC"), ax.grid(alpha=0.3, which="both")
+    a1.set_title("AUC vs file size")
+    if has_lat:
+        a2.set_title("AUC vs latency")
     fig.tight_layout()
     return save(fig, folder, "pareto")
 
