@@ -125,6 +125,15 @@ def _register_bench() -> None:
 _register_bench()
 
 
+def _register_explain() -> None:
+    from medlite.explain.cli import explain
+
+    app.command("explain", help="Explain the variants of a run directory (maps, faithfulness, agreement); rewrites its report.")(explain)
+
+
+_register_explain()
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -120,11 +120,12 @@ def stage_explain(ctx, names: list[str] | None = None) -> None:
     spec = ctx.dataset.preprocess
     with ctx.timed("explain"):
         # The same images for every variant: a share of them ones most variants get wrong.
+        # Votes from every variant of the run, so explaining a subset later picks the same images.
         wrong = np.zeros(len(split), int)
-        for name in names:
-            probs = predict_artifact(ctx.run.root / ctx.variants[name].file, split.images, spec)
+        for variant in ctx.variants.values():
+            probs = predict_artifact(ctx.run.root / variant.file, split.images, spec)
             wrong += probs.argmax(1) != split.labels
-        idx = select_images(split.labels, wrong * 2 > len(names), cfg.images_per_class, ctx.recipe.seed)
+        idx = select_images(split.labels, wrong * 2 > len(ctx.variants), cfg.images_per_class, ctx.recipe.seed)
         images = normalize(split.images[idx], spec)
         targets = split.labels[idx].astype(int)
         settings = cfg.model_dump(exclude={"enabled", "variants"})
@@ -146,6 +147,11 @@ def stage_explain(ctx, names: list[str] | None = None) -> None:
                 ctx.say(f"{name}: explained {len(idx)} test images ({done}) in {facts['seconds']:.1f}s")
             maps[name] = _load_maps(out)
             variant.explain = {**facts, "maps": ctx.run.rel(out)}
+        # Lineage members explained earlier (e.g. by `medlite explain --variants`) on the same images count too.
+        for variant in ctx.variants.values():
+            stored = variant.explain or {}
+            if variant.name not in maps and stored.get("images") == idx.tolist() and (ctx.run.root / stored.get("maps", "-")).is_file():
+                maps[variant.name] = _load_maps(ctx.run.root / stored["maps"])
         for name in names:
             variant = ctx.variants[name]
             variant.explain["agreement"] = {

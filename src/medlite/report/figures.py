@@ -182,9 +182,9 @@ def pareto(points: list[tuple[str, float, float, float | None]], folder: Path) -
     for ax, pts, xlabel in panels:
         front = pareto_front(pts)
         by_name = {n: (a, c) for n, a, c in pts}
-        colours = lat if (ax is a1 and has_lat) else "#7f9cc0"
-        sc = ax.scatter([c for _, _, c in pts], [a for _, a, _ in pts], c=colours, cmap="viridis", s=30,
-                        edgecolors="black", linewidths=0.4, zorder=3)
+        colour = {"c": lat, "cmap": "viridis"} if (ax is a1 and has_lat) else {"color": "#7f9cc0"}
+        sc = ax.scatter([c for _, _, c in pts], [a for _, a, _ in pts], s=30, edgecolors="black", linewidths=0.4,
+                        zorder=3, **colour)
         if ax is a1 and has_lat:
             fig.colorbar(sc, ax=a1, label="latency p50 (ms)")
         ax.step([by_name[n][1] for n in front], [by_name[n][0] for n in front], where="post", color="crimson", lw=1.2, zorder=2)
@@ -200,8 +200,33 @@ def pareto(points: list[tuple[str, float, float, float | None]], folder: Path) -
     return save(fig, folder, "pareto")
 
 
+def overlay(saliency: np.ndarray) -> np.ndarray:
+    """RGBA heat overlay: colour and opacity grow with the (min-max scaled) saliency, so the image
+    stays visible where the map says nothing."""
+    import matplotlib
+
+    norm = (saliency - saliency.min()) / np.ptp(saliency)
+    rgba = matplotlib.colormaps["jet"](norm)
+    rgba[..., 3] = 0.75 * norm ** 0.8
+    return rgba
+
+
+def wrap_name(name: str, width: int = 12) -> str:
+    """'student_kd_pruned_int8_static' -> 'student_kd\npruned_int8\nstatic' (column titles that do not collide)."""
+    lines, current = [], ""
+    for part in name.split("_"):
+        candidate = f"{current}_{part}" if current else part
+        if current and len(candidate) > width:
+            lines.append(current)
+            current = part
+        else:
+            current = candidate
+    return "\n".join(lines + [current])
+
+
 def explanation_gallery(method: str, images: np.ndarray, true_names: list[str], columns: list[tuple[str, np.ndarray, np.ndarray]],
-                        classes: list[str], targets: np.ndarray, folder: Path) -> dict:
+                        classes: list[str], targets: np.ndarray, folder: Path, stem: str | None = None,
+                        title: str | None = None) -> dict:
     """Rows: images; columns: the image, then each variant's map over it.
 
     `columns`: (variant, maps (N, H, W), probabilities (N, K)). Each tile's caption is the
@@ -224,17 +249,18 @@ def explanation_gallery(method: str, images: np.ndarray, true_names: list[str], 
             ax.imshow(_gray(images[i]), cmap="gray", vmin=0, vmax=255)
             saliency = maps[i]
             span = np.ptp(saliency)
-            norm = (saliency - saliency.min()) / span if span > 0 else np.zeros_like(saliency)
-            ax.imshow(norm, cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear")
+            if span > 0:
+                ax.imshow(overlay(saliency), interpolation="bilinear")
             predicted = int(np.argmax(probs[i]))
             right = predicted == targets[i]
-            ax.set_xlabel(f"{classes[predicted][:10]} {probs[i][predicted]:.2f}", fontsize=6,
+            flat = "" if span > 0 else " (flat map)"
+            ax.set_xlabel(f"{classes[predicted][:10]} {probs[i][predicted]:.2f}{flat}", fontsize=6,
                           color="darkgreen" if right else "crimson", labelpad=1)
             for spine in ax.spines.values():
                 spine.set_edgecolor("darkgreen" if right else "crimson")
                 spine.set_linewidth(1.2)
             if i == 0:
-                ax.set_title(name.replace("_", "_\u200b"), fontsize=6, wrap=True)
-    fig.suptitle(f"{method}: where each variant looks for the true class (caption: its prediction)", y=1.0, fontsize=8)
+                ax.set_title(wrap_name(name), fontsize=6)
+    fig.suptitle(title or f"{method}: where each variant looks for the true class (caption: its prediction)", y=1.0, fontsize=8)
     fig.tight_layout(pad=0.3)
-    return save(fig, folder, f"explain_{safe_stem(method)}")
+    return save(fig, folder, stem or f"explain_{safe_stem(method)}")
