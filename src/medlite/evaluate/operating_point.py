@@ -147,7 +147,7 @@ def predictions_csv(probs: np.ndarray, labels: np.ndarray, class_names: list[str
     decided = decide(probs, op["positive_index"], op["threshold"]) if op else None
     writer.writerow(header + (["operating_point_label"] if op else []))
     for i, (p, y) in enumerate(zip(probs, labels)):
-        row = [i, class_names[int(y)], class_names[int(p.argmax())]] + [f"{x:.6f}" for x in p]
+        row = [i, class_names[int(y)], class_names[int(p.argmax())]] + [repr(float(x)) for x in p]
         writer.writerow(row + ([class_names[int(decided[i])]] if op else []))
     return buffer.getvalue()
 

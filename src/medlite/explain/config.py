@@ -15,7 +15,9 @@ class _Strict(BaseModel):
 
 class OcclusionConfig(_Strict):
     window: int | None = Field(None, ge=1, description="square patch side in pixels; default: image size / 7")
-    stride: int | None = Field(None, ge=1, description="default: half the window")
+    # Non-overlapping by default: 49 windows at any image size keeps the default run's explain stage
+    # (15 variants, int8 ones included) well under a minute on 2 cores; half the window is smoother.
+    stride: int | None = Field(None, ge=1, description="default: the window (a non-overlapping grid)")
 
 
 class LimeConfig(_Strict):

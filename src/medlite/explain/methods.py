@@ -238,7 +238,7 @@ class Occlusion(Explainer):
     def explain(self, subject, images, targets):
         n, c, h, w = images.shape
         win = self.cfg.occlusion.window or default_cell(min(h, w))
-        stride = self.cfg.occlusion.stride or max(1, win // 2)
+        stride = self.cfg.occlusion.stride or win
         self.info = {"window": win, "stride": stride, "fill": "dataset mean (0 after normalisation)"}
 
         def starts(size: int) -> list[int]:

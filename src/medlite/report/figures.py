@@ -129,7 +129,6 @@ def variant_panels(name: str, probs: np.ndarray, labels: np.ndarray, classes: li
     a3.set_xlim(max(0, lo - 0.05), 1), a3.set_ylim(0, 1.02)
     a3.set_xlabel("confidence (max probability)"), a3.set_ylabel("accuracy")
     a3.set_title("Reliability (n per bin)"), a3.legend(fontsize=6, loc="upper left")
-    fig.suptitle(name, y=1.02)
     fig.tight_layout()
     return save(fig, folder, f"variant_{safe_stem(name)}")
 
@@ -234,8 +233,8 @@ def explanation_gallery(method: str, images: np.ndarray, true_names: list[str], 
     """
     plt = _plt()
     n, m = len(images), len(columns)
-    tile = 1.0
-    fig, axes = plt.subplots(n, m + 1, figsize=((m + 1) * tile, n * tile * 1.12), squeeze=False)
+    tile = min(1.6, max(1.2, 8.0 / (m + 1)))  # inches: small galleries are not shown as thumbnails
+    fig, axes = plt.subplots(n, m + 1, figsize=((m + 1) * tile, n * tile * 1.15), squeeze=False)
     for i in range(n):
         ax = axes[i, 0]
         ax.imshow(_gray(images[i]), cmap="gray", vmin=0, vmax=255)
@@ -253,8 +252,9 @@ def explanation_gallery(method: str, images: np.ndarray, true_names: list[str], 
                 ax.imshow(overlay(saliency), interpolation="bilinear")
             predicted = int(np.argmax(probs[i]))
             right = predicted == targets[i]
-            flat = "" if span > 0 else " (flat map)"
-            ax.set_xlabel(f"{classes[predicted][:10]} {probs[i][predicted]:.2f}{flat}", fontsize=6,
+            flat = "" if span > 0 else "\n(flat map)"
+            name_ = classes[predicted] if len(classes[predicted]) <= 9 else classes[predicted][:8] + "\u2026"
+            ax.set_xlabel(f"{name_} {probs[i][predicted]:.2f}{flat}", fontsize=6,
                           color="darkgreen" if right else "crimson", labelpad=1)
             for spine in ax.spines.values():
                 spine.set_edgecolor("darkgreen" if right else "crimson")
