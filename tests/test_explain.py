@@ -178,3 +178,33 @@ def test_vit_methods_run_on_a_timm_vit(tmp_path):
     assert rollout.shape == (2, SIZE, SIZE)
     assert np.ptp(rollout) < 1e-5
     assert all(getattr(b.attn, "fused_attn", False) == timm.layers.use_fused_attn() for b in vit.blocks)
+
+
+def test_lineage_follows_parents_and_teachers_not_names():
+    from medlite.explain.stage import lineage
+    from medlite.variant import Variant
+
+    def v(name, parent=None, teachers=()):
+        return Variant(name=name, parent=parent, stage="x", arch="a", teachers=list(teachers))
+
+    # two teachers, an assistant, and names that do not say who is who
+    variants = {x.name: x for x in [
+        v("big_a"), v("big_b"), v("helper", "big_a", ["big_a", "big_b"]), v("small", "helper", ["helper"]),
+        v("small_q", "small"), v("unrelated"),
+    ]}
+    assert lineage(variants["small_q"], variants) == ["small", "helper", "big_a", "big_b"]
+    assert lineage(variants["helper"], variants) == ["big_a", "big_b"]
+    assert lineage(variants["unrelated"], variants) == []
+
+
+def test_image_selection_is_seeded_per_class_and_includes_mistakes():
+    from medlite.explain.stage import select_images
+
+    labels = np.array([0] * 10 + [1] * 10)
+    wrong = np.zeros(20, bool)
+    wrong[[3, 4, 15]] = True
+    picks = select_images(labels, wrong, 3, seed=0)
+    assert len(picks) == 6 and (labels[picks] == [0, 0, 0, 1, 1, 1]).all()
+    assert wrong[picks[:3]].sum() == 1 and wrong[picks[3:]].sum() == 1
+    assert (picks == select_images(labels, wrong, 3, seed=0)).all()
+    assert len(select_images(labels, wrong, 1, seed=0)) == 2 and not wrong[select_images(labels, wrong, 1, seed=0)].any()
