@@ -102,6 +102,20 @@ def explain_variant(ctx, variant, images: np.ndarray, targets: np.ndarray, cfg) 
     return facts, maps
 
 
+def _test_probs(ctx, variant, split) -> np.ndarray:
+    """The deployed file's probabilities on the evaluated split: from its predictions file when the
+    predict stage wrote one (same file, same images), else computed."""
+    from medlite.evaluate import predict_artifact
+    from medlite.evaluate.operating_point import read_predictions
+
+    stored = ctx.run.root / (variant.metrics or {}).get("predictions", "-")
+    if stored.is_file():
+        probs, labels, _ = read_predictions(stored)
+        if len(labels) == len(split) and (labels == split.labels).all():
+            return probs
+    return predict_artifact(ctx.run.root / variant.file, split.images, ctx.dataset.preprocess)
+
+
 def _test_split(ctx):
     return ctx.recipe.evaluate.split, ctx.dataset.splits[ctx.recipe.evaluate.split]
 
@@ -109,7 +123,6 @@ def _test_split(ctx):
 def stage_explain(ctx, names: list[str] | None = None) -> None:
     """Explain the chosen variants (recipe `explain.variants`, else all) and record `variant.explain`."""
     from medlite.data.preprocess import normalize
-    from medlite.evaluate import predict_artifact
 
     cfg = ctx.recipe.explain
     names = names or cfg.variants or list(ctx.variants)
@@ -123,8 +136,7 @@ def stage_explain(ctx, names: list[str] | None = None) -> None:
         # Votes from every variant of the run, so explaining a subset later picks the same images.
         wrong = np.zeros(len(split), int)
         for variant in ctx.variants.values():
-            probs = predict_artifact(ctx.run.root / variant.file, split.images, spec)
-            wrong += probs.argmax(1) != split.labels
+            wrong += _test_probs(ctx, variant, split).argmax(1) != split.labels
         idx = select_images(split.labels, wrong * 2 > len(ctx.variants), cfg.images_per_class, ctx.recipe.seed)
         images = normalize(split.images[idx], spec)
         targets = split.labels[idx].astype(int)

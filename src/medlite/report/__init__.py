@@ -60,7 +60,7 @@ def print_table(results: dict, console) -> None:
 
 def render_html(results: dict, **extra) -> str:
     """The report page; `extra` carries the figures and tables `write_report` prepares (all optional)."""
-    from jinja2 import Environment, StrictUndefined, select_autoescape
+    from jinja2 import Environment, select_autoescape
 
     template = (resources.files("medlite") / "report" / "templates" / "report.html.j2").read_text()
     env = Environment(autoescape=select_autoescape(default=True))

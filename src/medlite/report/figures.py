@@ -233,7 +233,7 @@ def explanation_gallery(method: str, images: np.ndarray, true_names: list[str], 
     """
     plt = _plt()
     n, m = len(images), len(columns)
-    tile = min(1.6, max(1.2, 8.0 / (m + 1)))  # inches: small galleries are not shown as thumbnails
+    tile = min(1.3, max(1.1, 7.0 / (m + 1)))  # inches: small galleries are not shown as thumbnails
     fig, axes = plt.subplots(n, m + 1, figsize=((m + 1) * tile, n * tile * 1.15), squeeze=False)
     for i in range(n):
         ax = axes[i, 0]
