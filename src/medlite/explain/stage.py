@@ -84,7 +84,12 @@ def explain_variant(ctx, variant, images: np.ndarray, targets: np.ndarray, cfg) 
             facts["methods"][method] = {"kind": explainer.kind, "skipped": reason}
             continue
         start = time.perf_counter()
-        out = explainer.explain(subject, images, targets)
+        try:
+            out = explainer.explain(subject, images, targets)
+        except ValueError as err:  # the method's own "cannot explain this model" (e.g. no 2-D feature stage)
+            facts["methods"][method] = {"kind": explainer.kind, "skipped": f"failed: {err}"}
+            ctx.say(f"{variant.name}: {method} could not explain this model: {err}")
+            continue
         seconds = time.perf_counter() - start
         deletion, insertion = deletion_insertion(predict, images, out, targets, cfg.steps)
         maps[method] = out
