@@ -2,7 +2,9 @@
 
 Every medlite ONNX file has one input `input` (float32 N x C x H x W, already normalised) and
 one output `logits` (N x classes), and carries `medlite.preprocess` (JSON of a PreprocessSpec)
-in its metadata, so the edge runner can prepare images exactly as training did.
+in its metadata, so the edge runner can prepare images exactly as training did. After
+evaluation the pipeline may add `medlite.operating_point` (the decision threshold chosen on the
+validation split; see OPERATING_POINT_KEY), which `content_hash` ignores.
 """
 
 from __future__ import annotations
