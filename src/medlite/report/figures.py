@@ -121,14 +121,14 @@ def variant_panels(name: str, probs: np.ndarray, labels: np.ndarray, classes: li
             centers.append((edges[b] + edges[b + 1]) / 2)
             accs.append(correct[mask].mean())
             counts.append(int(mask.sum()))
-    a3.bar(centers, accs, width=1 / bins, edgecolor="black", lw=0.5, color="#7aa6d6", label="accuracy")
-    a3.plot([0, 1], [0, 1], ":", color="gray", lw=0.8, label="perfect calibration")
+    a3.bar(centers, accs, width=1 / bins, edgecolor="black", lw=0.5, color="#7aa6d6")
+    a3.plot([0, 1], [0, 1], ":", color="gray", lw=0.8)  # perfect calibration
     for x, y, n in zip(centers, accs, counts):
         a3.text(x, min(y + 0.02, 0.97), str(n), ha="center", fontsize=6)
     lo = 1 / k
     a3.set_xlim(max(0, lo - 0.05), 1), a3.set_ylim(0, 1.02)
     a3.set_xlabel("confidence (max probability)"), a3.set_ylabel("accuracy")
-    a3.set_title("Reliability (n per bin)"), a3.legend(fontsize=6, loc="upper left")
+    a3.set_title("Reliability (bars: accuracy, n per bin)")
     fig.tight_layout()
     return save(fig, folder, f"variant_{safe_stem(name)}")
 
