@@ -221,7 +221,12 @@ def test_edge_runner_matches_pipeline_predictions(compressed_run, data_root):
         index = int(Path(image["path"]).stem.rsplit("_", 1)[1])
         edge_probs = [image["probabilities"][name] for name in ds.class_names]
         assert np.allclose(edge_probs, probs[index], atol=1e-6)
-        assert image["class_index"] == int(probs[index].argmax())
+        assert image["argmax_class"] == ds.class_names[int(probs[index].argmax())]
+        # the decision uses the operating point the pipeline stored in the file (chosen on validation)
+        op = next(v for v in results["variants"] if v["name"] == "student_kd_int8_static")["metrics"]["operating_point"]
+        assert report["operating_point"]["threshold"] == pytest.approx(op["threshold"])
+        positive = probs[index][op["positive_index"]] >= op["threshold"]
+        assert (image["class_index"] == op["positive_index"]) == positive
 
 
 def test_bad_compression_target_fails_before_training(tmp_path, data_root):

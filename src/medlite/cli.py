@@ -155,6 +155,15 @@ def _register_deploy() -> None:
 _register_deploy()
 
 
+def _register_explain() -> None:
+    from medlite.explain.cli import explain
+
+    app.command("explain", help="Explain the variants of a run directory (maps, faithfulness, agreement); rewrites its report.")(explain)
+
+
+_register_explain()
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

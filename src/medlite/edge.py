@@ -66,13 +66,16 @@ def find_images(target: Path) -> list[Path]:
 # -- the runner -------------------------------------------------------------------------------
 
 
-def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1, runtime: str | None = None) -> dict:
+def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1, runtime: str | None = None,
+             use_threshold: bool = True) -> dict:
     """Classify `target` (an image or a folder) one image at a time, as a device would.
 
     The runtime comes from the registry (`.onnx` -> ONNX Runtime, `.tflite` -> LiteRT) unless
     named. Unreadable files inside a folder are listed under `skipped`; a single unreadable
     file, or a folder without any readable image, is an error. Each image carries the report of
     how it was adapted to the model's input, with warnings for inputs far from the training data.
+    `class` is the decision at the file's operating point (chosen on validation data) when it has
+    one and `use_threshold`; `argmax_class` is always given.
     """
     if not model_path.is_file():
         raise EdgeError(f"{model_path}: model file not found")
@@ -106,7 +109,7 @@ def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1, r
         probs = softmax(logits)
         if probs.shape[1] != len(names):
             raise EdgeError(f"{model_path}: model has {probs.shape[1]} outputs but the spec names {len(names)} classes")
-        decided = int(art.decide(probs)[0])
+        decided = int(art.decide(probs)[0]) if use_threshold else int(np.argmax(probs[0]))
         probs = probs[0]
         order = np.argsort(-probs, kind="stable")
         results.append(
@@ -114,6 +117,7 @@ def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1, r
                 "path": str(path),
                 "class": names[decided],
                 "class_index": decided,
+                "argmax_class": names[int(order[0])],
                 "probabilities": {name: float(p) for name, p in zip(names, probs)},
                 "top_k": [{"class": names[int(i)], "probability": float(probs[i])} for i in order[:k]],
                 "input": adaptation,
@@ -132,7 +136,7 @@ def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1, r
         "threads": art.threads,
         "spec_source": art.spec_source,
         "preprocess": spec.to_dict(),
-        "operating_point": art.operating_point,
+        "operating_point": art.operating_point if use_threshold else None,
         "card": art.card,
         "load_ms": round(load_ms, 3),
         "images": results,
@@ -160,6 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("target", type=Path, help="an image file or a folder (searched recursively)")
     parser.add_argument("--threads", type=int, default=0, help="runtime threads; 0 = all cores (default)")
     parser.add_argument("--top-k", type=int, default=1, help="how many best classes to list per image (default 1)")
+    parser.add_argument("--argmax", action="store_true", help="ignore the operating point stored in the model; use the most probable class")
     parser.add_argument("--indent", type=int, default=2, help="JSON indentation; 0 for one line")
     return parser
 
@@ -168,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry: JSON on stdout and exit 0, or one line on stderr and exit 2."""
     args = _parser().parse_args(argv)
     try:
-        report = classify(args.model, args.target, threads=args.threads, top_k=args.top_k)
+        report = classify(args.model, args.target, threads=args.threads, top_k=args.top_k, use_threshold=not args.argmax)
     except EdgeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

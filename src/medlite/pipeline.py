@@ -197,12 +197,14 @@ def results_document(ctx: Context, wall_seconds: float) -> dict:
     }
 
 
-def write_results(ctx: Context, wall_seconds: float) -> dict:
-    from medlite.report import render_html
-
+def write_results(ctx: Context, wall_seconds: float, report: bool = True) -> dict:
     results = results_document(ctx, wall_seconds)
     write_json(ctx.run.root / "results.json", results)
-    write_atomic(ctx.run.root / "report.html", render_html(results))
+    if report:  # the report with its figures and tables (medlite.report)
+        from medlite.report import write_report
+
+        with ctx.timed("report"):
+            write_report(ctx.run.root, results, ctx.dataset)
     return results
 
 
@@ -259,6 +261,9 @@ def _carry_out(recipe: Recipe, run: RunDir, data_root: Path, say: Callable[[str]
     ctx.device = resolve_device(recipe.device)
 
     stage_data(ctx)
+    from medlite.evaluate.operating_point import check_config, stage_predict
+
+    check_config(recipe, ctx.dataset.class_names)
     teacher = stage_train(ctx, "teacher", recipe.teacher, section="teacher")
     if recipe.distill.scratch_baseline:
         stage_train(ctx, "student_scratch", recipe.student, section="student")
@@ -284,10 +289,15 @@ def _carry_out(recipe: Recipe, run: RunDir, data_root: Path, say: Callable[[str]
     stage_litert_exports(ctx)
     for variant in ctx.variants.values():
         stage_evaluate(ctx, variant)
+        stage_predict(ctx, variant)
 
     write_model_cards(ctx, library_versions()["medlite"])
     # Write what we have before benchmarking: the bench reads results.json, and a failure later keeps it.
-    write_results(ctx, time.perf_counter() - start)
+    write_results(ctx, time.perf_counter() - start, report=False)
     if recipe.bench.enabled:
         stage_bench(ctx)
+    if recipe.explain.enabled:
+        from medlite.explain.stage import stage_explain
+
+        stage_explain(ctx)
     return write_results(ctx, time.perf_counter() - start)

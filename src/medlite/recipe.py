@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medlite.errors import UsageError
 from medlite.export.config import ExportConfig
+from medlite.explain.config import ExplainConfig
 
 
 class _Strict(BaseModel):
@@ -118,12 +119,40 @@ class DistillConfig(_Strict):
     scratch_baseline: bool = Field(True, description="also train the student without a teacher (ablation)")
 
 
+class OperatingPoint(_Strict):
+    """A decision threshold for one class, chosen on the validation split (medlite.evaluate.operating_point).
+
+    Exactly one rule: `sensitivity` (the highest threshold that keeps at least this sensitivity),
+    `specificity` (the lowest that keeps at least this specificity) or `youden` (max sens + spec - 1).
+    """
+
+    positive_class: str | None = Field(None, description="class name; default: the second class of a binary task")
+    sensitivity: float | None = Field(None, gt=0, le=1)
+    specificity: float | None = Field(None, gt=0, le=1)
+    youden: bool = False
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "OperatingPoint":
+        rules = [self.sensitivity is not None, self.specificity is not None, self.youden]
+        if sum(rules) != 1:
+            raise ValueError("give exactly one of sensitivity, specificity or youden: true")
+        return self
+
+
 class EvaluateConfig(_Strict):
     split: Literal["test", "val"] = "test"
     bootstrap: int = Field(1000, ge=0, le=100_000, description="bootstrap resamples for confidence intervals")
     confidence: float = Field(0.95, gt=0, lt=1)
     ece_bins: int = Field(15, ge=2)
     batch_size: int = Field(256, ge=1)
+    operating_point: OperatingPoint | None = Field(
+        None, description="e.g. {positive_class: malignant, sensitivity: 0.9}, or youden; stored in each deployed file"
+    )
+
+    @field_validator("operating_point", mode="before")
+    @classmethod
+    def _youden_shorthand(cls, value: Any) -> Any:
+        return {"youden": True} if value == "youden" else value
 
 
 # -- compression (pruning, quantization) -------------------------------------------------
@@ -242,6 +271,7 @@ class Recipe(_Strict):
     compress: CompressConfig = CompressConfig()
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
+    explain: ExplainConfig = ExplainConfig()
 
 
 # -- loading --------------------------------------------------------------------------

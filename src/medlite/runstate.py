@@ -34,11 +34,12 @@ from typing import Any, Iterator
 
 from medlite.errors import UsageError
 
-MANAGED = ("stages", "models", "checkpoints", "logs", "figures", "samples")
+MANAGED = ("stages", "models", "checkpoints", "logs", "figures", "samples", "explain", "predictions", "confusion")
 MARKER = ".medlite-run"
 LOCK = ".medlite-run.lock"
 RESOLVED_RECIPE = "recipe.resolved.yaml"  # not recipe.yaml: a user's own recipe often sits there
-OUTPUT_FILES = (RESOLVED_RECIPE, "environment.json", "results.json", "report.html", "bench.json")
+OUTPUT_FILES = (RESOLVED_RECIPE, "environment.json", "results.json", "report.html", "bench.json",
+                "classification_report.csv")
 TMP_SUFFIX = ".medlite-tmp"
 _TMP_FILE = re.compile(r"^\..+\.\d+\.medlite-tmp$")
 _TMP_DIR = re.compile(r"^\.medlite-[a-z]+-[a-z0-9_]{8}$")  # tempfile.TemporaryDirectory(prefix=".medlite-<what>-")

@@ -56,6 +56,7 @@ class Variant:
     bench: dict = field(default_factory=dict)
     # What did not go as the name says (a fallback taken, a step skipped): printed, reported, kept.
     warnings: list[str] = field(default_factory=list)
+    explain: dict = field(default_factory=dict)  # maps' faithfulness and agreement (medlite.explain)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -180,5 +181,7 @@ class Context:
         stat = path.stat()
         memo_key = (str(path), stat.st_size, stat.st_mtime_ns)
         if memo_key not in self._hashes:
-            self._hashes[memo_key] = sha256(path)
+            from medlite.export.onnx import content_hash  # blind to the operating-point metadata
+
+            self._hashes[memo_key] = content_hash(path)
         return self._hashes[memo_key]

@@ -2,7 +2,9 @@
 
 Every medlite ONNX file has one input `input` (float32 N x C x H x W, already normalised) and
 one output `logits` (N x classes), and carries `medlite.preprocess` (JSON of a PreprocessSpec)
-in its metadata, so the edge runner can prepare images exactly as training did.
+in its metadata, so the edge runner can prepare images exactly as training did. After
+evaluation the pipeline may add `medlite.operating_point` (the decision threshold chosen on the
+validation split; see OPERATING_POINT_KEY), which `content_hash` ignores.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ from medlite.data.preprocess import PreprocessSpec
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 PREPROCESS_KEY = "medlite.preprocess"
+# The clinical decision threshold chosen on the validation split (medlite.evaluate.operating_point):
+# JSON {"positive_class", "positive_index", "threshold", "rule", ...}. Predict `positive_class` when
+# its probability >= threshold, else the most probable other class. Absent: plain argmax.
+OPERATING_POINT_KEY = "medlite.operating_point"
 OPSET = 17
 
 
@@ -56,6 +62,54 @@ def read_preprocess(path: Path) -> PreprocessSpec | None:
         if prop.key == PREPROCESS_KEY:
             return PreprocessSpec.from_dict(json.loads(prop.value))
     return None
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of a model file, blind to its operating-point metadata.
+
+    The threshold is written into the deployed file after evaluation; it changes no prediction the
+    model makes, so stage keys that depend on the file must not see it (or every rerun would redo
+    the stages keyed before it was written).
+    """
+    import hashlib
+
+    data = path.read_bytes()
+    if path.suffix != ".onnx" or OPERATING_POINT_KEY.encode() not in data:
+        return hashlib.sha256(data).hexdigest()
+    import onnx
+
+    proto = onnx.load_model_from_string(data)
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != OPERATING_POINT_KEY]
+    del proto.metadata_props[:]
+    for key, value in kept:
+        proto.metadata_props.add(key=key, value=value)
+    return hashlib.sha256(proto.SerializeToString()).hexdigest()
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def write_metadata(path: Path, entries: dict[str, str | None]) -> bool:
+    """Set (or, for None, remove) metadata entries in place, atomically; False when nothing changed."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    current = {p.key: p.value for p in proto.metadata_props}
+    wanted = {**current, **{k: v for k, v in entries.items() if v is not None}}
+    for key, value in entries.items():
+        if value is None:
+            wanted.pop(key, None)
+    if wanted == current:
+        return False
+    order = [k for k in current if k in wanted] + [k for k in wanted if k not in current]
+    del proto.metadata_props[:]
+    for key in order:
+        proto.metadata_props.add(key=key, value=wanted[key])
+    save_onnx(proto, path)
+    return True
 
 
 def save_onnx(model_proto, path: Path) -> None:

@@ -67,9 +67,26 @@ def warning_lines(results: dict) -> list[str]:
     return [f"{v['name']}: {w}" for v in results["variants"] for w in v.get("warnings") or []]
 
 
-def render_html(results: dict) -> str:
+def render_html(results: dict, **extra) -> str:
+    """The report page; `extra` carries the figures and tables `write_report` prepares (all optional)."""
     from jinja2 import Environment, select_autoescape
 
     template = (resources.files("medlite") / "report" / "templates" / "report.html.j2").read_text()
     env = Environment(autoescape=select_autoescape(default=True))
-    return env.from_string(template).render(results=results, columns=COLUMNS, rows=table_rows(results))
+    env.filters["num"] = _num
+    env.filters["bytes"] = _fmt_bytes
+    context = {"dataset_figure": None, "variant_figures": {}, "training_figure": None, "pareto_figure": None,
+               "galleries": [], "faithfulness": [], "agreement": [], "operating_points": [], "files": [],
+               "warnings": {}}
+    context.update(extra)
+    return env.from_string(template).render(results=results, columns=COLUMNS, rows=table_rows(results), **context)
+
+
+def write_report(root, results: dict, dataset=None) -> None:
+    """report.html plus the files beside it (predictions are written by the predict stage):
+    figures/*.png|svg, confusion/<variant>.csv, classification_report.csv."""
+    from pathlib import Path
+
+    from medlite.report.build import build_report
+
+    build_report(Path(root), results, dataset)

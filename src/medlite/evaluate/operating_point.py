@@ -1,0 +1,234 @@
+"""A clinical operating point: a decision threshold for one class, chosen on the validation split.
+
+At the argmax a classifier with a good AUC can still miss many positive cases; a clinician picks
+the trade-off instead ("find at least 90% of the malignant cases"). The threshold is chosen from
+the *deployed file's* validation probabilities, written into the file's metadata
+(`medlite.operating_point`, read by the edge runner), and the test-split sensitivity and
+specificity at that threshold are reported with percentile-bootstrap intervals beside the argmax
+figures.
+
+This stage (`<variant>.predict`) also writes `predictions/<variant>.csv`: one row per image of
+the evaluated split: image_id (its index in that split), true_label, predicted_label (argmax),
+then prob_<class> for every class in class order; plus `operating_point_label` when a threshold
+is set.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from medlite.errors import UsageError
+from medlite.runstate import sha256, write_atomic, write_json
+
+PREDICT_SCHEMA = 1  # bump when the predictions file or the operating-point facts change
+
+
+def positive_index(cfg, class_names: list[str]) -> int:
+    """The index of the operating point's class; one-line error naming the key when it is not a class."""
+    if cfg.positive_class is None:
+        if len(class_names) != 2:
+            raise UsageError(
+                f"evaluate.operating_point.positive_class: required with {len(class_names)} classes "
+                f"(choose from {', '.join(class_names)})"
+            )
+        return 1
+    if cfg.positive_class not in class_names:
+        raise UsageError(
+            f"evaluate.operating_point.positive_class: {cfg.positive_class!r} is not a class of this dataset "
+            f"(choose from {', '.join(repr(c) for c in class_names)})"
+        )
+    return class_names.index(cfg.positive_class)
+
+
+def choose_threshold(scores: np.ndarray, positive: np.ndarray, cfg) -> tuple[float, str]:
+    """(threshold, rule text). `scores`: the positive class's probabilities; `positive`: bool truth.
+
+    sensitivity s: the highest threshold with at least ceil(s * P) positives at or above it
+    (the best specificity that keeps the sensitivity); specificity s: the lowest threshold with at
+    least ceil(s * N) negatives below it; youden: maximises sensitivity + specificity - 1 over
+    every distinct score.
+    """
+    pos, neg = np.sort(scores[positive])[::-1], np.sort(scores[~positive])
+    if len(pos) == 0 or len(neg) == 0:
+        raise UsageError("evaluate.operating_point: the validation split needs both positive and negative images")
+    if cfg.sensitivity is not None:
+        k = max(1, math.ceil(cfg.sensitivity * len(pos) - 1e-9))
+        return float(pos[k - 1]), f"sensitivity >= {cfg.sensitivity:g} on val"
+    if cfg.specificity is not None:
+        m = max(1, math.ceil(cfg.specificity * len(neg) - 1e-9))
+        return float(np.nextafter(neg[m - 1], np.inf)), f"specificity >= {cfg.specificity:g} on val"
+    candidates = np.unique(scores)
+    sens = (scores[positive][None, :] >= candidates[:, None]).mean(1)
+    spec = (scores[~positive][None, :] < candidates[:, None]).mean(1)
+    best = int(np.argmax(sens + spec - 1))  # ties: the lowest such threshold (first in ascending order)
+    return float(candidates[best]), "youden on val"
+
+
+def decide(probs: np.ndarray, index: int, threshold: float) -> np.ndarray:
+    """Class per row: `index` when its probability >= threshold, else the most probable other class.
+
+    The edge runner applies the same rule (medlite.edge.apply_operating_point).
+    """
+    others = probs.copy()
+    others[:, index] = -np.inf
+    return np.where(probs[:, index] >= threshold, index, others.argmax(1))
+
+
+def sens_spec(predicted_positive: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
+    tp = (predicted_positive & positive).sum()
+    tn = (~predicted_positive & ~positive).sum()
+    p, n = positive.sum(), (~positive).sum()
+    return (float(tp / p) if p else float("nan")), (float(tn / n) if n else float("nan"))
+
+
+def bootstrap_sens_spec(predicted_positive, positive, resamples: int, confidence: float, seed: int) -> dict:
+    """Percentile-bootstrap intervals for sensitivity and specificity (seeded, resampling images)."""
+    if resamples <= 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    n = len(positive)
+    sens, spec = [], []
+    for _ in range(resamples):
+        idx = rng.integers(0, n, n)
+        s, p = sens_spec(predicted_positive[idx], positive[idx])
+        if s == s:
+            sens.append(s)
+        if p == p:
+            spec.append(p)
+    lo, hi = (1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100
+    out = {}
+    if sens:
+        out["sensitivity"] = [round(float(np.percentile(sens, lo)), 4), round(float(np.percentile(sens, hi)), 4)]
+    if spec:
+        out["specificity"] = [round(float(np.percentile(spec, lo)), 4), round(float(np.percentile(spec, hi)), 4)]
+    return out
+
+
+def operating_point(val_probs, val_labels, test_probs, test_labels, class_names, cfg, evaluate_cfg, seed: int) -> dict:
+    """Choose the threshold on validation; report it on the evaluated split, beside the argmax."""
+    index = positive_index(cfg, class_names)
+    threshold, rule = choose_threshold(val_probs[:, index], val_labels == index, cfg)
+    val_sens, val_spec = sens_spec(val_probs[:, index] >= threshold, val_labels == index)
+    positive = test_labels == index
+    at_threshold = test_probs[:, index] >= threshold
+    at_argmax = test_probs.argmax(1) == index
+    out = {
+        "positive_class": class_names[index],
+        "positive_index": index,
+        "rule": rule,
+        "threshold": float(threshold),
+        "val": {"sensitivity": round(val_sens, 4), "specificity": round(val_spec, 4), "n": int(len(val_labels))},
+    }
+    for name, predicted in (("test", at_threshold), ("argmax", at_argmax)):
+        sens, spec = sens_spec(predicted, positive)
+        out[name] = {
+            "sensitivity": round(sens, 4), "specificity": round(spec, 4),
+            "ci": bootstrap_sens_spec(predicted, positive, evaluate_cfg.bootstrap, evaluate_cfg.confidence, seed),
+        }
+    out["split"] = evaluate_cfg.split
+    out["n_positive"], out["n_negative"] = int(positive.sum()), int((~positive).sum())
+    return out
+
+
+def metadata_value(op: dict) -> str:
+    """What goes into the ONNX file under OPERATING_POINT_KEY (what a device needs, nothing else)."""
+    keep = ("positive_class", "positive_index", "threshold", "rule")
+    return json.dumps({k: op[k] for k in keep} | {"decision": "positive_class if p >= threshold else argmax of the others"})
+
+
+def predictions_csv(probs: np.ndarray, labels: np.ndarray, class_names: list[str], op: dict | None) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    header = ["image_id", "true_label", "predicted_label"] + [f"prob_{c}" for c in class_names]
+    decided = decide(probs, op["positive_index"], op["threshold"]) if op else None
+    writer.writerow(header + (["operating_point_label"] if op else []))
+    for i, (p, y) in enumerate(zip(probs, labels)):
+        row = [i, class_names[int(y)], class_names[int(p.argmax())]] + [repr(float(x)) for x in p]
+        writer.writerow(row + ([class_names[int(decided[i])]] if op else []))
+    return buffer.getvalue()
+
+
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(probabilities, true label indices, class names) from a predictions CSV written above."""
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    header = rows[0]
+    classes = [h[len("prob_"):] for h in header if h.startswith("prob_")]
+    first = header.index(f"prob_{classes[0]}")
+    probs = np.array([[float(x) for x in r[first : first + len(classes)]] for r in rows[1:]]).reshape(-1, len(classes))
+    labels = np.array([classes.index(r[1]) for r in rows[1:]], dtype=int)
+    return probs, labels, classes
+
+
+def refresh_records(run, path: Path) -> None:
+    """After rewriting a file's metadata in place, update the hash every stage record holds for it.
+
+    The model is unchanged (stage keys use `content_hash`, blind to this metadata); only the
+    records' integrity check must learn the file's new bytes.
+    """
+    rel, digest = run.rel(path), sha256(path)
+    for record_path in sorted(run.stages.glob("*.json")):
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        outputs = record.get("outputs", {})
+        if rel in outputs and outputs[rel] != digest:
+            outputs[rel] = digest
+            write_json(record_path, record)
+
+
+def check_config(recipe, class_names: list[str]) -> None:
+    """Fail before training when the operating point names a class the data does not have."""
+    if recipe.evaluate.operating_point is not None:
+        positive_index(recipe.evaluate.operating_point, class_names)
+
+
+def stage_predict(ctx, variant) -> None:
+    """Predictions file and operating point of one variant, from its deployed file."""
+    from medlite.variant import stage_key
+    from medlite.evaluate import predict_artifact
+    from medlite.export.onnx import OPERATING_POINT_KEY, write_metadata
+
+    cfg = ctx.recipe.evaluate
+    stage = f"{variant.name}.predict"
+    model_path = ctx.run.root / variant.file
+    key = stage_key("predict", ctx.artifact_hash(variant), cfg.model_dump(), ctx.dataset.fingerprint(), ctx.recipe.seed,
+                    schema=PREDICT_SCHEMA)
+    csv_path = ctx.run.root / "predictions" / f"{variant.name}.csv"
+    facts = ctx.reuse(stage, key)
+    if facts is None:
+        with ctx.timed("predict"):
+            names = list(ctx.dataset.class_names)
+            split = ctx.dataset.splits[cfg.split]
+            probs = predict_artifact(model_path, split.images, ctx.dataset.preprocess, cfg.batch_size, variant.runtime)
+            op = None
+            if cfg.operating_point is not None:
+                val = ctx.dataset.splits["val"]
+                if len(val) == 0:
+                    raise UsageError("evaluate.operating_point: the data has no validation split to choose the threshold on")
+                val_probs = predict_artifact(model_path, val.images, ctx.dataset.preprocess, cfg.batch_size, variant.runtime)
+                op = operating_point(val_probs, val.labels, probs, split.labels, names, cfg.operating_point, cfg, ctx.recipe.seed)
+            # Into the deployed ONNX file (or out of it, when the recipe no longer sets one); other
+            # formats carry it in the model card sidecar (medlite.export.card), which every consumer reads.
+            if variant.runtime == "onnxruntime" and write_metadata(
+                    model_path, {OPERATING_POINT_KEY: metadata_value(op) if op else None}):
+                refresh_records(ctx.run, model_path)
+            write_atomic(csv_path, predictions_csv(probs, split.labels, names, op))
+        facts = {"predictions": ctx.run.rel(csv_path), "operating_point": op}
+        ctx.store(stage, key, [csv_path, model_path], facts)
+    variant.metrics["predictions"] = facts["predictions"]
+    if facts["operating_point"] is not None:
+        variant.metrics["operating_point"] = facts["operating_point"]
+        op = facts["operating_point"]
+        ctx.say(
+            f"{variant.name}: {op['positive_class']} threshold {op['threshold']:.3f} ({op['rule']}): "
+            f"{op['split']} sensitivity {op['test']['sensitivity']:.3f}, specificity {op['test']['specificity']:.3f}"
+            f" (argmax {op['argmax']['sensitivity']:.3f} / {op['argmax']['specificity']:.3f})"
+        )

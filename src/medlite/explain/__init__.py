@@ -1,0 +1,36 @@
+"""Explanations: a registry of explainers, faithfulness scores and agreement between variants.
+
+Two kinds of explainer plug in here (one small class each, registered by name):
+- gradient methods need the PyTorch module (Grad-CAM, Grad-CAM++, Score-CAM, attention rollout);
+  they run only on variants trained in PyTorch (the teacher, the students);
+- black-box methods (occlusion, LIME) call the deployed file in its runtime (ONNX Runtime), so an
+  int8 or pruned variant is explained as shipped, not as the float model it came from.
+
+This module imports nothing heavy (the recipe schema imports `medlite.explain.config`).
+"""
+
+from __future__ import annotations
+
+from medlite.explain.config import METHODS, ExplainConfig
+
+EXPLAINERS: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Class decorator: make an explainer available by its `name`."""
+    if cls.name in EXPLAINERS:
+        raise ValueError(f"explainer {cls.name!r} registered twice")
+    EXPLAINERS[cls.name] = cls
+    return cls
+
+
+def get_explainer(name: str, cfg: ExplainConfig | None = None, seed: int = 0):
+    """An explainer instance by name (imports the methods, and torch, on first use)."""
+    import medlite.explain.methods  # noqa: F401 - registers the built-in explainers
+
+    if name not in EXPLAINERS:
+        raise KeyError(f"unknown explainer {name!r}; registered: {', '.join(sorted(EXPLAINERS))}")
+    return EXPLAINERS[name](cfg or ExplainConfig(), seed)
+
+
+__all__ = ["EXPLAINERS", "METHODS", "ExplainConfig", "get_explainer", "register"]

@@ -1,0 +1,203 @@
+"""The `explain` stage: maps for the same test images from every variant, their faithfulness, and
+how much the variants agree with the models they came from.
+
+Per variant (cached as `<variant>.explain`, output `explain/<variant>.npz`):
+- each configured method that applies (gradient methods need a PyTorch module: the teacher and
+  the students; black-box methods run every deployed file, int8 and pruned ones included);
+- deletion / insertion AUC of every map, measured with the variant's deployed file, and of a
+  random ranking for reference.
+Then, across variants (cheap, recomputed from the stored maps): Spearman and top-region IoU
+against every variant in its lineage (its parent chain and the teachers along it) that was
+explained with the same method. Everything goes into `variant.explain` in results.json.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medlite.errors import UsageError
+from medlite.variant import stage_key
+
+EXPLAIN_SCHEMA = 1  # bump when maps, scores or the files they are written to change
+
+
+def lineage(variant, variants: dict) -> list[str]:
+    """The variants `variant` descends from: its parent chain and the teachers of each link, nearest first.
+
+    Lineage is data (Variant.parent / Variant.teachers), never read from names.
+    """
+    out: list[str] = []
+    frontier = [variant]
+    while frontier:
+        current = frontier.pop(0)
+        for name in [current.parent, *current.teachers]:
+            if name and name not in out and name != variant.name and name in variants:
+                out.append(name)
+                frontier.append(variants[name])
+    return out
+
+
+def select_images(labels: np.ndarray, wrong_votes: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Indices into the split: `per_class` images of each class, seeded, including mistakes.
+
+    About a third of each class's picks (at least one when picking two or more) are images that
+    most explained variants get wrong, so the gallery shows failures as well as successes.
+    """
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        wrong = [i for i in members if wrong_votes[i]]
+        right = [i for i in members if not wrong_votes[i]]
+        n_wrong = min(len(wrong), max(1, per_class // 3)) if per_class >= 2 else 0
+        picks = wrong[:n_wrong] + right[: per_class - n_wrong]
+        picks += [i for i in wrong[n_wrong:]][: per_class - len(picks)]  # a class the models mostly miss
+        chosen += sorted(int(i) for i in picks)
+    return np.array(chosen, dtype=int)
+
+
+def onnx_predictor(path: Path):
+    """normalised NCHW float32 -> probabilities, from the deployed file in ONNX Runtime (one session)."""
+    from medlite.evaluate.metrics import softmax
+    from medlite.export.onnx import run_onnx, session
+
+    sess = session(path)
+    return lambda x: softmax(run_onnx(path, np.ascontiguousarray(x, np.float32), sess=sess).astype(np.float64))
+
+
+def explain_variant(ctx, variant, images: np.ndarray, targets: np.ndarray, cfg) -> tuple[dict, dict[str, np.ndarray]]:
+    """(facts, maps by method) for one variant on normalised `images` with class `targets`."""
+    from medlite.explain import get_explainer
+    from medlite.explain.methods import Subject
+    from medlite.explain.scores import deletion_insertion, random_maps
+
+    predict = onnx_predictor(ctx.run.root / variant.file)
+    module = ctx.load_variant_model(variant) if variant.checkpoint else None
+    subject = Subject(variant.name, predict, module=module, format=variant.format)
+    facts: dict = {"methods": {}}
+    maps: dict[str, np.ndarray] = {}
+    for method in cfg.methods:
+        explainer = get_explainer(method, cfg, seed=ctx.recipe.seed)
+        reason = explainer.not_applicable(subject)
+        if reason:
+            facts["methods"][method] = {"kind": explainer.kind, "skipped": reason}
+            continue
+        start = time.perf_counter()
+        try:
+            out = explainer.explain(subject, images, targets)
+        except ValueError as err:  # the method's own "cannot explain this model" (e.g. no 2-D feature stage)
+            facts["methods"][method] = {"kind": explainer.kind, "skipped": f"failed: {err}"}
+            ctx.say(f"{variant.name}: {method} could not explain this model: {err}")
+            continue
+        seconds = time.perf_counter() - start
+        deletion, insertion = deletion_insertion(predict, images, out, targets, cfg.steps)
+        maps[method] = out
+        facts["methods"][method] = {
+            "kind": explainer.kind, "runs_on": "pytorch" if explainer.kind == "gradient" else variant.runtime,
+            **explainer.info, "seconds": round(seconds, 3),
+            "deletion_auc": round(float(deletion.mean()), 4), "insertion_auc": round(float(insertion.mean()), 4),
+            "per_image": {"deletion_auc": [round(float(x), 4) for x in deletion],
+                          "insertion_auc": [round(float(x), 4) for x in insertion]},
+        }
+    noise = random_maps((len(images),) + images.shape[-2:], ctx.recipe.seed)
+    deletion, insertion = deletion_insertion(predict, images, noise, targets, cfg.steps)
+    facts["random"] = {"deletion_auc": round(float(deletion.mean()), 4), "insertion_auc": round(float(insertion.mean()), 4)}
+    facts["probabilities"] = np.round(predict(images), 5).tolist()
+    return facts, maps
+
+
+def _test_probs(ctx, variant, split) -> np.ndarray:
+    """The deployed file's probabilities on the evaluated split: from its predictions file when the
+    predict stage wrote one (same file, same images), else computed."""
+    from medlite.evaluate import predict_artifact
+    from medlite.evaluate.operating_point import read_predictions
+
+    stored = ctx.run.root / (variant.metrics or {}).get("predictions", "-")
+    if stored.is_file():
+        probs, labels, _ = read_predictions(stored)
+        if len(labels) == len(split) and (labels == split.labels).all():
+            return probs
+    return predict_artifact(ctx.run.root / variant.file, split.images, ctx.dataset.preprocess)
+
+
+def _test_split(ctx):
+    return ctx.recipe.evaluate.split, ctx.dataset.splits[ctx.recipe.evaluate.split]
+
+
+def stage_explain(ctx, names: list[str] | None = None) -> None:
+    """Explain the chosen variants (recipe `explain.variants`, else all) and record `variant.explain`."""
+    from medlite.data.preprocess import normalize
+
+    cfg = ctx.recipe.explain
+    names = names or cfg.variants or list(ctx.variants)
+    unknown = [n for n in names if n not in ctx.variants]
+    if unknown:
+        raise UsageError(f"explain.variants: no variant {unknown[0]!r} in this run (choose from {', '.join(ctx.variants)})")
+    split_name, split = _test_split(ctx)
+    spec = ctx.dataset.preprocess
+    with ctx.timed("explain"):
+        # The same images for every variant: a share of them ones most variants get wrong.
+        # Votes from every variant of the run, so explaining a subset later picks the same images.
+        wrong = np.zeros(len(split), int)
+        for variant in ctx.variants.values():
+            wrong += _test_probs(ctx, variant, split).argmax(1) != split.labels
+        idx = select_images(split.labels, wrong * 2 > len(ctx.variants), cfg.images_per_class, ctx.recipe.seed)
+        images = normalize(split.images[idx], spec)
+        targets = split.labels[idx].astype(int)
+        settings = cfg.model_dump(exclude={"enabled", "variants"})
+        maps: dict[str, dict[str, np.ndarray]] = {}
+        for name in names:
+            variant = ctx.variants[name]
+            stage = f"{name}.explain"
+            key = stage_key("explain", settings, ctx.artifact_hash(variant), idx.tolist(), ctx.dataset.fingerprint(), ctx.recipe.seed,
+                            schema=EXPLAIN_SCHEMA)
+            out = ctx.run.root / "explain" / f"{name}.npz"
+            facts = ctx.reuse(stage, key)
+            if facts is None or not out.is_file():
+                start = time.perf_counter()
+                facts, variant_maps = explain_variant(ctx, variant, images, targets, cfg)
+                facts.update({"split": split_name, "images": idx.tolist(), "targets": targets.tolist(),
+                              "target_rule": "the true class", "seconds": round(time.perf_counter() - start, 2)})
+                _save_maps(out, variant_maps)
+                ctx.store(stage, key, [out], facts)
+                done = ", ".join(m for m in facts["methods"] if "skipped" not in facts["methods"][m])
+                ctx.say(f"{name}: explained {len(idx)} test images ({done}) in {facts['seconds']:.1f}s")
+            maps[name] = _load_maps(out)
+            variant.explain = {**facts, "maps": ctx.run.rel(out)}
+        # Lineage members explained earlier (e.g. by `medlite explain --variants`) on the same images count too.
+        for variant in ctx.variants.values():
+            stored = variant.explain or {}
+            if variant.name not in maps and stored.get("images") == idx.tolist() and (ctx.run.root / stored.get("maps", "-")).is_file():
+                maps[variant.name] = _load_maps(ctx.run.root / stored["maps"])
+        for name in names:
+            variant = ctx.variants[name]
+            variant.explain["agreement"] = {
+                other: {
+                    method: agreement_of(maps[name][method], maps[other][method], cfg.top_fraction)
+                    for method in maps[name] if method in maps[other]
+                }
+                for other in lineage(variant, ctx.variants) if other in maps
+            }
+
+
+def agreement_of(a: np.ndarray, b: np.ndarray, fraction: float) -> dict:
+    from medlite.explain.scores import agreement
+
+    return agreement(a, b, fraction)
+
+
+def _save_maps(path: Path, maps: dict[str, np.ndarray]) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **{k: v.astype(np.float16) for k, v in maps.items()})
+    os.replace(tmp, path)
+
+
+def _load_maps(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        return {k: npz[k].astype(np.float32) for k in npz.files}

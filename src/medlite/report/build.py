@@ -1,0 +1,138 @@
+"""Everything `report.html` shows, computed from results.json, the predictions files, the stored
+explanation maps and (for pictures of images) the dataset."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from medlite.runstate import write_atomic
+
+
+def _csv(rows: list[list]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def confusion_csv(cm: np.ndarray, classes: list[str]) -> str:
+    return _csv([["true \\ predicted", *classes]] + [[c, *map(int, row)] for c, row in zip(classes, cm)])
+
+
+def classification_rows(name: str, probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> list[list]:
+    from sklearn.metrics import classification_report
+
+    report = classification_report(labels, probs.argmax(1), labels=list(range(len(classes))), target_names=classes,
+                                   output_dict=True, zero_division=0)
+    rows = []
+    for key, value in report.items():
+        if key == "accuracy":
+            rows.append([name, "accuracy", "", "", round(float(value), 4), len(labels)])
+        else:
+            rows.append([name, key, round(value["precision"], 4), round(value["recall"], 4), round(value["f1-score"], 4),
+                         int(value["support"])])
+    return rows
+
+
+def _ci(pair) -> str:
+    return f"{pair[0]:.3f}-{pair[1]:.3f}" if pair else "-"
+
+
+def build_report(root: Path, results: dict, dataset=None) -> None:
+    from medlite.evaluate.operating_point import read_predictions
+    from medlite.report import figures, render_html
+
+    figs = root / "figures"
+    classes = list(results["dataset"]["classes"])
+    extra: dict = {"variant_figures": {}, "operating_points": [], "files": [], "warnings": {}}
+    report_rows = [["variant", "class", "precision", "recall", "f1", "support"]]
+    points = []
+    for v in results["variants"]:
+        name, m = v["name"], v.get("metrics") or {}
+        if v.get("warnings"):
+            extra["warnings"][name] = v["warnings"]
+        latency = ((v.get("bench") or {}).get("latency_ms") or {}).get("p50")
+        if m.get("auc") is not None and v.get("file_bytes"):
+            points.append((name, m["auc"], v["file_bytes"], latency))
+        pred_path = root / m["predictions"] if m.get("predictions") else None
+        if pred_path is None or not pred_path.is_file():
+            continue
+        probs, labels, _ = read_predictions(pred_path)
+        cm = np.array(m.get("confusion_matrix") or np.zeros((len(classes),) * 2, int))
+        write_atomic(root / "confusion" / f"{figures.safe_stem(name)}.csv", confusion_csv(cm, classes))
+        report_rows += classification_rows(name, probs, labels, classes)
+        op = m.get("operating_point")
+        extra["variant_figures"][name] = figures.variant_panels(name, probs, labels, classes, cm, figs, op)
+        if op:
+            extra["operating_points"].append({
+                "variant": name, "class": op["positive_class"], "rule": op["rule"], "threshold": op["threshold"],
+                "sens": op["test"]["sensitivity"], "sens_ci": _ci(op["test"]["ci"].get("sensitivity")),
+                "spec": op["test"]["specificity"], "spec_ci": _ci(op["test"]["ci"].get("specificity")),
+                "argmax_sens": op["argmax"]["sensitivity"], "argmax_sens_ci": _ci(op["argmax"]["ci"].get("sensitivity")),
+                "argmax_spec": op["argmax"]["specificity"], "argmax_spec_ci": _ci(op["argmax"]["ci"].get("specificity")),
+                "val_sens": op["val"]["sensitivity"], "val_spec": op["val"]["specificity"],
+            })
+    if len(report_rows) > 1:
+        write_atomic(root / "classification_report.csv", _csv(report_rows))
+    extra["training_figure"] = figures.training_curves(
+        {v["name"]: (v.get("train") or {}).get("history") or [] for v in results["variants"]}, figs)
+    extra["pareto_figure"] = figures.pareto(points, figs)
+    if dataset is not None:
+        test = dataset.splits["test"]
+        rng = np.random.default_rng(0)
+        examples = {c: test.images[np.sort(rng.permutation(np.flatnonzero(test.labels == i))[:6])]
+                    for i, c in enumerate(dataset.class_names)}
+        extra["dataset_figure"] = figures.dataset_examples(examples, figs)
+    _explanations(root, results, dataset, classes, extra)
+    for folder in ("predictions", "confusion", "figures", "explain"):
+        extra["files"] += sorted(str(p.relative_to(root)) for p in (root / folder).glob("*") if p.is_file())
+    if (root / "classification_report.csv").is_file():
+        extra["files"].insert(0, "classification_report.csv")
+    write_atomic(root / "report.html", render_html(results, **extra))
+
+
+def _explanations(root: Path, results: dict, dataset, classes: list[str], extra: dict) -> None:
+    """Galleries (every explained variant side by side on the same images), faithfulness, agreement."""
+    explained = [v for v in results["variants"] if (v.get("explain") or {}).get("maps")]
+    extra["faithfulness"], extra["agreement"], extra["galleries"] = [], [], []
+    for v in explained:
+        e = v["explain"]
+        for method, facts in e["methods"].items():
+            extra["faithfulness"].append({
+                "variant": v["name"], "method": method, "kind": facts.get("kind"), "skipped": facts.get("skipped"),
+                "runs_on": facts.get("runs_on"), "deletion": facts.get("deletion_auc"), "insertion": facts.get("insertion_auc"),
+                "random_deletion": e["random"]["deletion_auc"], "random_insertion": e["random"]["insertion_auc"],
+                "detail": ", ".join(f"{k} {facts[k]}" for k in ("layer", "window", "samples") if k in facts),
+            })
+        for other, by_method in (e.get("agreement") or {}).items():
+            for method, a in by_method.items():
+                extra["agreement"].append({"variant": v["name"], "reference": other, "method": method,
+                                           "spearman": a["spearman"], "iou": a["iou_top"], "fraction": a["top_fraction"]})
+    if not explained or dataset is None:
+        return
+    from medlite.explain.stage import _load_maps
+    from medlite.report import figures
+
+    first = explained[0]["explain"]
+    split = dataset.splits[first["split"]]
+    idx = np.array(first["images"], int)
+    images = split.images[idx]
+    targets = np.array(first["targets"], int)
+    methods = []
+    for v in explained:
+        methods += [m for m in v["explain"]["methods"] if m not in methods]
+    for method in methods:
+        columns = []
+        for v in explained:
+            e = v["explain"]
+            if e["images"] != first["images"] or "skipped" in e["methods"].get(method, {"skipped": 1}):
+                continue
+            maps = _load_maps(root / e["maps"])
+            if method in maps:
+                columns.append((v["name"], maps[method], np.array(e["probabilities"])))
+        if columns:
+            fig = figures.explanation_gallery(method, images, [classes[t] for t in targets], columns, classes, targets, root / "figures")
+            extra["galleries"].append({"method": method, "figure": fig, "variants": [c[0] for c in columns]})

@@ -1,0 +1,266 @@
+"""The report's figures (matplotlib, Agg backend): saved as PNG and SVG under `figures/`, and
+returned as PNG data URIs so `report.html` is one self-contained file that works offline."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+
+DPI = 110
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "svg.fonttype": "none", "figure.dpi": DPI})
+    return plt
+
+
+def save(fig, folder: Path, stem: str) -> dict:
+    """Write `<stem>.png` and `<stem>.svg` atomically; return {"png", "svg", "uri", "width"}."""
+    import os
+
+    plt = _plt()
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    png = buffer.getvalue()
+    for suffix, data in ((".png", png), (".svg", None)):
+        path = folder / f"{stem}{suffix}"
+        tmp = path.with_name(path.name + ".tmp")
+        if data is None:
+            fig.savefig(tmp, format="svg", bbox_inches="tight")
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    width = int(fig.get_size_inches()[0] * DPI)
+    plt.close(fig)
+    return {
+        "png": f"{folder.name}/{stem}.png", "svg": f"{folder.name}/{stem}.svg",
+        "uri": "data:image/png;base64," + base64.b64encode(png).decode(), "width": width,
+    }
+
+
+def safe_stem(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, C) -> something imshow draws faithfully (grey images as 2-D)."""
+    return image[:, :, 0] if image.shape[2] == 1 else image
+
+
+def dataset_examples(images_by_class: dict[str, np.ndarray], folder: Path) -> dict:
+    plt = _plt()
+    per_class = max(len(v) for v in images_by_class.values())
+    rows = len(images_by_class)
+    fig, axes = plt.subplots(rows, per_class, figsize=(per_class * 0.95, rows * 1.05), squeeze=False)
+    for r, (name, images) in enumerate(images_by_class.items()):
+        for c in range(per_class):
+            ax = axes[r, c]
+            ax.set_xticks([]), ax.set_yticks([])
+            if c < len(images):
+                ax.imshow(_gray(images[c]), cmap="gray", vmin=0, vmax=255)
+            else:
+                ax.axis("off")
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center")
+    fig.suptitle("Test images per class", y=1.0)
+    return save(fig, folder, "dataset_examples")
+
+
+def variant_panels(name: str, probs: np.ndarray, labels: np.ndarray, classes: list[str], cm: np.ndarray,
+                   folder: Path, op: dict | None = None, bins: int = 10) -> dict:
+    """Confusion matrix, ROC curve(s) and reliability diagram of one variant's deployed file."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _plt()
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(8.4, 2.8))
+    # confusion matrix (rows: true, columns: predicted), counts and row share
+    k = len(classes)
+    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    a1.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            a1.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] > 0.6 else "black")
+    short = [c if len(c) <= 12 else c[:11] + "…" for c in classes]
+    a1.set_xticks(range(k), short, rotation=30 if k > 2 else 0, ha="right" if k > 2 else "center")
+    a1.set_yticks(range(k), short)
+    a1.set_xlabel("predicted (argmax)"), a1.set_ylabel("true")
+    a1.set_title("Confusion matrix")
+    # ROC: the positive class of a binary task (the operating point's class if set), else one-vs-rest
+    show = [op["positive_index"]] if op else ([1] if k == 2 else list(range(k)))
+    for c in show:
+        truth = labels == c
+        if truth.all() or not truth.any():
+            continue
+        fpr, tpr, _ = roc_curve(truth, probs[:, c])
+        a2.plot(fpr, tpr, lw=1.4, label=f"{short[c]} (AUC {roc_auc_score(truth, probs[:, c]):.3f})")
+    if op:
+        spec, sens = op["test"]["specificity"], op["test"]["sensitivity"]
+        a2.plot([1 - spec], [sens], "o", color="crimson", label=f"threshold {op['threshold']:.2f}")
+        a2.plot([1 - op["argmax"]["specificity"]], [op["argmax"]["sensitivity"]], "s", color="gray", label="argmax")
+    a2.plot([0, 1], [0, 1], ":", color="gray", lw=0.8)
+    a2.set_xlabel("1 - specificity"), a2.set_ylabel("sensitivity")
+    a2.set_title("ROC"), a2.legend(fontsize=6, loc="lower right")
+    a2.set_xlim(0, 1), a2.set_ylim(0, 1.02)
+    # reliability: accuracy per confidence bin, bar width = bin, count annotated
+    confidence, correct = probs.max(1), probs.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    centers, accs, counts = [], [], []
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            centers.append((edges[b] + edges[b + 1]) / 2)
+            accs.append(correct[mask].mean())
+            counts.append(int(mask.sum()))
+    a3.bar(centers, accs, width=1 / bins, edgecolor="black", lw=0.5, color="#7aa6d6")
+    a3.plot([0, 1], [0, 1], ":", color="gray", lw=0.8)  # perfect calibration
+    for x, y, n in zip(centers, accs, counts):
+        a3.text(x, min(y + 0.02, 0.97), str(n), ha="center", fontsize=6)
+    lo = 1 / k
+    a3.set_xlim(max(0, lo - 0.05), 1), a3.set_ylim(0, 1.02)
+    a3.set_xlabel("confidence (max probability)"), a3.set_ylabel("accuracy")
+    a3.set_title("Reliability (bars: accuracy, n per bin)")
+    fig.tight_layout()
+    return save(fig, folder, f"variant_{safe_stem(name)}")
+
+
+def training_curves(histories: dict[str, list[dict]], folder: Path) -> dict | None:
+    series = {n: h for n, h in histories.items() if h}
+    if not series:
+        return None
+    plt = _plt()
+    keys = [("train_loss", "training loss"), ("val_auc", "validation AUC")]
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.2))
+    for name, history in series.items():
+        for ax, (key, _) in zip(axes, keys):
+            xs = [row["epoch"] + 1 for row in history if key in row]
+            ys = [row[key] for row in history if key in row]
+            if xs:
+                ax.plot(xs, ys, lw=1.1, marker="." if len(xs) < 20 else None, label=name)
+    for ax, (_, title) in zip(axes, keys):
+        ax.set_title(title), ax.set_xlabel("epoch"), ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.tight_layout()
+    return save(fig, folder, "training_curves")
+
+
+def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
+    """Names on the 2-D front of (AUC up, cost down): no other variant is at least as accurate and at
+    most as costly, and better in one. Sorted by cost."""
+    front = []
+    for name, auc, cost in points:
+        if not any(o != name and a >= auc and c <= cost and (a > auc or c < cost) for o, a, c in points):
+            front.append((cost, name))
+    return [name for _, name in sorted(front)]
+
+
+def pareto(points: list[tuple[str, float, float, float | None]], folder: Path) -> dict | None:
+    """AUC against file size (colour: latency) and against latency, each panel with its Pareto front."""
+    points = [p for p in points if p[1] == p[1] and p[2]]
+    if not points:
+        return None
+    plt = _plt()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10.5, 4.0))
+    lat = np.array([p[3] if p[3] is not None else np.nan for p in points], float)
+    has_lat = np.isfinite(lat).any()
+    panels = [(a1, [(n, a, s / 1024) for n, a, s, _ in points], "file size (KB, log)")]
+    if has_lat:
+        panels.append((a2, [(n, a, l) for n, a, _, l in points if l is not None], "latency p50, one image (ms, log)"))
+    else:
+        a2.axis("off")
+        a2.text(0.5, 0.5, "no benchmark in this run\n(bench.enabled: false)", ha="center", va="center")
+    for ax, pts, xlabel in panels:
+        front = pareto_front(pts)
+        by_name = {n: (a, c) for n, a, c in pts}
+        colour = {"c": lat, "cmap": "viridis"} if (ax is a1 and has_lat) else {"color": "#7f9cc0"}
+        sc = ax.scatter([c for _, _, c in pts], [a for _, a, _ in pts], s=30, edgecolors="black", linewidths=0.4,
+                        zorder=3, **colour)
+        if ax is a1 and has_lat:
+            fig.colorbar(sc, ax=a1, label="latency p50 (ms)")
+        ax.step([by_name[n][1] for n in front], [by_name[n][0] for n in front], where="post", color="crimson", lw=1.2, zorder=2)
+        for name, auc, cost in pts:
+            on = name in front
+            ax.annotate(name, (cost, auc), fontsize=6.5 if on else 5.5, xytext=(3, 2), textcoords="offset points",
+                        color="crimson" if on else "#444444", fontweight="bold" if on else "normal")
+        ax.set_xscale("log"), ax.set_xlabel(xlabel), ax.set_ylabel("test AUC"), ax.grid(alpha=0.3, which="both")
+    a1.set_title("AUC vs file size")
+    if has_lat:
+        a2.set_title("AUC vs latency")
+    fig.tight_layout()
+    return save(fig, folder, "pareto")
+
+
+def overlay(saliency: np.ndarray) -> np.ndarray:
+    """RGBA heat overlay: colour and opacity grow with the (min-max scaled) saliency, so the image
+    stays visible where the map says nothing."""
+    import matplotlib
+
+    norm = (saliency - saliency.min()) / np.ptp(saliency)
+    rgba = matplotlib.colormaps["jet"](norm)
+    rgba[..., 3] = 0.75 * norm ** 0.8
+    return rgba
+
+
+def wrap_name(name: str, width: int = 12) -> str:
+    """'student_kd_pruned_int8_static' -> 'student_kd\npruned_int8\nstatic' (column titles that do not collide)."""
+    lines, current = [], ""
+    for part in name.split("_"):
+        candidate = f"{current}_{part}" if current else part
+        if current and len(candidate) > width:
+            lines.append(current)
+            current = part
+        else:
+            current = candidate
+    return "\n".join(lines + [current])
+
+
+def explanation_gallery(method: str, images: np.ndarray, true_names: list[str], columns: list[tuple[str, np.ndarray, np.ndarray]],
+                        classes: list[str], targets: np.ndarray, folder: Path, stem: str | None = None,
+                        title: str | None = None) -> dict:
+    """Rows: images; columns: the image, then each variant's map over it.
+
+    `columns`: (variant, maps (N, H, W), probabilities (N, K)). Each tile's caption is the
+    variant's prediction, green when right, red when wrong.
+    """
+    plt = _plt()
+    n, m = len(images), len(columns)
+    tile = min(1.3, max(1.1, 7.0 / (m + 1)))  # inches: small galleries are not shown as thumbnails
+    fig, axes = plt.subplots(n, m + 1, figsize=((m + 1) * tile, n * tile * 1.15), squeeze=False)
+    for i in range(n):
+        ax = axes[i, 0]
+        ax.imshow(_gray(images[i]), cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_ylabel(true_names[i][:14], rotation=0, ha="right", va="center", fontsize=7)
+        if i == 0:
+            ax.set_title("image", fontsize=7)
+        for j, (name, maps, probs) in enumerate(columns):
+            ax = axes[i, j + 1]
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.imshow(_gray(images[i]), cmap="gray", vmin=0, vmax=255)
+            saliency = maps[i]
+            span = np.ptp(saliency)
+            if span > 0:
+                ax.imshow(overlay(saliency), interpolation="bilinear")
+            predicted = int(np.argmax(probs[i]))
+            right = predicted == targets[i]
+            flat = "" if span > 0 else "\n(flat map)"
+            name_ = classes[predicted] if len(classes[predicted]) <= 9 else classes[predicted][:8] + "\u2026"
+            ax.set_xlabel(f"{name_} {probs[i][predicted]:.2f}{flat}", fontsize=6,
+                          color="darkgreen" if right else "crimson", labelpad=1)
+            for spine in ax.spines.values():
+                spine.set_edgecolor("darkgreen" if right else "crimson")
+                spine.set_linewidth(1.2)
+            if i == 0:
+                ax.set_title(wrap_name(name), fontsize=6)
+    fig.suptitle(title or f"{method}: where each variant looks for the true class (caption: its prediction)", y=1.0, fontsize=8)
+    fig.tight_layout(pad=0.3)
+    return save(fig, folder, stem or f"explain_{safe_stem(method)}")
