@@ -131,7 +131,8 @@ def test_warnings_are_kept_printed_and_reported():
     assert Variant.from_dict(odd.to_dict()) == odd
     results = {
         "recipe": "r", "dataset": {"name": "d", "images": {"test": 1}, "classes": ["a", "b"], "source": "s",
-                                   "origin": "o", "split": "x", "image_size": 28, "channels": 1},
+                                   "origin": "o", "split": "x", "image_size": 28, "channels": 1,
+                                   "per_class": {"test": {"a": 1, "b": 0}}},
         "variants": [ok.to_dict(), odd.to_dict()], "timings": {"teacher": 3.0, "total": 0.5},
         "timings_reused": {"teacher": 3.0}, "versions": {},
     }

@@ -24,13 +24,13 @@ def _load_results(run_dir: Path) -> dict:
 
 
 def _evaluate_split(run_dir: Path) -> str:
-    """The split the run's metrics were measured on (recipe.yaml `evaluate.split`, default test)."""
+    """The split the run's metrics were measured on (recipe.resolved.yaml `evaluate.split`, default test)."""
     try:
         import yaml
 
-        tree = yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}
+        tree = yaml.safe_load((run_dir / "recipe.resolved.yaml").read_text()) or {}
         return str((tree.get("evaluate") or {}).get("split") or "test")
-    except Exception:  # noqa: BLE001 - no yaml on a device, or no recipe.yaml: say so
+    except Exception:  # noqa: BLE001 - no yaml on a device, or no resolved recipe: say so
         return "recorded"
 
 

@@ -14,6 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from medlite.runstate import RESOLVED_RECIPE
+
 from medlite.errors import UsageError
 
 
@@ -37,7 +39,7 @@ def load_run(run_dir: Path, data_root: Path, overrides: list[str], say):
         results = json.loads(results_path.read_text())
     except json.JSONDecodeError as err:
         raise UsageError(f"{results_path}: not valid JSON ({err.msg})") from None
-    recipe = load_recipe(str(run_dir / "recipe.yaml"), overrides)
+    recipe = load_recipe(str(run_dir / RESOLVED_RECIPE), overrides)
     ctx = Context(recipe, RunDir(run_dir), data_root, say, progress=None)
     ctx.dataset = load_dataset(recipe.data, data_root, recipe.seed)
     ctx.variants = {v["name"]: Variant.from_dict(v) for v in results["variants"]}

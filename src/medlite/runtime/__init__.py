@@ -225,10 +225,16 @@ def read_operating_point(metadata: dict, card: dict | None, class_names: list[st
                 if isinstance(value.get(key), (int, float)) and not isinstance(value.get(key), bool):
                     threshold = float(value[key])
                     break
-            if isinstance(value.get("positive_class"), str) and value["positive_class"] in class_names:
-                positive = class_names.index(value["positive_class"])
-            elif isinstance(value.get("positive_index"), int) and 0 <= value["positive_index"] < 2:
-                positive = value["positive_index"]
+            named, index = value.get("positive_class"), value.get("positive_index")
+            if isinstance(named, str) and named in class_names:
+                positive = class_names.index(named)
+            elif isinstance(index, int) and 0 <= index < 2:
+                positive = index
+            # A threshold for one class applied to another would silently invert the decision.
+            if (isinstance(named, str) and named not in class_names) or (
+                    isinstance(named, str) and isinstance(index, int) and class_names[index % 2] != named):
+                raise ArtifactError(f"{source} names class {named!r} at index {index}, "
+                                    f"which does not match the model's classes {class_names}")
         if threshold is None or not 0.0 < threshold < 1.0:
             continue
         if positive is None:
