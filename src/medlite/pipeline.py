@@ -140,15 +140,23 @@ def stage_evaluate(ctx: Context, variant: Variant) -> None:
 
     cfg = ctx.recipe.evaluate
     stage = f"{variant.name}.evaluate"
-    key = fingerprint("evaluate", ctx.artifact_hash(variant), cfg.model_dump(), ctx.dataset.fingerprint(), ctx.recipe.seed)
+    key = fingerprint("evaluate", ctx.artifact_hash(variant), cfg.model_dump(), ctx.dataset.fingerprint(), ctx.recipe.seed,
+                      "predictions+val")
     facts = ctx.reuse(stage, key)
     if facts is None:
+        from medlite.evaluate import validation_metrics
+        from medlite.evaluate.predictions import write_predictions
+
         with ctx.timed("evaluate"):
-            metrics, _ = evaluate_artifact(ctx.run.root / variant.file, ctx.dataset.splits[cfg.split],
-                                           ctx.dataset.preprocess, cfg, ctx.recipe.seed)
-        facts = {"metrics": metrics}
-        ctx.run.store(stage, key, [], facts)
+            split = ctx.dataset.splits[cfg.split]
+            metrics, probs = evaluate_artifact(ctx.run.root / variant.file, split, ctx.dataset.preprocess, cfg, ctx.recipe.seed)
+            # Per-image predictions (paired statistics across runs) and validation metrics (model selection).
+            csv = write_predictions(ctx.run.predictions / f"{variant.name}.csv", probs, split.labels, ctx.dataset.class_names)
+            val = validation_metrics(ctx.run.root / variant.file, ctx.dataset, cfg) if cfg.split == "test" else {}
+        facts = {"metrics": metrics, "val_metrics": val}
+        ctx.run.store(stage, key, [csv], facts)
     variant.metrics = facts["metrics"]
+    variant.val_metrics = facts.get("val_metrics", {})
 
 
 def stage_bench(ctx: Context) -> None:
@@ -197,8 +205,12 @@ def run_pipeline(
     fresh: bool = False,
     say: Callable[[str], None] = print,
     progress: bool | None = None,
+    store=None,
 ) -> dict:
-    """Carry out a recipe into `out`; returns the results document (also written to results.json)."""
+    """Carry out a recipe into `out`; returns the results document (also written to results.json).
+
+    `store`: a `medlite.stagestore.StageStore` shared with other runs (a study's trials).
+    """
     from medlite.models import check_arch
     from medlite.train import resolve_device
 
@@ -212,7 +224,7 @@ def run_pipeline(
 
         check_targets(recipe, ["teacher", "student_kd"] + (["student_scratch"] if recipe.distill.scratch_baseline else []))
     start = time.perf_counter()
-    run = RunDir(out)
+    run = RunDir(out, store)
     run.prepare(fresh)
     write_atomic(out / "recipe.yaml", dump_recipe(recipe))
     write_json(out / "environment.json", {"versions": library_versions(), "argv": sys.argv})

@@ -38,6 +38,25 @@ class SplitRatios(_Strict):
         return self
 
 
+class FoldConfig(_Strict):
+    """One fold of a seeded stratified k-fold (a study sets `index` per trial).
+
+    Sources with a test split (MedMNIST, pre-split folders): the folds cover train+val and fold
+    `index` is the validation part; the test split stays held out. A flat image folder: the folds
+    cover every image, fold `index` is the test part, and the rest is split into train/val.
+    """
+
+    k: int = Field(5, ge=2, le=100)
+    index: int = Field(0, ge=0)
+    seed: int = Field(0, description="seed of the partition (the same for every trial, so comparisons are paired)")
+
+    @model_validator(mode="after")
+    def _index_below_k(self) -> "FoldConfig":
+        if self.index >= self.k:
+            raise ValueError(f"index must be below k={self.k}, got {self.index}")
+        return self
+
+
 class DataConfig(_Strict):
     source: Literal["medmnist", "folder", "arrays"] = "medmnist"
     flag: str = Field("breastmnist", description="MedMNIST flag, e.g. breastmnist, pneumoniamnist")
@@ -51,6 +70,7 @@ class DataConfig(_Strict):
     )
     skip_bad: bool = Field(False, description="skip unreadable images (counted in the summary) instead of failing")
     limit: int | None = Field(None, ge=2, description="cap on images per split, stratified (quick experiments, tests)")
+    fold: FoldConfig | None = Field(None, description="use one fold of a stratified k-fold (cross-validation)")
     augment: Literal["none", "light", "medium"] = "light"
     balance: Literal["none", "class_weights", "sampler"] = Field(
         "none", description="class-imbalance handling: weighted loss or balanced sampling"

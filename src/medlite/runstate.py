@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-MANAGED = ("stages", "models", "checkpoints", "logs", "figures", "samples")
+MANAGED = ("stages", "models", "checkpoints", "logs", "figures", "samples", "predictions")
 
 
 def sha256(path: Path) -> str:
@@ -59,8 +59,9 @@ def _jsonable(value: Any):
 
 
 class RunDir:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, store=None) -> None:
         self.root = root
+        self.shared = store  # an optional medlite.stagestore.StageStore shared with other runs (a study)
         for name in MANAGED:
             setattr(self, name, root / name)
 
@@ -84,6 +85,15 @@ class RunDir:
 
     def cached(self, stage: str, key: str) -> dict | None:
         """The stage's recorded facts when its inputs are unchanged and its outputs intact, else None."""
+        facts = self._cached_here(stage, key)
+        if facts is None and self.shared is not None:
+            record = self.shared.fetch(stage, key, self.root)
+            if record is not None:
+                write_json(self._record(stage), {k: record[k] for k in ("key", "outputs", "facts")})
+                facts = record.get("facts", {})
+        return facts
+
+    def _cached_here(self, stage: str, key: str) -> dict | None:
         record_path = self._record(stage)
         if not record_path.is_file():
             return None
@@ -102,6 +112,8 @@ class RunDir:
     def store(self, stage: str, key: str, outputs: list[Path], facts: dict) -> None:
         record = {"key": key, "outputs": {self.rel(p): sha256(p) for p in outputs}, "facts": facts}
         write_json(self._record(stage), record)
+        if self.shared is not None:
+            self.shared.publish(stage, key, self.root, json.loads(self._record(stage).read_text()))
 
     def previous_key(self, stage: str) -> str | None:
         try:

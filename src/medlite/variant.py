@@ -36,6 +36,7 @@ class Variant:
     train: dict = field(default_factory=dict)
     compress: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    val_metrics: dict = field(default_factory=dict)  # headline metrics on the validation split (selection)
     bench: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
