@@ -125,6 +125,15 @@ def _register_bench() -> None:
 _register_bench()
 
 
+def _register_study() -> None:
+    from medlite.study.cli import study
+
+    app.command("study", help="Run a study (grid/list x seeds x folds) with statistics; see docs in medlite.study.")(study)
+
+
+_register_study()
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

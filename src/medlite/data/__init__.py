@@ -93,6 +93,10 @@ class Dataset:
             "channels": self.channels,
             "skipped_images": len(self.skipped),
             "fingerprint": self.fingerprint(),
+            # per split: studies pair runs evaluated on the very same test images by this
+            "split_fingerprints": {
+                name: hashlib.sha256(s.images.tobytes() + s.labels.tobytes()).hexdigest()[:16] for name, s in self.splits.items()
+            },
         }
 
 
