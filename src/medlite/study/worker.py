@@ -32,6 +32,16 @@ def is_done(trial_dir: Path, recipe_json: dict) -> bool:
     return marker.get("fingerprint") == job_fingerprint(recipe_json) and (trial_dir / "results.json").is_file()
 
 
+def _ray_node() -> str | None:
+    """The Ray node id when this trial runs as a Ray task (Ray is never imported here otherwise)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
+
+
 def run_trial(job: dict) -> dict:
     """Run one trial; never raises (the study records a failed trial and goes on with the others)."""
     threads = int(job.get("threads") or 1)
@@ -67,7 +77,7 @@ def run_trial(job: dict) -> dict:
         log.close()
     seconds = round(time.perf_counter() - start, 2)
     write_json(out / DONE, {
-        "fingerprint": job_fingerprint(job["recipe"]), "seconds": seconds, "host": platform.node(),
+        "fingerprint": job_fingerprint(job["recipe"]), "seconds": seconds, "host": platform.node(), "ray_node": _ray_node(),
         "pid": os.getpid(), "threads": threads, "from_store": store.hits, "published": store.published,
         "cached_stages": results.get("cached_stages", []),
     })
