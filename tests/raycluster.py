@@ -60,7 +60,9 @@ class RayCluster:
 
     def _ray(self, *args: str) -> None:
         ray = Path(sys.executable).with_name("ray")
-        subprocess.run([str(ray), *args], env=self.env, check=True, capture_output=True, timeout=180)
+        proc = subprocess.run([str(ray), *args], env=self.env, capture_output=True, text=True, timeout=180)
+        if proc.returncode:
+            raise RuntimeError(f"ray {args[0]} failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-1500:]}")
 
     def start(self) -> "RayCluster":
         self.temp_dir.mkdir(parents=True, exist_ok=True)

@@ -297,12 +297,17 @@ def test_two_node_ray_study_equals_the_local_one(tmp_path, data_root):
                        set={**TINY, "distill.scratch_baseline": False})
     local = run_study(path, tmp_path / "local", data_root, workers=2, say=lambda _: None)
     env = {**os.environ, "PYTHONPATH": str(SRC), "MEDLITE_DATA_ROOT": str(data_root), "RAY_USAGE_STATS_ENABLED": "0"}
-    cluster = RayCluster(tmp_path / "ray-tmp", env, nodes=2, cpus=1)
+    import shutil
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="mlray", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
+    cluster = RayCluster(short, env, nodes=2, cpus=1)
     try:
         cluster.start()
         remote = run_study(path, tmp_path / "ray", data_root, executor="ray", address=cluster.address, say=lambda _: None)
     finally:
         cluster.stop()
+        shutil.rmtree(short, ignore_errors=True)
     assert not remote["failed"]
     markers = [json.loads(p.read_text()) for p in (tmp_path / "ray" / "trials").glob("*/trial.json")]
     assert len({m["ray_node"] for m in markers}) == 2  # one trial per node (each node has one CPU)
