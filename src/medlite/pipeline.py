@@ -72,7 +72,10 @@ def _train_key(ctx: Context, cfg, extra: Any = None) -> str:
     r = ctx.recipe
     pretrained = sha256(Path(cfg.pretrained)) if cfg.pretrained and Path(cfg.pretrained).is_file() else cfg.pretrained
     data_keys = r.data.model_dump(include={"augment", "balance"})
-    return fingerprint("train", cfg.model_dump(), data_keys, ctx.dataset.fingerprint(), r.seed, r.device, pretrained, extra)
+    parts = ["train", cfg.model_dump(), data_keys, ctx.dataset.fingerprint(), r.seed, r.device, pretrained, extra]
+    if r.trainer != type(r.trainer)():  # devices/strategy/precision change the numbers (default keys unchanged)
+        parts.append(r.trainer.model_dump())
+    return fingerprint(*parts)
 
 
 def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, stage: str = "train") -> Variant:
@@ -99,7 +102,7 @@ def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, 
         result = fit(
             model, ctx.dataset, cfg, data_cfg=ctx.recipe.data, seed=ctx.recipe.seed,
             log_dir=ctx.run.logs / name, label=name, teacher=teacher, distill=distill,
-            device=ctx.device, say=ctx.say, progress=ctx.progress,
+            device=ctx.device, say=ctx.say, progress=ctx.progress, trainer_cfg=ctx.recipe.trainer,
         )
         save_state(model, ckpt, metadata={"arch": cfg.arch, "variant": name})
     variant = Variant(

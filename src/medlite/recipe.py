@@ -191,6 +191,17 @@ class BenchConfig(_Strict):
     reference: bool = Field(True, description="also time each base model in PyTorch eager fp32")
 
 
+class TrainerConfig(_Strict):
+    """Where training runs, handed to Lightning's Trainer. `strategy: ddp` with `devices: 2` on CPU
+    trains in 2 processes (gloo); on GPUs one process per GPU (NCCL). Defaults: one device, full
+    precision on CPU, bf16/16 mixed precision on a GPU (`precision: auto`)."""
+
+    devices: int = Field(1, ge=1, le=1024, description="processes (CPU) or GPUs per node")
+    num_nodes: int = Field(1, ge=1, le=1024)
+    strategy: Literal["auto", "ddp"] = "auto"
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+
+
 class Recipe(_Strict):
     name: str = Field("medlite", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
@@ -202,6 +213,7 @@ class Recipe(_Strict):
     evaluate: EvaluateConfig = EvaluateConfig()
     compress: CompressConfig = CompressConfig()
     bench: BenchConfig = BenchConfig()
+    trainer: TrainerConfig = TrainerConfig()
 
 
 # -- loading --------------------------------------------------------------------------
