@@ -313,3 +313,19 @@ def test_two_node_ray_study_equals_the_local_one(tmp_path, data_root):
     assert len({m["ray_node"] for m in markers}) == 2  # one trial per node (each node has one CPU)
     strip = lambda doc: [{k: e[k] for k in e if k not in ("latency_ms",)} for e in doc["summary"]]  # noqa: E731
     assert strip(remote) == strip(local)
+
+
+def test_tune_picks_by_validation_and_trains_the_teacher_once(tmp_path, data_root):
+    pytest.importorskip("optuna")
+    from medlite.recipe import load_recipe
+    from medlite.study.tune import tune
+
+    overrides = [f"{k}={json.dumps(v)}" for k, v in TINY.items()]
+    doc = tune("breastmnist", tmp_path / "tune", data_root, overrides=overrides, budget_s=300, max_trials=2,
+               space={"distill.alpha": ("float", 0.1, 0.9), "distill.temperature": ("cat", [2.0, 4.0])}, say=lambda _: None)
+    assert len(doc["trials"]) == 2
+    assert doc["best"]["val_auc"] == max(t["val_auc"] for t in doc["trials"])
+    assert len(_store_entries(tmp_path / "tune", "teacher")) == 1
+    chosen = load_recipe(str(tmp_path / "tune" / "selected.yaml"))
+    assert chosen.distill.alpha == pytest.approx(doc["best"]["params"]["distill.alpha"])
+    assert chosen.data.limit == 40 and set(doc["best_test_metrics"]) >= {"auc", "accuracy"}

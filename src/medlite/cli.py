@@ -126,9 +126,10 @@ _register_bench()
 
 
 def _register_study() -> None:
-    from medlite.study.cli import study
+    from medlite.study.cli import study, tune
 
-    app.command("study", help="Run a study (grid/list x seeds x folds) with statistics; see docs in medlite.study.")(study)
+    app.command("study", help="Run a study (grid/list x seeds x folds, local or Ray) with statistics and tables.")(study)
+    app.command("tune", help="Tune a recipe's key settings on validation within a time budget (Optuna).")(tune)
 
 
 _register_study()

@@ -50,3 +50,30 @@ def study(
         for f in document["failed"]:
             console.print(f"[red]failed[/red] {f['trial']}: {f['error']} (log: {out_dir / f['dir'] / 'logs' / 'trial.log'})")
         raise typer.Exit(1)
+
+
+def tune(
+    recipe: Annotated[Optional[str], typer.Argument(help="recipe YAML path or built-in name (default: breastmnist)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="tuning directory (default: runs/tune-<recipe>)")] = None,
+    data_root: Annotated[Optional[Path], typer.Option("--data-root", help="dataset folder (default: $MEDLITE_DATA_ROOT)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="fixed recipe override, e.g. teacher.epochs=5")] = None,
+    budget: Annotated[float, typer.Option("--time-budget", min=1, help="seconds; no trial starts after it")] = 1800,
+    trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="at most this many trials")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="sampler seed")] = 0,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    """Tune lr, epochs, class balance, augmentation, temperature and alpha on validation (Optuna TPE, time budget)."""
+    from medlite import cli
+    from medlite.recipe import load_recipe
+    from medlite.study.tune import tune as run_tune
+
+    cli._debug["on"] = debug
+    console = cli._console()
+    name = load_recipe(recipe, set_ or []).name
+    out = out or Path("runs") / f"tune-{name}"
+    doc = run_tune(recipe, out, cli._data_root(data_root), overrides=set_ or [], budget_s=budget, max_trials=trials,
+                   seed=seed, say=console.print)
+    best = doc["best"]
+    console.print(f"tune: {len(doc['trials'])} trials in {doc['seconds']:.0f}s; best trial {best['trial']} "
+                  f"(val AUC {best['val_auc']:.4f}): {best['params']}")
+    console.print(f"test metrics of the chosen setting only: {doc['best_test_metrics']}; recipe: {out / 'selected.yaml'}")

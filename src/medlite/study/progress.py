@@ -59,6 +59,7 @@ class StudyProgress:
         return out
 
     def _render(self, outcomes: dict):
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table.grid(padding=(0, 1))
@@ -67,10 +68,12 @@ class StudyProgress:
         table.add_row(f"[bold]study[/bold] {finished}/{self.total} trials done" + (f", [red]{failed} failed[/red]" if failed else ""))
         for i in self._running(outcomes):
             seconds = time.perf_counter() - self.started[i]
-            table.add_row(f"  [cyan]{self.trials[i].name}[/cyan] {seconds:5.0f}s  {_last_line(self.logs[i])}")
+            table.add_row(f"  [cyan]{escape(self.trials[i].name)}[/cyan] {seconds:5.0f}s  {escape(_last_line(self.logs[i]))}")
         return table
 
     def poll(self, outcomes: dict) -> None:
+        from rich.markup import escape
+
         if self.live is not None:
             self.live.update(self._render(outcomes))
         else:
@@ -86,6 +89,6 @@ class StudyProgress:
             status = outcome["status"] + (f": {outcome.get('error')}" if outcome["status"] == "failed" else "")
             line = f"study: [{finished}/{self.total}] {self.trials[i].name}: {status} ({outcome.get('seconds', 0):.0f}s)"
             if self.live is not None:
-                self.live.console.print(line)
+                self.live.console.print(escape(line))
             else:
                 self.say(line)
