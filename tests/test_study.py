@@ -252,6 +252,15 @@ def test_tiny_study_end_to_end(tmp_path, data_root):
 
     ids, labels, probs, names = read_predictions(next((out / "trials").glob("*seed0/predictions/student_kd.csv")))
     assert probs.shape == (len(ids), 2) and np.allclose(probs.sum(1), 1, atol=1e-6)
+    # without selection every setting is compared; the teacher shared by both alphas is one comparison
+    from medlite.study.runner import prepare_study, summarise
+
+    spec, all_settings, trials = prepare_study(path)
+    spec.select, spec.variants = None, None
+    full = summarise(spec, all_settings, trials, out)
+    teacher = [c for c in full["comparisons"] if c["variant"] == "teacher"]
+    assert len(teacher) == 2 and teacher[1]["duplicate_of"] == teacher[0]["setting"]
+    assert teacher[1]["p_holm"] == teacher[0]["p_holm"] and full["comparisons"][0]["family_size"] == 3
     # a rerun does nothing
     lines.clear()
     again = run_study(path, out, data_root, workers=2, say=lines.append)

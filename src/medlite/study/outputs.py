@@ -102,7 +102,7 @@ def _notes(document: dict) -> list[str]:
     if document.get("comparisons"):
         c = document["comparisons"][0]
         notes.append(f"ΔAUC: {c['method']} with {c['resamples']} resamples on the same test images; "
-                     f"* = significant after Holm correction over {len(document['comparisons'])} comparisons "
+                     f"* = significant after Holm correction over {c.get('family_size', len(document['comparisons']))} distinct comparisons "
                      f"(alpha {document['spec']['stats']['alpha']}).")
     selection = document.get("selection")
     if selection and "setting" in selection:

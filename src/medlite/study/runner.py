@@ -9,10 +9,13 @@ Layout of a study directory:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 from medlite.errors import UsageError
 from medlite.runstate import write_atomic, write_json
@@ -226,7 +229,8 @@ def _compare(spec: StudySpec, rows: list[dict], splits: dict, out: Path, selecti
             cache[rel] = read_predictions(out / rel)
         return cache[rel]
 
-    comparisons = []
+    comparisons: list[dict] = []
+    seen: dict[str, dict] = {}
     for setting, variant in targets:
         b_setting, b_variant = base.setting or setting, base.variant or variant
         if (setting, variant) == (b_setting, b_variant):
@@ -245,13 +249,26 @@ def _compare(spec: StudySpec, rows: list[dict], splits: dict, out: Path, selecti
             pairs.append({"group": test_set, "labels": labels_a, "a": probs_a, "b": probs_b})
         if not pairs:
             continue
+        # The same models under another setting name (a teacher shared by every alpha): the same
+        # comparison, reported again but counted once in the Holm family.
+        content = hashlib.sha256(b"".join(np.ascontiguousarray(x).tobytes() for p in pairs for x in (p["a"], p["b"]))).hexdigest()
+        if content in seen:
+            comparisons.append({**seen[content], "setting": setting, "variant": variant, "duplicate_of": seen[content]["setting"]})
+            continue
         result = paired_auc_difference(pairs, resamples=spec.stats.resamples, confidence=spec.stats.confidence,
-                                       seed=len(comparisons))
+                                       seed=len(seen))
         comparisons.append({"setting": setting, "variant": variant, "baseline_setting": b_setting,
                             "baseline_variant": b_variant, **result})
-    if comparisons:
-        for c, adjusted in zip(comparisons, holm([c["p"] for c in comparisons])):
-            c["p_holm"] = adjusted
-            c["significant"] = bool(adjusted <= spec.stats.alpha)
-            c["better"] = bool(c["significant"] and c["delta_auc"] > 0)
+        seen[content] = comparisons[-1]
+    family = [c for c in comparisons if "duplicate_of" not in c]
+    for c, adjusted in zip(family, holm([c["p"] for c in family]) if family else []):
+        c["p_holm"] = adjusted
+        c["significant"] = bool(adjusted <= spec.stats.alpha)
+        c["better"] = bool(c["significant"] and c["delta_auc"] > 0)
+    for c in comparisons:
+        if "duplicate_of" in c:
+            original = next(x for x in family if x["setting"] == c["duplicate_of"] and x["variant"] == c["variant"])
+            c.update(p_holm=original["p_holm"], significant=original["significant"], better=original["better"])
+    for c in comparisons:
+        c["family_size"] = len(family)
     return comparisons
