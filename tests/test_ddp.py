@@ -75,6 +75,7 @@ def test_ddp_two_cpu_processes_match_one(tmp_path, data_root):
     with torch.no_grad():
         probs = softmax(ddp_model.eval()(x).numpy().astype(np.float64))
     assert auc(probs, val.labels) == pytest.approx(ddp.best_val_auc, abs=1e-6)
+    print(f"DDP best val AUC {ddp.best_val_auc:.4f} (epoch {ddp.best_epoch}), 1 process {single.best_val_auc:.4f} (epoch {single.best_epoch})")
     assert abs(ddp.best_val_auc - single.best_val_auc) <= 0.15
 
 
