@@ -164,6 +164,16 @@ def _register_explain() -> None:
 _register_explain()
 
 
+def _register_study() -> None:
+    from medlite.study.cli import study, tune
+
+    app.command("study", help="Run a study (grid/list x seeds x folds, local or Ray) with statistics and tables.")(study)
+    app.command("tune", help="Tune a recipe's key settings on validation within a time budget (Optuna).")(tune)
+
+
+_register_study()
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

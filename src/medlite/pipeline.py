@@ -74,7 +74,10 @@ def _train_key(ctx: Context, cfg, extra: Any = None) -> str:
     r = ctx.recipe
     pretrained = sha256(Path(cfg.pretrained)) if cfg.pretrained and Path(cfg.pretrained).is_file() else cfg.pretrained
     data_keys = r.data.model_dump(include={"augment", "balance"})
-    return stage_key("train", cfg.model_dump(), data_keys, ctx.dataset.fingerprint(), r.seed, r.device, pretrained, extra)
+    parts = [cfg.model_dump(), data_keys, ctx.dataset.fingerprint(), r.seed, r.device, pretrained, extra]
+    if r.trainer != type(r.trainer)():  # devices/strategy/precision change the numbers (default keys unchanged)
+        parts.append(r.trainer.model_dump())
+    return stage_key("train", *parts)
 
 
 def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, stage: str = "train",
@@ -108,7 +111,7 @@ def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, 
         result = fit(
             model, ctx.dataset, cfg, data_cfg=ctx.recipe.data, seed=ctx.recipe.seed,
             log_dir=ctx.run.stage_logs(name), label=name, teacher=teacher, distill=distill,
-            device=ctx.device, say=ctx.say, progress=ctx.progress,
+            device=ctx.device, say=ctx.say, progress=ctx.progress, trainer_cfg=ctx.recipe.trainer,
         )
         save_state(model, ckpt, metadata={"arch": cfg.arch, "variant": name})
     variant = Variant(
@@ -155,12 +158,19 @@ def stage_evaluate(ctx: Context, variant: Variant) -> None:
     key = stage_key("evaluate", ctx.artifact_hash(variant), cfg.model_dump(), ctx.dataset.fingerprint(), ctx.recipe.seed)
     facts = ctx.reuse(stage, key)
     if facts is None:
+        from medlite.evaluate import validation_metrics
+
         with ctx.timed("evaluate"):
-            metrics, _ = evaluate_artifact(ctx.run.root / variant.file, ctx.dataset.splits[cfg.split],
-                                           ctx.dataset.preprocess, cfg, ctx.recipe.seed, runtime=variant.runtime)
-        facts = {"metrics": metrics}
+            split = ctx.dataset.splits[cfg.split]
+            metrics, _ = evaluate_artifact(ctx.run.root / variant.file, split, ctx.dataset.preprocess, cfg,
+                                           ctx.recipe.seed, runtime=variant.runtime)
+            # Validation metrics: what model selection (studies, tune) may look at. The per-image
+            # predictions file is written by the predict stage (medlite.evaluate.operating_point).
+            val = validation_metrics(ctx.run.root / variant.file, ctx.dataset, cfg, variant.runtime) if cfg.split == "test" else {}
+        facts = {"metrics": metrics, "val_metrics": val}
         ctx.store(stage, key, [], facts)
     variant.metrics = facts["metrics"]
+    variant.val_metrics = facts.get("val_metrics", {})
 
 
 def stage_bench(ctx: Context) -> None:
@@ -217,12 +227,14 @@ def run_pipeline(
     say: Callable[[str], None] = print,
     progress: bool | None = None,
     default_out: bool = False,
+    store=None,
 ) -> dict:
     """Carry out a recipe into `out`; returns the results document (also written to results.json).
 
     `out` is locked for the run (a second live run into it is refused) and must be a folder
     medlite made, or a new one (see RunDir.open). `default_out`: `out` is the default
     `runs/<name>` the user did not choose, so it must not hold a run on other data.
+    `store`: a `medlite.stagestore.StageStore` shared with other runs (a study's trials).
     """
     from medlite.models import check_arch
 
@@ -238,7 +250,7 @@ def run_pipeline(
     from medlite.export.stages import check_export_formats
 
     check_export_formats(recipe)
-    run = RunDir(out)
+    run = RunDir(out, store)
     run.open(fresh, data=data_identity(recipe), same_data=default_out)
     try:
         return _carry_out(recipe, run, data_root, say, progress)

@@ -59,6 +59,25 @@ class SplitRatios(_Strict):
         return self
 
 
+class FoldConfig(_Strict):
+    """One fold of a seeded stratified k-fold (a study sets `index` per trial).
+
+    Sources with a test split (MedMNIST, pre-split folders): the folds cover train+val and fold
+    `index` is the validation part; the test split stays held out. A flat image folder: the folds
+    cover every image, fold `index` is the test part, and the rest is split into train/val.
+    """
+
+    k: int = Field(5, ge=2, le=100)
+    index: int = Field(0, ge=0)
+    seed: int = Field(0, description="seed of the partition (the same for every trial, so comparisons are paired)")
+
+    @model_validator(mode="after")
+    def _index_below_k(self) -> "FoldConfig":
+        if self.index >= self.k:
+            raise ValueError(f"index must be below k={self.k}, got {self.index}")
+        return self
+
+
 class DataConfig(_Strict):
     source: Literal["medmnist", "folder", "arrays"] = "medmnist"
     flag: str = Field("breastmnist", description="MedMNIST flag, e.g. breastmnist, pneumoniamnist")
@@ -72,6 +91,7 @@ class DataConfig(_Strict):
     )
     skip_bad: bool = Field(False, description="skip unreadable images (counted in the summary) instead of failing")
     limit: int | None = Field(None, ge=2, description="cap on images per split, stratified (quick experiments, tests)")
+    fold: FoldConfig | None = Field(None, description="use one fold of a stratified k-fold (cross-validation)")
     augment: Literal["none", "light", "medium"] = "light"
     balance: Literal["none", "class_weights", "sampler"] = Field(
         "none", description="class-imbalance handling: weighted loss or balanced sampling"
@@ -257,6 +277,17 @@ class BenchConfig(_Strict):
     reference: bool = Field(True, description="also time each base model in PyTorch eager fp32")
 
 
+class TrainerConfig(_Strict):
+    """Where training runs, handed to Lightning's Trainer. `strategy: ddp` with `devices: 2` on CPU
+    trains in 2 processes (gloo); on GPUs one process per GPU (NCCL). Defaults: one device, full
+    precision on CPU, bf16/16 mixed precision on a GPU (`precision: auto`)."""
+
+    devices: int = Field(1, ge=1, le=1024, description="processes (CPU) or GPUs per node")
+    num_nodes: int = Field(1, ge=1, le=1024)
+    strategy: Literal["auto", "ddp"] = "auto"
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+
+
 class Recipe(_Strict):
     name: str = Field("medlite", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
@@ -272,6 +303,7 @@ class Recipe(_Strict):
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
     explain: ExplainConfig = ExplainConfig()
+    trainer: TrainerConfig = TrainerConfig()
 
 
 # -- loading --------------------------------------------------------------------------

@@ -194,8 +194,9 @@ def _describe_data(identity: dict | None) -> str:
 
 
 class RunDir:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, store=None) -> None:
         self.root = root
+        self.shared = store  # an optional medlite.stagestore.StageStore shared with other runs (a study)
         for name in MANAGED:
             setattr(self, name, root / name)
         self._lock_fd: int | None = None
@@ -345,6 +346,15 @@ class RunDir:
 
     def cached(self, stage: str, key: str) -> dict | None:
         """The stage's recorded facts when its inputs are unchanged and its outputs intact, else None."""
+        facts = self._cached_here(stage, key)
+        if facts is None and self.shared is not None:
+            record = self.shared.fetch(stage, key, self.root)
+            if record is not None:
+                write_json(self._record(stage), {k: record[k] for k in ("key", "outputs", "facts")})
+                facts = record.get("facts", {})
+        return facts
+
+    def _cached_here(self, stage: str, key: str) -> dict | None:
         record_path = self._record(stage)
         if not record_path.is_file():
             return None
@@ -364,6 +374,8 @@ class RunDir:
         record = {"key": key, "outputs": {self.rel(p): sha256(p) for p in outputs}, "facts": facts}
         fault_point(f"store:{stage}")  # outputs in place, record not yet: the rerun must redo the stage
         write_json(self._record(stage), record)
+        if self.shared is not None:
+            self.shared.publish(stage, key, self.root, json.loads(self._record(stage).read_text()))
 
     def previous_key(self, stage: str) -> str | None:
         try:

@@ -53,6 +53,7 @@ class Variant:
     train: dict = field(default_factory=dict)
     compress: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    val_metrics: dict = field(default_factory=dict)  # headline metrics on the validation split (selection)
     bench: dict = field(default_factory=dict)
     # What did not go as the name says (a fallback taken, a step skipped): printed, reported, kept.
     warnings: list[str] = field(default_factory=list)

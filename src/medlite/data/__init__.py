@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medlite.data.preprocess import PreprocessSpec, match_channels, resize_batch
-from medlite.data.splits import stratified_split, stratified_subset
+from medlite.data.splits import kfold_part, stratified_split, stratified_subset
 from medlite.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -93,6 +93,10 @@ class Dataset:
             "channels": self.channels,
             "skipped_images": len(self.skipped),
             "fingerprint": self.fingerprint(),
+            # per split: studies pair runs evaluated on the very same test images by this
+            "split_fingerprints": {
+                name: hashlib.sha256(s.images.tobytes() + s.labels.tobytes()).hexdigest()[:16] for name, s in self.splits.items()
+            },
         }
 
 
@@ -111,9 +115,11 @@ def _resolve_folder(root: str | None, data_root: Path, key: str) -> Path:
 def _finish(
     raw: dict[str, tuple[np.ndarray, np.ndarray]], cfg, class_names: list[str], seed: int
 ) -> tuple[dict[str, Split], str]:
-    """Fill missing val/test splits by a seeded stratified split of train; apply data.limit."""
+    """Fill missing val/test splits by a seeded stratified split of train; apply data.fold and data.limit."""
     split_origin = "official"
-    if "val" not in raw or "test" not in raw:
+    if cfg.fold is not None:
+        raw, split_origin = _apply_fold(raw, cfg)
+    elif "val" not in raw or "test" not in raw:
         images, labels = raw["train"]
         want = {"train": cfg.split.train}
         if "val" not in raw:
@@ -134,6 +140,33 @@ def _finish(
         splits[name] = Split(images, labels)
     _check(splits, class_names)
     return splits, split_origin
+
+
+def _apply_fold(raw: dict[str, tuple[np.ndarray, np.ndarray]], cfg) -> tuple[dict, str]:
+    """Cross-validation fold `cfg.fold.index` of `cfg.fold.k`, seeded by `cfg.fold.seed` (not the recipe
+    seed: every trial of a study sees the same partition, so comparisons stay paired).
+
+    With a test split the folds cover train+val (the fold is validation, the test split is held
+    out); without one (a flat folder) they cover every image and the fold is the test part, the
+    rest being split into train/val by the `data.split` ratios.
+    """
+    fold = cfg.fold
+    pooled = [raw[name] for name in ("train", "val") if name in raw]
+    images = np.concatenate([x for x, _ in pooled])
+    labels = np.concatenate([y for _, y in pooled])
+    rest, part = kfold_part(labels, fold.k, fold.index, fold.seed)
+    where = f"fold {fold.index + 1}/{fold.k} (stratified, seed {fold.seed})"
+    if "test" in raw:
+        out = {"train": (images[rest], labels[rest]), "val": (images[part], labels[part]), "test": raw["test"]}
+        return out, f"k-fold over train+val, {where} as validation; test split held out"
+    val_share = cfg.split.val / (cfg.split.train + cfg.split.val)
+    inner = stratified_split(labels[rest], {"train": 1 - val_share, "val": val_share}, fold.seed)
+    out = {
+        "train": (images[rest][inner["train"]], labels[rest][inner["train"]]),
+        "val": (images[rest][inner["val"]], labels[rest][inner["val"]]),
+        "test": (images[part], labels[part]),
+    }
+    return out, f"k-fold over all images, {where} as test; train/val split of the rest"
 
 
 def _check(splits: dict[str, Split], class_names: list[str]) -> None:
@@ -206,7 +239,7 @@ def load_dataset(cfg, data_root: Path, seed: int) -> Dataset:
     size = cfg.image_size or native_size
     raw = {k: (match_channels(resize_batch(x, size), channels), y) for k, (x, y) in raw.items()}
     splits, split_origin = _finish(raw, cfg, class_names, seed)
-    if cfg.source == "folder" and "all" not in files:
+    if cfg.source == "folder" and "all" not in files and cfg.fold is None:
         split_origin = "folders"
     return Dataset(
         name=name,

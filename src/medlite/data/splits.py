@@ -40,3 +40,21 @@ def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     picked = stratified_split(labels, {"train": 1 - ratio, "keep": ratio}, seed)["keep"]
     return picked[:limit]
 
+
+
+def kfold_part(labels: np.ndarray, k: int, index: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rest, fold) indices of fold `index` of a seeded stratified k-fold (scikit-learn's StratifiedKFold)."""
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    from medlite.errors import DataError
+
+    counts = np.bincount(labels)
+    if counts[counts > 0].min() < k:
+        raise DataError(f"data.fold.k: {k} folds need at least {k} images of every class (smallest class has {counts[counts > 0].min()})")
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rest, fold = list(folds.split(np.zeros(len(labels)), labels))[index]
+    return np.sort(rest), np.sort(fold)

@@ -33,3 +33,16 @@ def evaluate_artifact(path: Path, split, spec, cfg, seed: int, runtime: str | No
         bootstrap=cfg.bootstrap, confidence=cfg.confidence, ece_bins=cfg.ece_bins, seed=seed,
     )
     return metrics, probs
+
+
+HEADLINE = ("accuracy", "balanced_accuracy", "auc", "f1_macro", "ece")
+
+
+def validation_metrics(path: Path, dataset, cfg, runtime: str | None = None) -> dict:
+    """Headline metrics of the artifact on the validation split (no bootstrap): for choosing settings."""
+    split = dataset.splits.get("val")
+    if split is None or len(split) == 0:
+        return {}
+    probs = predict_artifact(path, split.images, dataset.preprocess, cfg.batch_size, runtime)
+    metrics = classification_metrics(probs, split.labels, list(dataset.class_names), ece_bins=cfg.ece_bins)
+    return {k: metrics[k] for k in HEADLINE}

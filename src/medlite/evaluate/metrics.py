@@ -49,22 +49,29 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 def bootstrap_ci(
     probs: np.ndarray, labels: np.ndarray, resamples: int, confidence: float, seed: int
 ) -> dict[str, list[float]]:
-    """Percentile bootstrap intervals for accuracy and AUC (seeded: the same run gives the same CI)."""
+    """Percentile bootstrap intervals for accuracy and AUC with `scipy.stats.bootstrap` (seeded:
+    the same run gives the same CI). Images are resampled jointly (paired), so both metrics see
+    the same resamples. AUC is left out when a resample can lack a class (tiny splits)."""
     if resamples <= 0 or len(labels) == 0:
         return {}
-    rng = np.random.default_rng(seed)
-    n = len(labels)
+    from scipy.stats import bootstrap
+
     predicted = probs.argmax(axis=1)
-    accs, aucs = [], []
-    for _ in range(resamples):
-        idx = rng.integers(0, n, n)
-        accs.append(float((predicted[idx] == labels[idx]).mean()))
-        if len(np.unique(labels[idx])) > 1:
-            aucs.append(auc(probs[idx], labels[idx]))
-    lo, hi = (1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100
-    out = {"accuracy": [float(np.percentile(accs, lo)), float(np.percentile(accs, hi))]}
-    if aucs:
-        out["auc"] = [float(np.percentile(aucs, lo)), float(np.percentile(aucs, hi))]
+    index = np.arange(len(labels))
+    common = dict(n_resamples=resamples, confidence_level=confidence, method="percentile", vectorized=False)
+
+    def accuracy(idx: np.ndarray) -> float:
+        return float((predicted[idx] == labels[idx]).mean())
+
+    def auc_of(idx: np.ndarray) -> float:
+        return auc(probs[idx], labels[idx])
+
+    out = {}
+    for name, statistic in (("accuracy", accuracy), ("auc", auc_of)):
+        res = bootstrap((index,), statistic, rng=np.random.default_rng(seed), **common)
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if np.isfinite(lo) and np.isfinite(hi):
+            out[name] = [lo, hi]
     return out
 
 

@@ -71,7 +71,7 @@ def _epoch_callback(label: str, say: Callable[[str], None] | None):
             row = {"epoch": trainer.current_epoch, "seconds": round(seconds, 3), **{k: round(v, 5) for k, v in metrics.items()}}
             module.history.append(row)
             fault_point(f"epoch:{label}:{trainer.current_epoch + 1}")  # tests kill a run mid-training here
-            if say:
+            if say and trainer.is_global_zero:
                 val = f" val_auc {metrics['val_auc']:.3f} val_acc {metrics['val_acc']:.3f}" if "val_auc" in metrics else ""
                 say(
                     f"{label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
@@ -81,10 +81,22 @@ def _epoch_callback(label: str, say: Callable[[str], None] | None):
     return EpochLog()
 
 
-def _loaders(n_train: int, n_val: int, labels: np.ndarray, batch_size: int, balance: str, seed: int):
-    """DataLoaders of index batches: the module gathers the images from tensors it already holds."""
+def _loaders(n_train: int, n_val: int, labels: np.ndarray, batch_size: int, balance: str, seed: int,
+             world: int = 1, rank: int = 0):
+    """DataLoaders of index batches: the module gathers the images from tensors it already holds.
+
+    With `world` > 1 (DDP) each process gets its share of every epoch through a DistributedSampler
+    (seeded, reshuffled each epoch) and `batch_size // world` images per step, so the global batch
+    stays the recipe's; validation is sharded too (padded) and gathered whole by the module.
+    """
     import torch
     from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
+    from torch.utils.data.distributed import DistributedSampler
+
+    class _EpochBatches(BatchSampler):
+        def set_epoch(self, epoch: int) -> None:  # Lightning calls it each epoch; the DistributedSampler reshuffles
+            if hasattr(self.sampler, "set_epoch"):
+                self.sampler.set_epoch(epoch)
 
     class _Indices(torch.utils.data.Dataset):
         def __init__(self, n: int) -> None:
@@ -96,6 +108,14 @@ def _loaders(n_train: int, n_val: int, labels: np.ndarray, batch_size: int, bala
         def __getitem__(self, idx):
             return torch.as_tensor(idx, dtype=torch.long)
 
+    if world > 1:
+        per_rank = max(1, batch_size // world)
+        sampler = DistributedSampler(range(n_train), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        share = len(sampler)
+        train = DataLoader(_Indices(n_train), sampler=_EpochBatches(sampler, per_rank, drop_last=share % per_rank == 1), batch_size=None)
+        val_sampler = DistributedSampler(range(n_val), num_replicas=world, rank=rank, shuffle=False)
+        val = DataLoader(_Indices(n_val), sampler=BatchSampler(val_sampler, 512, False), batch_size=None)
+        return train, val
     generator = torch.Generator().manual_seed(seed)
     if balance == "sampler":
         counts = np.bincount(labels)
@@ -107,6 +127,33 @@ def _loaders(n_train: int, n_val: int, labels: np.ndarray, batch_size: int, bala
     train = DataLoader(_Indices(n_train), sampler=BatchSampler(sampler, batch_size, drop_last=n_train % batch_size == 1), batch_size=None)
     val = DataLoader(_Indices(n_val), sampler=BatchSampler(SequentialSampler(range(n_val)), 512, False), batch_size=None)
     return train, val
+
+
+def _placement(trainer_cfg, device: str, balance: str, score_start: bool) -> tuple[str, int, int, int]:
+    """(Lightning strategy, devices, num_nodes, world size) for a recipe's `trainer` section.
+
+    Several processes on one CPU machine run as `ddp_fork` (gloo): only training is forked, the
+    rest of the pipeline runs once. One GPU with `ddp` is a world of one. Several GPUs or nodes
+    would need each rank to run the whole command (Lightning's launcher): refused, not faked.
+    """
+    from medlite.errors import UsageError
+
+    if trainer_cfg is None:
+        return "auto", 1, 1, 1
+    devices, nodes = trainer_cfg.devices, trainer_cfg.num_nodes
+    world = devices * nodes
+    if world == 1:
+        return ("ddp" if trainer_cfg.strategy == "ddp" else "auto"), 1, 1, 1
+    if trainer_cfg.strategy != "ddp":
+        raise UsageError(f"trainer.devices/num_nodes: {world} processes need trainer.strategy: ddp")
+    if device != "cpu" or nodes > 1:
+        raise UsageError("trainer: DDP over several GPUs or nodes is not supported yet; use devices: 1 per GPU, "
+                         "or several CPU processes on one machine (device: cpu)")
+    if balance == "sampler":
+        raise UsageError("data.balance: 'sampler' is not supported with DDP; use class_weights")
+    if score_start:
+        raise UsageError("trainer: DDP is for training from scratch or distilling, not for fine-tuning stages")
+    return "ddp_fork", devices, 1, world
 
 
 def fit(
@@ -127,6 +174,7 @@ def fit(
     teacher_views: int = 8,
     select_best: bool = True,
     score_start: bool = False,
+    trainer_cfg=None,
 ) -> FitResult:
     """Train `model` (in place) for `cfg.epochs` and restore the epoch with the best validation AUC.
 
@@ -176,20 +224,32 @@ def fit(
         mean=dataset.mean, std=dataset.std, augment_preset=data_cfg.augment,
         class_weights=class_weights, teacher=teacher, distill=distill, teacher_bank=bank, seed=seed,
     )
-    train_loader, val_loader = _loaders(len(train), len(val), train.labels, cfg.batch_size, data_cfg.balance, seed)
+    strategy, devices, num_nodes, world = _placement(trainer_cfg, device, data_cfg.balance, score_start)
+    if world > 1:
+        from medlite.train.distributed import ShareResult, index_data
+
+        data = index_data(len(train), len(val), train.labels, cfg.batch_size, data_cfg.balance, seed, _loaders)
+        callbacks = (*callbacks, ShareResult(log_dir))
+    else:
+        train_loader, val_loader = _loaders(len(train), len(val), train.labels, cfg.batch_size, data_cfg.balance, seed)
     log_dir.mkdir(parents=True, exist_ok=True)
     if progress is None:
         progress = sys.stderr.isatty()
     extra = [RichProgressBar(leave=False)] if progress else []
     precision = "32-true"
-    if device == "cuda":
+    if trainer_cfg is not None and trainer_cfg.precision != "auto":
+        precision = trainer_cfg.precision
+    elif device == "cuda":
         precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         accelerator="gpu" if device == "cuda" else "cpu",
-        devices=1,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        use_distributed_sampler=False,  # our index-batch loaders shard themselves (see _loaders)
         precision=precision,
         logger=[CSVLogger(str(log_dir), name="", version=""), TensorBoardLogger(str(log_dir), name="", version="")],
         callbacks=[_epoch_callback(label, None if progress else say), LearningRateMonitor("epoch"), *extra, *callbacks],
@@ -204,9 +264,13 @@ def fit(
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's advice on workers and logging intervals does not apply here
-        if score_start and select_best and len(val):
-            trainer.validate(module, val_loader, verbose=False)
-        trainer.fit(module, train_loader, val_loader if len(val) else None)
+        if world > 1:
+            trainer.fit(module, datamodule=data)
+            ShareResult.load(log_dir, module)  # the ranks trained in child processes: take rank 0's results
+        else:
+            if score_start and select_best and len(val):
+                trainer.validate(module, val_loader, verbose=False)
+            trainer.fit(module, train_loader, val_loader if len(val) else None)
     if select_best:
         module.restore_best()
     model.cpu().eval()

@@ -105,13 +105,21 @@ class ClassifierModule(L.LightningModule):
     def validation_step(self, idx: torch.Tensor, batch_idx: int) -> None:
         x = self.normalize(self.val_images[idx].float() / 255)
         logits = self.model(x)
-        self._val_outputs.append((logits.float().detach(), self.val_labels[idx]))
+        self._val_outputs.append((logits.float().detach(), self.val_labels[idx], idx))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:
             return
         logits = torch.cat([o[0] for o in self._val_outputs])
         labels = torch.cat([o[1] for o in self._val_outputs])
+        if self.trainer.world_size > 1:
+            # DDP: every rank scored its (padded) shard; gather them and keep each image once, so
+            # the metrics and the best epoch are those of the whole validation split on every rank.
+            idx = torch.cat([o[2] for o in self._val_outputs])
+            logits, labels, idx = (t.flatten(0, 1) for t in self.all_gather((logits, labels, idx)))
+            _, first = np.unique(idx.cpu().numpy(), return_index=True)
+            first = torch.as_tensor(first, device=logits.device)
+            logits, labels = logits[first], labels[first]
         self._val_outputs.clear()
         loss = float(F.cross_entropy(logits, labels))
         probs = torch.softmax(logits, 1).cpu().numpy()

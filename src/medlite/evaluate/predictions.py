@@ -1,0 +1,45 @@
+"""Per-image predictions of a variant as CSV: `predictions/<variant>.csv` in the run directory.
+
+Columns: `image_id` (index in the evaluated split), `true_label`, `predicted_label` (class
+names) and `prob_<class>` per class. Paired statistics (study/stats.py) and the report read
+the same file, so comparisons are made on the same images.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from medlite.runstate import write_atomic
+
+
+def predictions_csv(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["image_id", "true_label", "predicted_label", *[f"prob_{name}" for name in class_names]])
+    predicted = probs.argmax(axis=1)
+    for i, (label, pred, row) in enumerate(zip(labels, predicted, probs)):
+        writer.writerow([i, class_names[int(label)], class_names[int(pred)], *[f"{p:.8g}" for p in row]])
+    return out.getvalue()
+
+
+def write_predictions(path: Path, probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> Path:
+    write_atomic(path, predictions_csv(probs, labels, class_names))
+    return path
+
+
+def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(image_ids, labels as class indices, probabilities N x K, class names) from a predictions CSV."""
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    header, body = rows[0], rows[1:]
+    prob_cols = [i for i, name in enumerate(header) if name.startswith("prob_")]
+    class_names = [header[i][len("prob_"):] for i in prob_cols]
+    index = {name: i for i, name in enumerate(class_names)}
+    ids = np.array([int(r[header.index("image_id")]) for r in body], dtype=np.int64)
+    labels = np.array([index[r[header.index("true_label")]] for r in body], dtype=np.int64)
+    probs = np.array([[float(r[i]) for i in prob_cols] for r in body], dtype=np.float64).reshape(len(body), len(prob_cols))
+    return ids, labels, probs, class_names

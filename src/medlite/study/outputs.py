@@ -1,0 +1,244 @@
+"""Study outputs: study.json (everything), study.csv (one row per setting x variant), study.md and
+study.tex (the table for a paper), figures (strip/box plots per setting, the AUC-size-latency
+Pareto front) as PNG and SVG, and selected.yaml (the chosen setting as a ready recipe)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from medlite.runstate import write_atomic, write_json
+
+COLUMNS = [("auc", "AUC"), ("accuracy", "Acc"), ("balanced_accuracy", "Bal. acc"), ("f1_macro", "F1"), ("ece", "ECE")]
+
+
+def _fmt(stat: dict | None, digits: int = 3, scale: float = 1.0) -> str:
+    if not stat or stat.get("mean") is None:
+        return "-"
+    text = f"{stat['mean'] * scale:.{digits}f}"
+    if stat.get("std") is not None:
+        text += f" ± {stat['std'] * scale:.{digits}f}"
+    return text
+
+
+def _ci(stat: dict | None, digits: int = 3) -> str:
+    if not stat or not stat.get("ci"):
+        return ""
+    return f"[{stat['ci'][0]:.{digits}f}, {stat['ci'][1]:.{digits}f}]"
+
+
+def _hidden(document: dict, entry: dict) -> bool:
+    """With a selection rule, test metrics are shown only for the chosen setting."""
+    selection = document.get("selection") or {}
+    return "setting" in selection and entry["setting"] != selection["setting"]
+
+
+def _comparison(document: dict, entry: dict) -> dict | None:
+    for c in document.get("comparisons", []):
+        if c["setting"] == entry["setting"] and c["variant"] == entry["variant"]:
+            return c
+    return None
+
+
+def table_rows(document: dict) -> list[dict[str, str]]:
+    rows = []
+    for entry in document["summary"]:
+        hidden = _hidden(document, entry)
+        row = {"setting": entry["setting"], "variant": entry["variant"], "n": str(entry["n"])}
+        for key, label in COLUMNS:
+            row[label] = "(not shown)" if hidden else _fmt(entry[key])
+        row["AUC 95% CI"] = "" if hidden else _ci(entry["auc"])
+        size = entry["file_bytes"]
+        row["size KB"] = _fmt(size, 1, 1 / 1024) if size.get("mean") is not None else "-"
+        row["latency ms"] = _fmt(entry["latency_ms"], 3)
+        select = (document.get("selection") or {}).get("metric")
+        if select:
+            row[select] = _fmt(entry[select])
+        c = _comparison(document, entry)
+        if c:
+            mark = "*" if c["significant"] else ""
+            row["ΔAUC vs baseline"] = f"{c['delta_auc']:+.3f}{mark} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
+            row["p (Holm)"] = f"{c['p_holm']:.3g}"
+        rows.append(row)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    return [{k: r.get(k, "") for k in keys} for r in rows]
+
+
+def _csv(document: dict) -> str:
+    out = io.StringIO()
+    fields = ["setting", "variant", "n", "arch", "format"]
+    stats_keys = [k for k in document["summary"][0] if isinstance(document["summary"][0][k], dict)] if document["summary"] else []
+    for key in stats_keys:
+        fields += [f"{key}_mean", f"{key}_std", f"{key}_ci_low", f"{key}_ci_high"]
+    fields += ["delta_auc", "delta_auc_ci_low", "delta_auc_ci_high", "p", "p_holm", "significant", "baseline"]
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for entry in document["summary"]:
+        hidden = _hidden(document, entry)
+        row: dict[str, Any] = {k: entry.get(k) for k in ("setting", "variant", "n", "arch", "format")}
+        for key in stats_keys:
+            s = entry[key]
+            if hidden and not key.startswith("val_") and key not in ("file_bytes", "latency_ms"):
+                continue
+            row[f"{key}_mean"], row[f"{key}_std"] = s.get("mean"), s.get("std")
+            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = (s.get("ci") or [None, None])
+        c = _comparison(document, entry)
+        if c:
+            row.update(delta_auc=c["delta_auc"], delta_auc_ci_low=c["ci"][0], delta_auc_ci_high=c["ci"][1], p=c["p"],
+                       p_holm=c["p_holm"], significant=c["significant"],
+                       baseline=f"{c['baseline_setting']}/{c['baseline_variant']}")
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def _notes(document: dict) -> list[str]:
+    notes = [f"{document['trials_finished']}/{document['trials_total']} trials finished; mean ± std over seeds/folds; "
+             f"{int(document['confidence'] * 100)}% CI: Student t over seeds/folds."]
+    if document.get("folds"):
+        notes.append(f"Cross-validation: {document['folds']}.")
+    if document.get("comparisons"):
+        c = document["comparisons"][0]
+        notes.append(f"ΔAUC: {c['method']} with {c['resamples']} resamples on the same test images; "
+                     f"* = significant after Holm correction over {c.get('family_size', len(document['comparisons']))} distinct comparisons "
+                     f"(alpha {document['spec']['stats']['alpha']}).")
+    selection = document.get("selection")
+    if selection and "setting" in selection:
+        notes.append(f"Selected on validation ({selection['metric']} of {selection['variant']}, {selection['direction']}): "
+                     f"{selection['setting']} ({selection['value']:.4f}); test metrics shown only for it.")
+    elif selection:
+        notes.append(selection["error"])
+    for f in document.get("failed", []):
+        notes.append(f"FAILED: {f['trial']}: {f['error']}")
+    return notes
+
+
+def _markdown(document: dict, rows: list[dict]) -> str:
+    lines = [f"# Study {document['study']}", "", f"Recipe: `{document['recipe']}`", ""]
+    if rows:
+        keys = list(rows[0])
+        lines += ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
+        lines += ["| " + " | ".join(r[k] for k in keys) + " |" for r in rows]
+    lines += [""] + [f"- {n}" for n in _notes(document)]
+    return "\n".join(lines) + "\n"
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{", "}": r"\}",
+          "$": r"\$", "±": r"$\pm$", "Δ": r"$\Delta$", "*": r"$^{*}$"}
+
+
+def _latex_escape(text: str) -> str:
+    import re
+
+    return re.sub("|".join(re.escape(k) for k in _LATEX), lambda m: _LATEX[m.group(0)], text)
+
+
+def _latex(document: dict, rows: list[dict]) -> str:
+    if not rows:
+        return "% no finished trials\n"
+    keys = [k for k in rows[0] if k not in ("n",)]
+    header = " & ".join(_latex_escape(k) for k in keys)
+    body = "\n".join(" & ".join(_latex_escape(r[k]) for k in keys) + r" \\" for r in rows)
+    notes = " ".join(_latex_escape(n) for n in _notes(document))
+    return (
+        "% medlite study table (needs \\usepackage{booktabs})\n"
+        "\\begin{table}[t]\n\\centering\\small\n"
+        f"\\begin{{tabular}}{{{'l' * 2}{'r' * (len(keys) - 2)}}}\n\\toprule\n{header} \\\\\n\\midrule\n{body}\n"
+        "\\bottomrule\n\\end{tabular}\n"
+        f"\\caption{{Study {_latex_escape(document['study'])}. {notes}}}\n\\end{{table}}\n"
+    )
+
+
+def _figures(document: dict, folder: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    rows = document["rows"]
+    labels = [f"{e['setting']}\n{e['variant']}" for e in document["summary"] if not _hidden(document, e)]
+    keys = [(e["setting"], e["variant"]) for e in document["summary"] if not _hidden(document, e)]
+    if keys:
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(keys) + 1), 4.2))
+        data = [[r["auc"] for r in rows if (r["setting"], r["variant"]) == k and r["auc"] is not None] for k in keys]
+        ax.boxplot(data, showfliers=False, widths=0.5)
+        rng = np.random.default_rng(0)
+        for i, values in enumerate(data, start=1):
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=14, alpha=0.8, zorder=3)
+        ax.set_xticks(range(1, len(keys) + 1), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("test AUC (one point per seed/fold)")
+        ax.set_title(f"{document['study']}: AUC per setting and variant")
+        fig.tight_layout()
+        for ext in ("png", "svg"):
+            fig.savefig(folder / f"auc_strip.{ext}", dpi=150)
+            written.append(f"figures/auc_strip.{ext}")
+        plt.close(fig)
+
+    points = [(e["file_bytes"]["mean"], e["auc"]["mean"], e["latency_ms"]["mean"], f"{e['setting']} / {e['variant']}")
+              for e in document["summary"] if not _hidden(document, e)
+              and e["file_bytes"]["mean"] is not None and e["auc"]["mean"] is not None]
+    if points:
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        sizes = np.array([p[0] / 1024 for p in points])
+        aucs = np.array([p[1] for p in points])
+        lat = [p[2] for p in points]
+        if all(v is not None for v in lat):
+            sc = ax.scatter(sizes, aucs, c=lat, cmap="viridis", s=40, zorder=3)
+            fig.colorbar(sc, ax=ax, label="latency p50 (ms, 1 thread)")
+        else:
+            ax.scatter(sizes, aucs, s=40, zorder=3)
+        front = pareto_front(list(zip(sizes, aucs)))
+        ax.plot(sizes[front], aucs[front], "k--", lw=1, label="Pareto front (smaller, better)")
+        for (x, y, _, name) in points:
+            ax.annotate(name, (x / 1024, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("file size (KB, log)")
+        ax.set_ylabel("mean test AUC")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.set_title(f"{document['study']}: AUC vs size")
+        fig.tight_layout()
+        for ext in ("png", "svg"):
+            fig.savefig(folder / f"pareto.{ext}", dpi=150)
+            written.append(f"figures/pareto.{ext}")
+        plt.close(fig)
+    return written
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats (size no larger and AUC no lower, one strictly), by size."""
+    front = []
+    for i, (s, a) in enumerate(points):
+        dominated = any((s2 <= s and a2 >= a) and (s2 < s or a2 > a) for j, (s2, a2) in enumerate(points) if j != i)
+        if not dominated and not (isinstance(a, float) and math.isnan(a)):
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def write_selected(document: dict, out: Path) -> None:
+    selection = document.get("selection") or {}
+    if "setting" not in selection:
+        return
+    from medlite.recipe import dump_recipe, load_recipe
+    from medlite.study.schema import _override
+
+    spec = document["spec"]
+    overrides = [_override(k, v) for k, v in {**spec.get("set", {}), **selection["overrides"]}.items()]
+    recipe = load_recipe(document["recipe"], overrides + [f"seed={spec['seeds'][0]}"])
+    header = (f"# Chosen by study {document['study']} on validation ({selection['metric']} of {selection['variant']}, "
+              f"{selection['direction']}): {selection['setting']}\n")
+    write_atomic(out / "selected.yaml", header + dump_recipe(recipe))
+
+
+def write_outputs(document: dict, out: Path) -> None:
+    rows = table_rows(document)
+    document["figures"] = _figures(document, out / "figures") if document["summary"] else []
+    write_json(out / "study.json", document)
+    write_atomic(out / "study.csv", _csv(document))
+    write_atomic(out / "study.md", _markdown(document, rows))
+    write_atomic(out / "study.tex", _latex(document, rows))
+    write_selected(document, out)

@@ -1,0 +1,261 @@
+"""The study file: which recipe, which fixed overrides, which axes (grid, named list, seeds, folds),
+which baseline for paired comparisons and which validation rule chooses a setting.
+
+Strict like recipes: an unknown key, an unknown recipe key in an axis or a bad value is a one-line
+UsageError naming it, raised before anything trains (every trial's recipe is validated up front).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medlite.errors import UsageError
+
+HEADLINE = ("auc", "accuracy", "balanced_accuracy", "f1_macro", "ece")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Baseline(_Strict):
+    """What every other (setting, variant) is compared with, on the same seeds/folds and test images.
+
+    `setting` alone: each variant against the same variant of that setting. `variant` alone: each
+    variant of a setting against that variant of the same setting (e.g. the scratch student).
+    """
+
+    setting: str | None = None
+    variant: str | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> "Baseline":
+        if self.setting is None and self.variant is None:
+            raise ValueError("name a setting, a variant, or both")
+        return self
+
+
+class Select(_Strict):
+    """Choose a setting by a validation metric (mean over seeds/folds); the test split is never read to choose."""
+
+    metric: str = Field("val_auc", pattern=r"^val_(auc|accuracy|balanced_accuracy|f1_macro|ece)$")
+    over: list[Literal["grid", "list"]] = Field(default_factory=lambda: ["grid", "list"])
+    variant: str = Field("student_kd", description="the variant whose validation metric decides")
+    mode: Literal["max", "min"] | None = Field(None, description="default: min for ece, else max")
+
+    @property
+    def key(self) -> str:
+        return self.metric.removeprefix("val_")
+
+    @property
+    def direction(self) -> str:
+        return self.mode or ("min" if self.key == "ece" else "max")
+
+
+class Folds(_Strict):
+    k: int = Field(5, ge=2, le=100)
+    seed: int = 0
+
+
+class Stats(_Strict):
+    resamples: int = Field(2000, ge=100, le=100_000, description="paired bootstrap resamples per comparison")
+    confidence: float = Field(0.95, gt=0, lt=1)
+    alpha: float = Field(0.05, gt=0, lt=1, description="family-wise error rate (Holm)")
+
+
+class StudySpec(_Strict):
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
+    recipe: str = "breastmnist"
+    fixed: dict[str, Any] = Field(default_factory=dict, alias="set", description="fixed dotted overrides for every trial")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="dotted key -> values (cartesian product)")
+    named: dict[str, dict[str, Any]] = Field(default_factory=dict, alias="list", description="named settings: name -> dotted overrides")
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    folds: Folds | None = None
+    variants: list[str] | None = Field(None, description="variants to tabulate (default: all)")
+    baseline: Baseline | None = None
+    select: Select | None = None
+    stats: Stats = Stats()
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_count(cls, value: Any) -> Any:
+        return list(range(value)) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("folds", mode="before")
+    @classmethod
+    def _fold_count(cls, value: Any) -> Any:
+        return {"k": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, value: list[int]) -> list[int]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("give at least one seed, each once")
+        return value
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_values(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in value.items():
+            if not values:
+                raise ValueError(f"{key}: an empty list of values")
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> "StudySpec":
+        clash = set(self.grid) & {k for s in self.named.values() for k in s}
+        if clash:
+            raise ValueError(f"keys in both grid and list: {', '.join(sorted(clash))}")
+        for where, keys in (("set", list(self.fixed)), ("grid", list(self.grid)), *[(f"list.{n}", list(s)) for n, s in self.named.items()]):
+            for key in keys:
+                if key in ("seed", "data.fold") or key.startswith("data.fold."):
+                    raise ValueError(f"{where}.{key}: use the study's `seeds` / `folds` instead")
+        return self
+
+
+@dataclass
+class Setting:
+    name: str
+    overrides: dict[str, Any]
+    axis: str  # "grid", "list", "grid+list" or "fixed"
+
+
+@dataclass
+class Trial:
+    setting: str
+    seed: int
+    fold: int | None
+    overrides: list[str]
+    recipe: Any = None  # the validated medlite.recipe.Recipe
+    dirname: str = ""
+    tags: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.setting} seed {self.seed}" + (f" fold {self.fold}" if self.fold is not None else "")
+
+
+def _short(keys: list[str]) -> dict[str, str]:
+    """Display names for dotted keys: the last part when unique among the grid's keys."""
+    last = [k.split(".")[-1] for k in keys]
+    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+
+
+def _fmt(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def settings(spec: StudySpec) -> list[Setting]:
+    grid_keys = list(spec.grid)
+    short = _short(grid_keys)
+    combos = [dict(zip(grid_keys, values)) for values in itertools.product(*spec.grid.values())] if grid_keys else [{}]
+    items = list(spec.named.items()) or [(None, {})]
+    out = []
+    for list_name, list_overrides in items:
+        for combo in combos:
+            parts = ([list_name] if list_name else []) + [f"{short[k]}={_fmt(v)}" for k, v in combo.items()]
+            axis = "+".join(a for a, on in (("grid", bool(combo)), ("list", list_name is not None)) if on) or "fixed"
+            out.append(Setting(",".join(parts) or "default", {**list_overrides, **combo}, axis))
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        raise UsageError("study: two settings get the same name; give the list entries distinct names")
+    return out
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).strip("_")[:100] or "default"
+
+
+def _override(key: str, value: Any) -> str:
+    # JSON is YAML: the value comes back with its type (numbers stay numbers, strings stay strings).
+    return f"{key}={json.dumps(value)}"
+
+
+def load_study(path: Path) -> StudySpec:
+    try:
+        tree = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: study file not found") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path}: malformed YAML ({getattr(err, 'problem', None) or err})") from None
+    if not isinstance(tree, dict):
+        raise UsageError(f"{path}: a study must be a mapping of keys")
+    tree.setdefault("name", Path(path).stem)
+    try:
+        spec = StudySpec.model_validate(tree)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        if first["type"] == "extra_forbidden":
+            raise UsageError(f"{path}: unknown study key {key!r}") from None
+        value = first.get("input")
+        shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+        raise UsageError(f"{path}: {key}: {first['msg']}{shown}") from None
+    # A relative recipe path is relative to the study file.
+    recipe = Path(spec.recipe)
+    if recipe.suffix in (".yaml", ".yml") and not recipe.is_absolute() and not recipe.exists():
+        candidate = Path(path).parent / recipe
+        if candidate.exists():
+            spec.recipe = str(candidate)
+    return spec
+
+
+def expand(spec: StudySpec, source: str = "study") -> tuple[list[Setting], list[Trial]]:
+    """Every trial (setting x seed x fold), each with its recipe validated; a fault names the study key."""
+    from medlite.models import check_arch
+    from medlite.recipe import load_recipe
+
+    all_settings = settings(spec)
+    if spec.baseline and spec.baseline.setting and spec.baseline.setting not in {s.name for s in all_settings}:
+        raise UsageError(f"{source}: baseline.setting {spec.baseline.setting!r} is not a setting; settings: "
+                         + ", ".join(s.name for s in all_settings))
+    fixed = [_override(k, v) for k, v in spec.fixed.items()]
+    folds = list(range(spec.folds.k)) if spec.folds else [None]
+    trials: list[Trial] = []
+    checked: set[str] = set()
+    for setting in all_settings:
+        axis = [_override(k, v) for k, v in setting.overrides.items()]
+        for seed in spec.seeds:
+            for fold in folds:
+                extra = [f"seed={seed}"]
+                if fold is not None:
+                    extra.append(f"data.fold={json.dumps({'k': spec.folds.k, 'index': fold, 'seed': spec.folds.seed})}")
+                overrides = fixed + axis + extra
+                try:
+                    recipe = load_recipe(spec.recipe, overrides)
+                except UsageError as err:
+                    raise UsageError(f"{source}: setting {setting.name!r}: {_study_key(str(err), spec, setting)}") from None
+                for section in ("teacher", "student"):
+                    arch = getattr(recipe, section).arch
+                    if arch not in checked:
+                        try:
+                            check_arch(arch)
+                        except UsageError as err:
+                            raise UsageError(f"{source}: setting {setting.name!r}: {section}.arch: {err}") from None
+                        checked.add(arch)
+                dirname = _slug(setting.name) + f"__seed{seed}" + (f"__fold{fold}" if fold is not None else "")
+                trials.append(Trial(setting.name, seed, fold, overrides, recipe, dirname, {**setting.overrides}))
+    dirs = [t.dirname for t in trials]
+    if len(set(dirs)) != len(dirs):
+        raise UsageError(f"{source}: settings whose names differ only in punctuation; rename the list entries")
+    return all_settings, trials
+
+
+def _study_key(message: str, spec: StudySpec, setting: Setting) -> str:
+    """Point a recipe error at the study section that set the key (set / grid / list)."""
+    for key in setting.overrides:
+        if repr(key) in message or f" {key}:" in message or message.endswith(key):
+            where = "grid" if key in spec.grid else "list"
+            return f"{where} key {key!r}: " + message.split(": ", 1)[-1]
+    for key in spec.fixed:
+        if repr(key) in message or f" {key}:" in message:
+            return f"set key {key!r}: " + message.split(": ", 1)[-1]
+    return message

@@ -1,0 +1,178 @@
+"""Study statistics from scipy: summaries over seeds/folds and paired comparisons on the same test images.
+
+- Summary per (setting, variant): mean, sample std and a two-sided Student-t interval over the
+  trials (seeds x folds) of every headline metric, file size and latency.
+- Paired comparison of a (setting, variant) with the baseline: the AUC difference on the very
+  same test images, its paired bootstrap interval (`scipy.stats.bootstrap`, percentile method;
+  images are resampled jointly for both models, so the pairing is kept) and a bootstrap p-value
+  (twice the smaller tail of the bootstrap distribution at 0). With several seeds/folds the
+  statistic is the mean over them of the per-trial AUC difference, all trials resampled with the
+  same image indices (when folds have their own test parts, their images are pooled as units).
+- Holm's step-down correction over all comparisons controls the family-wise error rate
+  (Holm 1979, "A simple sequentially rejective multiple test procedure").
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+
+
+def describe(values: list[float], confidence: float = 0.95) -> dict[str, Any]:
+    """n, mean, sample std (ddof=1) and the t-interval of the mean; NaNs are left out (and counted)."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    missing = len(values) - len(x)
+    x = x[np.isfinite(x)]
+    out: dict[str, Any] = {"n": int(len(x)), "mean": None, "std": None, "ci": None}
+    if missing or len(x) < len(values):
+        out["missing"] = int(len(values) - len(x))
+    if len(x) == 0:
+        return out
+    out["mean"] = float(x.mean())
+    if len(x) >= 2:
+        out["std"] = float(x.std(ddof=1))
+        sem = out["std"] / math.sqrt(len(x))
+        if sem > 0:
+            lo, hi = stats.t.interval(confidence, len(x) - 1, loc=out["mean"], scale=sem)
+            out["ci"] = [float(lo), float(hi)]
+        else:
+            out["ci"] = [out["mean"], out["mean"]]
+    return out
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-adjusted p-values: sort ascending, multiply the i-th smallest (0-based) by (m - i),
+    keep them non-decreasing, cap at 1. Reject where adjusted p <= alpha."""
+    p = np.asarray(pvalues, dtype=float)
+    m = len(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(np.argsort(p, kind="stable")):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def auc_rows(probs: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """ROC AUC of every row of resampled indices `idx` (B x n) at once, via the Mann-Whitney U
+    statistic on mid-ranks (scipy.stats.rankdata): binary on the positive class, else the macro
+    one-vs-rest mean over the classes present in the row (as `evaluate.metrics.auc`). NaN where a
+    row lacks a class."""
+    from scipy.stats import rankdata
+
+    idx = np.atleast_2d(idx)
+    k = probs.shape[1]
+    classes = [1] if k == 2 else list(range(k))
+    per_class = []
+    for c in classes:
+        scores = probs[:, c][idx]
+        positive = labels[idx] == c
+        n1 = positive.sum(axis=1).astype(float)
+        n0 = idx.shape[1] - n1
+        ranks = rankdata(scores, axis=1)
+        u = (ranks * positive).sum(axis=1) - n1 * (n1 + 1) / 2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class.append(np.where((n1 > 0) & (n0 > 0), u / (n1 * n0), np.nan))
+    stacked = np.vstack(per_class)
+    if k == 2:
+        return stacked[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row where no class has both labels: NaN
+        return np.nanmean(stacked, axis=0)
+
+
+def paired_auc_difference(
+    pairs: list[dict], *, resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> dict[str, Any]:
+    """Paired bootstrap of mean AUC(A) - AUC(B) over `pairs`.
+
+    Each pair: {"group": hashable test-set id, "labels": (n,), "a": probs (n, K), "b": probs (n, K)};
+    pairs of one group share their test images (same order). Units (images) are pooled over the
+    groups and resampled jointly; each pair's AUC difference uses the resampled units of its group.
+    """
+    from scipy.stats import bootstrap
+
+    groups: dict[Any, list[dict]] = {}
+    for pair in pairs:
+        groups.setdefault(pair["group"], []).append(pair)
+    offsets, total = {}, 0
+    for key, members in groups.items():
+        n = len(members[0]["labels"])
+        for m in members:
+            if len(m["labels"]) != n or not np.array_equal(m["labels"], members[0]["labels"]):
+                raise ValueError("paired comparison: trials of one test set disagree on its images")
+        offsets[key] = (total, n)
+        total += n
+
+    def per_pair(units: np.ndarray) -> np.ndarray:
+        """(pairs x B) AUC differences for resampled global unit indices `units` (B x total)."""
+        diffs = []
+        for key, members in groups.items():
+            start, n = offsets[key]
+            inside = (units >= start) & (units < start + n)
+            # This group's resampled units as local indices (-1: a unit of another group).
+            local = np.where(inside, units - start, -1)
+            for m in members:
+                diffs.append(_masked_auc(m["a"], m["labels"], local) - _masked_auc(m["b"], m["labels"], local))
+        return np.vstack(diffs)
+
+    def statistic(units: np.ndarray, axis: int = -1) -> np.ndarray:
+        units = np.asarray(units)
+        if units.ndim == 1:
+            return np.nanmean(per_pair(units[None, :]), axis=0)[0]
+        return np.nanmean(per_pair(units), axis=0)
+
+    observed = float(statistic(np.arange(total)))
+    res = bootstrap(
+        (np.arange(total),), statistic, n_resamples=resamples, confidence_level=confidence,
+        method="percentile", paired=True, vectorized=True, batch=max(1, min(resamples, 200_000 // max(total, 1))),
+        rng=np.random.default_rng(seed),
+    )
+    dist = res.bootstrap_distribution
+    dist = dist[np.isfinite(dist)]
+    p = float(min(1.0, 2 * min((dist <= 0).mean(), (dist >= 0).mean()))) if len(dist) else float("nan")
+    return {
+        "delta_auc": observed,
+        "ci": [float(res.confidence_interval.low), float(res.confidence_interval.high)],
+        "p": p,
+        "pairs": len(pairs),
+        "images": total,
+        "resamples": resamples,
+        "method": "paired bootstrap (scipy.stats.bootstrap, percentile) of the mean AUC difference",
+    }
+
+
+def _masked_auc(probs: np.ndarray, labels: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """AUC per row of `local` (B x N indices, -1 = not in this test set) via Mann-Whitney U."""
+    valid = local >= 0
+    if valid.all():
+        return auc_rows(probs, labels, local)
+    # Put the out-of-group units at the bottom of the ranking with neither label: give them a score
+    # below every real one and exclude them from both class counts.
+    from scipy.stats import rankdata
+
+    k = probs.shape[1]
+    classes = [1] if k == 2 else list(range(k))
+    safe = np.where(valid, local, 0)
+    out = []
+    for c in classes:
+        scores = np.where(valid, probs[:, c][safe], -np.inf)
+        positive = (labels[safe] == c) & valid
+        negative = (labels[safe] != c) & valid
+        n1 = positive.sum(axis=1).astype(float)
+        n0 = negative.sum(axis=1).astype(float)
+        ranks = rankdata(scores, axis=1) - (~valid).sum(axis=1, keepdims=True)  # ranks among valid units
+        u = (ranks * positive).sum(axis=1) - n1 * (n1 + 1) / 2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append(np.where((n1 > 0) & (n0 > 0), u / (n1 * n0), np.nan))
+    stacked = np.vstack(out)
+    if k == 2:
+        return stacked[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row where no class has both labels: NaN
+        return np.nanmean(stacked, axis=0)
