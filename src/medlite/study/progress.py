@@ -32,7 +32,7 @@ class StudyProgress:
         self.live = None
         self.started: dict[int, float] = {}
         self.reported: set[int] = set()
-        self.logs = [Path(job["dir"]) / "logs" / "trial.log" for job in jobs]
+        self.logs = [Path(job["dir"]) / "trial.log" for job in jobs]
         self.sizes = [p.stat().st_size if p.exists() else -1 for p in self.logs]  # logs of an earlier, killed attempt
 
     def __enter__(self) -> "StudyProgress":

@@ -42,6 +42,9 @@ def _ray_node() -> str | None:
     return ray.get_runtime_context().get_node_id()
 
 
+TRIAL_LOG = "trial.log"
+
+
 def run_trial(job: dict) -> dict:
     """Run one trial; never raises (the study records a failed trial and goes on with the others)."""
     threads = int(job.get("threads") or 1)
@@ -56,8 +59,9 @@ def run_trial(job: dict) -> dict:
     out = Path(job["dir"])
     if is_done(out, job["recipe"]):
         return {"dir": str(out), "status": "done", "seconds": 0.0}
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    log = open(out / "logs" / "trial.log", "a", buffering=1)
+    # Beside medlite's own names (logs/ is the run directory's): the trial folder stays one medlite may adopt.
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / TRIAL_LOG, "a", buffering=1)
 
     def say(message: str) -> None:
         log.write(f"{time.strftime('%H:%M:%S')} {message}\n")
