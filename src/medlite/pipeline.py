@@ -75,36 +75,41 @@ def _train_key(ctx: Context, cfg, extra: Any = None) -> str:
     return fingerprint("train", cfg.model_dump(), data_keys, ctx.dataset.fingerprint(), r.seed, r.device, pretrained, extra)
 
 
-def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, stage: str = "train") -> Variant:
-    """Train (or distil from `parent`) one model; the checkpoint is the best-validation-AUC epoch."""
+def stage_train(ctx: Context, name: str, cfg, *, teachers: list[Variant] = (), parent: Variant | None = None,
+                stage: str = "train", fixed_views: bool = False) -> Variant:
+    """Train one model, or distil it from `teachers` (the recipe's distill method); `parent` is the
+    variant it descends from (default: the first teacher). The checkpoint is the best-validation-AUC epoch."""
     from medlite.models import count_params
     from medlite.models.weights import save_state
     from medlite.train import fit
 
-    distill = ctx.recipe.distill if parent is not None else None
-    key = _train_key(ctx, cfg, [ctx.artifact_hash(parent), distill.model_dump()] if parent else None)
+    teachers = list(teachers)
+    parent = parent or (teachers[0] if teachers else None)
+    distill = ctx.recipe.distill if teachers else None
+    extra = [[ctx.artifact_hash(t) for t in teachers], distill.model_dump()] if teachers else None
+    key = _train_key(ctx, cfg, [extra, fixed_views] if fixed_views else extra)
     ckpt = ctx.run.checkpoints / f"{name}.safetensors"
     facts = ctx.reuse(name, key, announce=ctx.run.rel(ckpt))
     if facts is not None:
         return ctx.add(Variant.from_dict(facts))
     if ctx.run.previous_key(name):
         ctx.say(f"{name}: recipe, data or parent changed: retraining")
-    if cfg.pretrained and not Path(cfg.pretrained).is_file():
+    if cfg.pretrained and cfg.pretrained != "imagenet" and not Path(cfg.pretrained).is_file():
         raise UsageError(f"{name}.pretrained: weights file {cfg.pretrained!r} not found")
     with ctx.timed(name):
         model = ctx.build_model(cfg.arch, cfg.pretrained)
-        teacher = ctx.load_variant_model(parent) if parent is not None else None
-        what = f"distilling {cfg.arch} from {parent.name}" if parent else f"training {cfg.arch}"
+        teacher_models = [ctx.load_variant_model(t) for t in teachers]
+        what = f"distilling {cfg.arch} from {parent.name} ({distill.method})" if teachers else f"training {cfg.arch}"
         ctx.say(f"{name}: {what} ({count_params(model):,} parameters, {cfg.epochs} epochs)")
         result = fit(
             model, ctx.dataset, cfg, data_cfg=ctx.recipe.data, seed=ctx.recipe.seed,
-            log_dir=ctx.run.logs / name, label=name, teacher=teacher, distill=distill,
+            log_dir=ctx.run.logs / name, label=name, teacher=teacher_models or None, distill=distill, fixed_views=fixed_views,
             device=ctx.device, say=ctx.say, progress=ctx.progress,
         )
         save_state(model, ckpt, metadata={"arch": cfg.arch, "variant": name})
     variant = Variant(
         name=name, parent=parent.name if parent else None, stage=stage, arch=cfg.arch,
-        teachers=[parent.name] if parent else [],
+        teachers=[t.name for t in teachers],
         checkpoint=ctx.run.rel(ckpt), params=count_params(model), train=result.to_dict(),
     )
     if result.best_val_auc is not None and result.best_epoch >= 0:
@@ -199,18 +204,15 @@ def run_pipeline(
     progress: bool | None = None,
 ) -> dict:
     """Carry out a recipe into `out`; returns the results document (also written to results.json)."""
-    from medlite.models import check_arch
     from medlite.train import resolve_device
 
-    for section, cfg in (("teacher", recipe.teacher), ("student", recipe.student)):
-        try:
-            check_arch(cfg.arch)
-        except UsageError as err:
-            raise UsageError(f"{section}.arch: {err}") from None
+    from medlite.distill.stages import check_recipe, run_distillation, variant_names
+
+    check_recipe(recipe)
     if recipe.compress.methods:
         from medlite.compress.stages import check_targets
 
-        check_targets(recipe, ["teacher", "student_kd"] + (["student_scratch"] if recipe.distill.scratch_baseline else []))
+        check_targets(recipe, variant_names(recipe))
     start = time.perf_counter()
     run = RunDir(out)
     run.prepare(fresh)
@@ -220,10 +222,7 @@ def run_pipeline(
     ctx.device = resolve_device(recipe.device)
 
     stage_data(ctx)
-    teacher = stage_train(ctx, "teacher", recipe.teacher)
-    if recipe.distill.scratch_baseline:
-        stage_train(ctx, "student_scratch", recipe.student)
-    stage_train(ctx, "student_kd", recipe.student, parent=teacher, stage="distill")
+    run_distillation(ctx, train=stage_train)  # teacher(s), ensemble, assistants, scratch baseline, distilled student
     for variant in list(ctx.variants.values()):
         stage_export(ctx, variant)
 

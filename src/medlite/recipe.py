@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medlite.distill.config import KDConfig, DistillConfig as _DistillConfig
 from medlite.errors import UsageError
 
 
@@ -78,11 +79,8 @@ class TrainConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
-class DistillConfig(_Strict):
-    method: Literal["kd"] = "kd"
-    temperature: float = Field(4.0, gt=0, le=100)
-    alpha: float = Field(0.7, ge=0, le=1, description="weight of the distillation term (1 - alpha on the labels)")
-    scratch_baseline: bool = Field(True, description="also train the student without a teacher (ablation)")
+# The distillation section: a union of per-method configs chosen by `distill.method` (see medlite.distill).
+DistillConfig = _DistillConfig
 
 
 class EvaluateConfig(_Strict):
@@ -178,7 +176,28 @@ class Recipe(_Strict):
     data: DataConfig = DataConfig()
     teacher: TrainConfig = TrainConfig(arch="small_pooled_resnet18")
     student: TrainConfig = TrainConfig(arch="medlite_dsconv", lr=3e-3)
-    distill: DistillConfig = DistillConfig()
+    teachers: list[TrainConfig] | None = Field(
+        None, min_length=1, description="several teachers (an arch name or a teacher section each); the student distils from their ensemble"
+    )
+    assistants: list[TrainConfig] = Field(
+        default_factory=list, description="teacher -> assistant 1 -> ... -> student, largest first (an arch name or a section each)"
+    )
+    distill: DistillConfig = KDConfig()
+
+    @field_validator("teachers", "assistants", mode="before")
+    @classmethod
+    def _arch_names(cls, value: Any, info) -> Any:
+        """`[resnet18, resnet34]` is short for `[{arch: resnet18}, {arch: resnet34}]`; assistants train like the student."""
+        if not isinstance(value, list):
+            return value
+        base = {} if info.field_name == "teachers" else {"lr": 3e-3}
+        return [dict(base, arch=v) if isinstance(v, str) else v for v in value]
+
+    @model_validator(mode="after")
+    def _one_teacher_form(self) -> "Recipe":
+        if self.teachers is not None and "teacher" in self.model_fields_set:
+            raise ValueError("give either teacher: (one) or teachers: (several), not both")
+        return self
     evaluate: EvaluateConfig = EvaluateConfig()
     compress: CompressConfig = CompressConfig()
     bench: BenchConfig = BenchConfig()
@@ -250,7 +269,15 @@ def _apply_override(tree: dict, path: list[str], value: Any) -> None:
 
 def _format_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    loc = list(first["loc"])
+    if first["type"] == "union_tag_invalid":  # distill.method names no registered method
+        tag, expected = first["ctx"]["tag"], first["ctx"]["expected_tags"]
+        hint = difflib.get_close_matches(str(tag), [t.strip(" '") for t in expected.split(",")], n=1)
+        return (f"{source}: {'.'.join(map(str, loc))}.method: unknown method {tag!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else f"; choose from {expected}"))
+    if len(loc) > 1 and loc[0] == "distill":
+        del loc[1]  # the union's tag (the method name) is not a key the user wrote
+    key = ".".join(str(p) for p in loc) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key {key!r}"
     value = first.get("input")
