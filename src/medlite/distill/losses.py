@@ -70,14 +70,15 @@ def dkd_terms(
     target = F.one_hot(labels, p_s.shape[-1]).bool()
     eps = 1e-12
     # Binary target / non-target distributions.
-    bt_s = (p_s * target).sum(-1)
-    bt_t = (p_t * target).sum(-1)
-    b_s = torch.stack([bt_s, 1 - bt_s], -1).clamp_min(eps)
-    b_t = torch.stack([bt_t, 1 - bt_t], -1)
+    # Each mass summed directly (not 1 - p): exact when the target probability is close to 1.
+    bt_s, bn_s = (p_s * target).sum(-1), (p_s * ~target).sum(-1)
+    bt_t, bn_t = (p_t * target).sum(-1), (p_t * ~target).sum(-1)
+    b_s = torch.stack([bt_s, bn_s], -1).clamp_min(eps)
+    b_t = torch.stack([bt_t, bn_t], -1)
     tckd = (torch.xlogy(b_t, b_t) - b_t * b_s.log()).sum(-1).mean()
     # Non-target classes: the student's from a masked log-softmax (exact, no division), the teacher's renormalised.
     log_nt_s = F.log_softmax(z / t - 1000.0 * target, dim=-1)
-    nt_t = (p_t * ~target) / (1 - bt_t).clamp_min(eps)[:, None]
+    nt_t = (p_t * ~target) / bn_t.clamp_min(eps)[:, None]
     nckd = ((torch.xlogy(nt_t, nt_t) - nt_t * log_nt_s) * ~target).sum(-1).mean()
     return tckd * t * t, nckd * t * t
 
