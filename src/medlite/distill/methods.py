@@ -61,7 +61,7 @@ class TeacherOutput:
         """The teachers' softened probabilities, averaged (weighted): the ensemble's soft targets."""
         weights = self.weights or [1.0] * len(self.logits)
         total = sum(weights)
-        return sum(w / total * losses.soften(z.detach().float(), temperature, standardized) for w, z in zip(weights, self.logits))
+        return sum(w / total * losses.soften(z.detach(), temperature, standardized) for w, z in zip(weights, self.logits))
 
 
 HardLoss = Callable[[torch.Tensor], torch.Tensor]
