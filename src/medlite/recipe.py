@@ -195,8 +195,11 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _one_teacher_form(self) -> "Recipe":
-        if self.teachers is not None and "teacher" in self.model_fields_set:
-            raise ValueError("give either teacher: (one) or teachers: (several), not both")
+        """With `teachers:`, `teacher` is the first of them (a resolved recipe.yaml states both, equal)."""
+        if self.teachers is not None:
+            if "teacher" in self.model_fields_set and self.teacher != self.teachers[0]:
+                raise ValueError("give either teacher: (one) or teachers: (several), not both")
+            self.__dict__["teacher"] = self.teachers[0]  # bypasses validate_assignment (no re-validation loop)
         return self
     evaluate: EvaluateConfig = EvaluateConfig()
     compress: CompressConfig = CompressConfig()
