@@ -34,6 +34,8 @@ FULL = {
                  {"arch": "medlite_dsconv_wide", "epochs": 30, "lr": 0.003},
                  {"arch": "small_pooled_resnet34", "epochs": 20, "lr": 0.002}],
     "assistant": {"arch": "medlite_dsconv_wide", "epochs": 30, "lr": 0.003},
+    # A candidate default teacher: a wider version of the student, trained longer.
+    "teacher_alt": {"arch": "medlite_dsconv_wide", "epochs": 40, "lr": 0.003},
     "data": {},
 }
 QUICK = {
@@ -41,6 +43,7 @@ QUICK = {
     "student": {"arch": "medlite_dsconv_tiny", "epochs": 2},
     "ensemble": [{"arch": "medlite_cnn_tiny", "epochs": 2}, {"arch": "medlite_dsconv_tiny", "epochs": 2}],
     "assistant": {"arch": "medlite_cnn_tiny", "epochs": 2},
+    "teacher_alt": {"arch": "medlite_cnn", "epochs": 2},
     "data": {"limit": 64},
 }
 METHODS = {
@@ -54,6 +57,7 @@ METHODS = {
     "multiteacher": {"distill": {"method": "kd", "temperature": 4.0, "alpha": 0.7}, "teachers": "ensemble"},
     "multiteacher_dkd": {"distill": {"method": "dkd"}, "teachers": "ensemble"},
     "chain": {"distill": {"method": "kd", "temperature": 4.0, "alpha": 0.7}, "assistants": "assistant"},
+    "kd_alt_teacher": {"distill": {"method": "kd", "temperature": 4.0, "alpha": 0.7}, "teacher": "teacher_alt"},
 }
 DATASETS = ("breastmnist", "pneumoniamnist")
 
@@ -122,7 +126,7 @@ def recipe_tree(preset: dict, method: str, flag: str, seed: int, out: Path) -> d
     if spec.get("teachers") == "ensemble":
         tree["teachers"] = [frozen(cfg) for cfg in preset["ensemble"]]
     else:
-        tree["teacher"] = frozen(preset["teacher"])
+        tree["teacher"] = frozen(preset[spec.get("teacher", "teacher")])
     if spec.get("assistants") == "assistant":
         tree["assistants"] = [preset["assistant"]]
     return tree
@@ -133,10 +137,11 @@ def run_all(args) -> list[Path]:
     out = args.out.resolve()
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     needs_ensemble = any(METHODS[m].get("teachers") == "ensemble" for m in args.methods)
+    extra = [preset[METHODS[m]["teacher"]] for m in args.methods if "teacher" in METHODS[m]]
     teacher_jobs = {}
     for flag in args.datasets:
         for seed in args.seeds:
-            for cfg in [preset["teacher"]] + (preset["ensemble"] if needs_ensemble else []):
+            for cfg in [preset["teacher"]] + (preset["ensemble"] if needs_ensemble else []) + extra:
                 teacher_jobs[teacher_path(out, flag, seed, cfg)] = (str(args.data_root), flag, seed, cfg, preset["data"])
     start = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as pool:
@@ -202,8 +207,10 @@ def collect(args) -> dict:
                 if method == "multiteacher":
                     for name, variant in v.items():
                         if name.startswith("teacher_") and name != "teacher_ensemble":
-                            add(f"teacher ({variant['arch']})", flag, variant)
+                            add(f"ensemble member ({variant['arch']})", flag, variant)
                     add("teachers' ensemble (one ONNX file)", flag, v["teacher_ensemble"])
+                if method == "kd_alt_teacher":
+                    add("teacher (" + v["teacher"]["arch"] + ", alternative)", flag, v["teacher"])
                 if method == "chain":
                     add(f"assistant ({v['assistant_1']['arch']}, kd)", flag, v["assistant_1"])
                 kd = v["student_kd"]

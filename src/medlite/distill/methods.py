@@ -248,9 +248,8 @@ class MultiStage(DistillMethod):
         self.taps = c.exits or stage_paths(student)[:-1]
         if not self.taps:
             raise UsageError("distill.exits: the student has a single stage; name the modules to put exits on")
-        shapes = _shapes(student, self.taps, example)
-        with torch.no_grad():
-            classes = student.eval()(example).shape[1]
+        shapes = _shapes(student, self.taps + [""], example)
+        classes = shapes[""][1]  # the student's own output: its number of classes
         self.exits = nn.ModuleList([nn.Linear(shapes[p][1], classes) for p in self.taps])
 
     def student_taps(self):
