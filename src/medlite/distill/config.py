@@ -114,9 +114,20 @@ class MultiStageConfig(MethodConfig):
         return arch if arch.startswith("fused(") else f"fused({arch})"
 
 
+class SPConfig(MethodConfig):
+    """Similarity-preserving KD (Tung & Mori, ICCV 2019): match the batch's pairwise similarity matrices."""
+
+    method: Literal["sp"] = "sp"
+    student_taps: list[str] | None = Field(None, description="student module paths; default: its last stage")
+    teacher_taps: list[str] | None = Field(None, description="teacher module paths, paired in order; default: its last stage")
+    gamma: float = Field(3000.0, ge=0, description="weight of the similarity term (the paper's gamma = 3000)")
+    uses_teacher_features: ClassVar[bool] = True
+
+
 # The registry of configs by method name; methods.py registers a class under each of these names.
 CONFIGS: dict[str, type[MethodConfig]] = {
-    c.model_fields["method"].default: c for c in (KDConfig, DKDConfig, DISTConfig, FitNetConfig, ATConfig, MultiStageConfig)
+    c.model_fields["method"].default: c
+    for c in (KDConfig, DKDConfig, DISTConfig, FitNetConfig, ATConfig, MultiStageConfig, SPConfig)
 }
 DEFAULT_METHOD = "kd"
 

@@ -272,3 +272,38 @@ class MultiStage(DistillMethod):
         intermediate = torch.stack(exit_terms).mean()
         final = losses.soft_kl(student.logits, target, c.temperature)
         return c.intermediate_weight * intermediate + c.logits_weight * final + c.labels_weight * hard_loss(student.logits)
+
+
+@register_method("sp")
+class SP(DistillMethod):
+    """Tung & Mori, "Similarity-Preserving Knowledge Distillation" (ICCV 2019): for each paired tap,
+    G = row-normalised Q Q^T of the flattened activations Q (batch x features); loss =
+    CE + gamma / b^2 * sum ||G_teacher - G_student||_F^2. Shapes never need to match (G is b x b),
+    so no adapter is learned."""
+
+    def setup(self, student, teacher, example):
+        from medlite.models.taps import stage_paths
+
+        c = self.cfg
+        self.s_taps = c.student_taps or stage_paths(student)[-1:]
+        self.t_taps = c.teacher_taps or stage_paths(teacher)[-1:]
+        if len(self.s_taps) != len(self.t_taps):
+            raise UsageError(f"distill.student_taps / teacher_taps: {len(self.s_taps)} student and "
+                             f"{len(self.t_taps)} teacher taps; pair them one to one")
+
+    def student_taps(self):
+        return list(self.s_taps)
+
+    def teacher_taps(self):
+        return list(self.t_taps)
+
+    def loss(self, student, teacher, labels, *, hard_loss, epoch):
+        def similarity(feature: torch.Tensor) -> torch.Tensor:
+            q = feature.flatten(1)
+            return F.normalize(q @ q.t(), dim=1)
+
+        terms = []
+        for s, t in zip(self.s_taps, self.t_taps):
+            g_s, g_t = similarity(student.features[s]), similarity(teacher.features[t].detach())
+            terms.append((g_t - g_s).pow(2).sum() / g_s.shape[0] ** 2)
+        return hard_loss(student.logits) + self.cfg.gamma * sum(terms)
