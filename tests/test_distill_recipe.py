@@ -55,3 +55,12 @@ def test_teachers_and_assistants_accept_arch_names_and_round_trip():
 def test_teacher_and_teachers_together_is_an_error():
     with pytest.raises(UsageError, match="not both"):
         load_recipe("breastmnist", ["teachers=[medlite_cnn]"])  # the file already has a teacher:
+
+
+def test_the_recipe_schema_imports_no_deep_learning_library():
+    import subprocess
+    import sys
+
+    code = "import sys, medlite.recipe, medlite.distill.config; print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
