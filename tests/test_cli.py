@@ -108,3 +108,178 @@ def test_unreadable_image(tmp_path):
 def test_debug_shows_traceback(tmp_path):
     result = medlite("run", "--set", "distill.alpha=1.7", "--debug", "--out", str(tmp_path))
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+# -- usage errors from typer's own click, --version ------------------------------------------
+
+from types import SimpleNamespace  # noqa: E402
+
+
+def main_in_process(monkeypatch, capsys, *args):
+    """medlite.cli.main() with sys.argv patched: exit code, stdout and stderr, without a new interpreter."""
+    from medlite import cli
+
+    monkeypatch.setattr(sys, "argv", ["medlite", *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+        raise SystemExit(0)  # main() returns normally on success
+    out, err = capsys.readouterr()
+    code = info.value.code if isinstance(info.value.code, int) else (0 if info.value.code is None else 1)
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+
+def test_no_arguments_shows_help_and_is_a_usage_error(monkeypatch, capsys):
+    result = main_in_process(monkeypatch, capsys)
+    assert result.returncode == 2
+    assert "Usage" in result.stdout + result.stderr and "run" in result.stdout + result.stderr
+    assert "unexpected error" not in result.stderr
+
+
+def test_version(monkeypatch, capsys):
+    from medlite import __version__
+
+    result = main_in_process(monkeypatch, capsys, "--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"medlite {__version__}"
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--bogus"], "No such option: --bogus"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+        (["run", "--no-such-flag"], "No such option: --no-such-flag"),
+        (["bench"], "Missing argument"),
+    ],
+)
+def test_unknown_option_or_command_is_a_usage_error(monkeypatch, capsys, args, fragment):
+    result = main_in_process(monkeypatch, capsys, *args)
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr and "Usage:" in result.stderr
+    assert "unexpected error" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_version_and_usage_error_in_a_real_process():
+    assert medlite("--version").returncode == 0
+    result = medlite("--bogus")
+    assert result.returncode == 2 and "No such option" in result.stderr
+
+
+# -- the bad-input corpus, from the command line ---------------------------------------------
+
+
+def test_partial_recipe_runs_the_data_command(tmp_path, data_root, monkeypatch, capsys):
+    monkeypatch.setenv("MEDLITE_CACHE_DIR", str(tmp_path / "cache"))
+    recipe = tmp_path / "partial.yaml"
+    recipe.write_text("teacher: {epochs: 3}\nstudent: {lr: 0.01}\n")
+    result = main_in_process(monkeypatch, capsys, "data", str(recipe), "--data-root", str(data_root))
+    assert result.returncode == 0, result.stderr
+    assert "malignant" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "content, fragments",
+    [
+        ("teacher: {epochz: 3}\n", ["unknown key 'teacher.epochz'"]),
+        ("- data\n- teacher\n", ["mapping of keys", "list"]),
+        ("", ["empty recipe"]),
+        (b"\x00\x01\xff\xfe binary", ["not a text (UTF-8) recipe file"]),
+    ],
+)
+def test_bad_recipe_files_exit_2_one_line(tmp_path, monkeypatch, capsys, content, fragments):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(content) if isinstance(content, str) else recipe.write_bytes(content)
+    result = main_in_process(monkeypatch, capsys, "run", str(recipe), "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, str(recipe), *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_set_with_a_wrong_type_names_the_option(tmp_path, monkeypatch, capsys):
+    result = main_in_process(monkeypatch, capsys, "data", "--set", "teacher.epochs=abc")
+    assert_one_line_error(result, "--set teacher.epochs=abc: teacher.epochs: Input should be a valid integer")
+    assert ".yaml" not in result.stderr
+
+
+def _arrays_recipe(tmp_path, x, y):
+    folder = tmp_path / "arrays"
+    folder.mkdir(exist_ok=True)
+    np.save(folder / "X_train.npy", x)
+    np.save(folder / "y_train.npy", y)
+    recipe = tmp_path / "arrays.yaml"
+    recipe.write_text(f"data: {{source: arrays, root: '{folder}'}}\n")
+    return recipe, folder
+
+
+def _images(n=40, seed=0):
+    return np.random.default_rng(seed).random((n, 8, 8), dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "make, file, fragments",
+    [
+        (lambda: (np.where(np.arange(40)[:, None, None] == 3, np.nan, _images()), np.arange(40) % 2), "X_train.npy", ["NaN"]),
+        (lambda: (_images(), np.arange(40) % 2 + 1), "y_train.npy", ["no image has label 0", "numbered from 1"]),
+        (lambda: (_images(), np.arange(40) % 2 - 1), "y_train.npy", ["negative label -1"]),
+        (lambda: (_images(), np.arange(39) % 2), "y_train.npy", ["39 labels for 40 images"]),
+    ],
+)
+def test_bad_arrays_exit_2_naming_file_and_fault(tmp_path, monkeypatch, capsys, make, file, fragments):
+    recipe, folder = _arrays_recipe(tmp_path, *make())
+    result = main_in_process(monkeypatch, capsys, "data", str(recipe))
+    assert_one_line_error(result, str(folder / file), *fragments)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "keyless", "empty"])
+def test_damaged_medmnist_file_exits_2_naming_it(tmp_path, monkeypatch, capsys, data_root, damage):
+    monkeypatch.setenv("MEDLITE_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    root.mkdir()
+    target = root / "breastmnist.npz"
+    if damage == "truncated":
+        target.write_bytes((data_root / "breastmnist.npz").read_bytes()[:50_000])
+    elif damage == "keyless":
+        np.savez(target)
+    else:
+        target.write_bytes(b"")
+    result = main_in_process(monkeypatch, capsys, "data", "--data-root", str(root))
+    assert_one_line_error(result, str(target), "MD5", "750601b1f35ba3300ea97c75c52ff8f6")
+
+
+def test_data_root_is_not_created(tmp_path, monkeypatch, capsys):
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    missing = tmp_path / "no" / "such" / "root"
+    result = main_in_process(monkeypatch, capsys, "data", "--data-root", str(missing))
+    assert_one_line_error(result, "breastmnist.npz", str(missing))
+    assert not (tmp_path / "no").exists()
+
+
+def _bare_onnx(path):
+    """A metadata-free ONNX model that takes N x 1 x 8 x 8 (built with onnx.helper: no torch)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["y"])],
+        "bare",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("shape, fragments", [("abc", ["--input-shape 'abc'"]), ("1,3,8,8", ["--input-shape 1,3,8,8", "N,1,8,8"])])
+def test_bench_wrong_input_shape_exits_2(tmp_path, monkeypatch, capsys, shape, fragments):
+    model = _bare_onnx(tmp_path / "bare.onnx")
+    result = main_in_process(
+        monkeypatch, capsys, "bench", str(model), "--input-shape", shape,
+        "--threads", "1", "--warmup", "0", "--iterations", "2", "--time-budget", "0.2",
+    )
+    assert_one_line_error(result, *fragments)

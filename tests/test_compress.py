@@ -346,3 +346,63 @@ def test_pruned_model_restores_from_a_tensor_only_checkpoint():
     with torch.no_grad():
         assert torch.allclose(restored(x), pruned(x))
     assert count_params(restored) == count_params(pruned)
+
+
+def test_dynamic_fallback_to_dense_layers_is_flagged(fp32_onnx, tmp_path, monkeypatch):
+    """When ConvInteger cannot be used, the file quantizes only MatMul/Gemm: the facts must say so."""
+    import onnxruntime.quantization as ortq
+
+    from medlite.compress.quantize import quantize_dynamic
+
+    real = ortq.quantize_dynamic
+
+    def no_conv_integer(*args, **kwargs):
+        if "Conv" in kwargs.get("op_types_to_quantize", []):
+            raise RuntimeError("ConvInteger is not implemented (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ortq, "quantize_dynamic", no_conv_integer)
+    facts = quantize_dynamic(fp32_onnx, tmp_path / "dyn.onnx")
+    assert facts["dense_only"] is True and facts["op_types"] == ["MatMul", "Gemm"]
+    assert "ConvInteger" not in facts["quantized_ops"] and facts["float_ops"]["Conv"] > 0
+    assert any("only the dense layers are int8" in w and "simulated" in w for w in facts["warnings"])
+    assert "ConvInteger" not in _ops(tmp_path / "dyn.onnx")
+
+
+def test_dynamic_without_fallback_reports_what_it_quantized(fp32_onnx, tmp_path):
+    from medlite.compress.quantize import quantize_dynamic
+
+    facts = quantize_dynamic(fp32_onnx, tmp_path / "dyn.onnx")
+    assert facts["dense_only"] is False and facts["quantized_ops"]["ConvInteger"] > 0
+    assert facts["quantized_ops"]["ConvInteger"] == sum(1 for op in _op_list(tmp_path / "dyn.onnx") if op == "ConvInteger")
+
+
+def _op_list(path: Path) -> list[str]:
+    import onnx
+
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def test_qat_without_its_learned_ranges_fails_instead_of_calibrating(trained, data, tmp_path, monkeypatch):
+    from medlite.compress import qat as qat_module
+
+    model = qat_module.prepare_qat(trained, torch.from_numpy(data.xtr[:32]))
+
+    def unreadable(path):
+        raise RuntimeError("no QuantizeLinear found (simulated)")
+
+    monkeypatch.setattr(qat_module, "_learned_ranges", unreadable)
+    with pytest.raises(UsageError, match="learned activation ranges could not be used: no QuantizeLinear"):
+        qat_module.export_qat(model, SPEC, tmp_path / "qat.onnx", data.xtr[:32])
+    assert not (tmp_path / "qat.onnx").exists()
+
+
+def test_qat_partial_ranges_are_a_warning(trained, data, tmp_path, monkeypatch):
+    from medlite.compress import qat as qat_module
+
+    model = qat_module.prepare_qat(trained, torch.from_numpy(data.xtr[:32]))
+    real = qat_module._learned_ranges
+    monkeypatch.setattr(qat_module, "_learned_ranges", lambda path: dict(list(real(path).items())[:3]))
+    facts = qat_module.export_qat(model, SPEC, tmp_path / "qat.onnx", data.xtr[:32])
+    assert facts["learned_ranges"] == 3 < facts["activation_quantizers"]
+    assert any(f"3 of {facts['activation_quantizers']} learned activation ranges" in w for w in facts["warnings"])

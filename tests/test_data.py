@@ -152,3 +152,173 @@ def test_arrays_with_one_hot_labels(tmp_path, breast_npz):
 def test_arrays_missing_file(tmp_path):
     with pytest.raises(DataError, match="X_train.npy"):
         load_dataset(DataConfig(source="arrays", root=str(tmp_path)), tmp_path, seed=0)
+
+
+# -- arrays that are wrong must not train ----------------------------------------------------
+
+
+def _save_arrays(root, x, y, split="train"):
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / f"X_{split}.npy", x)
+    np.save(root / f"y_{split}.npy", y)
+
+
+def _load_arrays(root):
+    return load_dataset(DataConfig(source="arrays", root=str(root)), root, seed=0)
+
+
+def _grey(n=40, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 8, 8), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    "x, y, file, fragment",
+    [
+        (np.full((40, 8, 8), np.inf, np.float32), np.arange(40) % 2, "X_train.npy", "infinite pixel value(s) in 40 of 40 images"),
+        (np.where(np.arange(40)[:, None, None] == 5, np.nan, 0.5), np.arange(40) % 2, "X_train.npy", "NaN pixel value(s) in 1 of 40 images (first: image 5)"),
+        (np.random.default_rng(0).standard_normal((40, 8, 8)), np.arange(40) % 2, "X_train.npy", "must lie in [0, 1] or [0, 255]"),
+        (_grey().astype(np.uint16) * 257, np.arange(40) % 2, "X_train.npy", "must lie in [0, 1] or [0, 255]"),
+        (_grey(), np.arange(40) % 2 + 1, "y_train.npy", "no image has label 0 of 0..2"),
+        (_grey(), np.arange(40) % 2 * 3, "y_train.npy", "no image has label 1, 2 of 0..3"),
+        (_grey(), np.arange(40) % 2 - 1, "y_train.npy", "negative label -1"),
+        (_grey(), np.where(np.arange(40) == 0, np.nan, np.arange(40) % 2), "y_train.npy", "NaN or infinite"),
+        (_grey(), (np.arange(40) % 2) + 0.5, "y_train.npy", "whole numbers"),
+        (_grey(), np.array(["a", "b"] * 20), "y_train.npy", "dtype <U1"),
+        (_grey(), np.arange(41) % 2, "y_train.npy", "41 labels for 40 images in X_train.npy"),
+        (np.zeros((0, 8, 8), np.uint8), np.zeros(0, np.int64), "X_train.npy", "no images"),
+        (_grey().reshape(40, 64), np.arange(40) % 2, "X_train.npy", "expected images of shape"),
+    ],
+)
+def test_bad_arrays_raise_naming_file_and_fault(tmp_path, x, y, file, fragment):
+    _save_arrays(tmp_path, x, y)
+    with pytest.raises(DataError) as info:
+        _load_arrays(tmp_path)
+    message = str(info.value)
+    assert message.startswith(str(tmp_path / file)) and fragment in message and "\n" not in message, message
+
+
+def test_arrays_label_only_in_test_is_out_of_range(tmp_path):
+    _save_arrays(tmp_path, _grey(), np.arange(40) % 2)
+    _save_arrays(tmp_path, _grey(10, 1), np.array([0, 1, 2, 0, 1, 0, 1, 0, 1, 0]), "test")
+    with pytest.raises(DataError, match=r"y_test\.npy: label 2 never occurs in y_train\.npy"):
+        _load_arrays(tmp_path)
+
+
+def test_arrays_float_images_scaled_not_clipped(tmp_path):
+    grey = _grey()
+    _save_arrays(tmp_path, grey.astype(np.float64) / 255, np.arange(40) % 2)  # [0, 1] floats
+    ds = _load_arrays(tmp_path)
+    every = np.concatenate([ds.splits[s].images[..., 0] for s in ("train", "val", "test")])
+    assert sorted(map(bytes, every)) == sorted(map(bytes, grey))  # the same images, exactly
+
+
+def test_arrays_unread_file_and_class_map_typo(tmp_path):
+    _save_arrays(tmp_path, _grey(), np.arange(40) % 2)
+    cfg = DataConfig(source="arrays", root=str(tmp_path), class_map={"2": "normal"})
+    with pytest.raises(DataError, match=r"data.class_map: '2' is not a label"):
+        load_dataset(cfg, tmp_path, seed=0)
+    (tmp_path / "y_train.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(DataError, match=r"y_train\.npy: not a readable \.npy array"):
+        _load_arrays(tmp_path)
+
+
+# -- MedMNIST files: damaged files are named; the official MD5 is checked once -------------
+
+
+from medlite.data import medmnist  # noqa: E402
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zero", "keyless", "other_keys", "single_array", "bad_crc", "text"])
+def test_damaged_npz_names_the_file(tmp_path, breast_npz, data_root, damage):
+    good = (data_root / "breastmnist.npz").read_bytes()
+    path = tmp_path / "breastmnist.npz"
+    if damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "zero":
+        path.write_bytes(b"")
+    elif damage == "keyless":
+        np.savez(path)
+    elif damage == "other_keys":
+        np.savez(path, images=np.zeros(3))
+    elif damage == "single_array":
+        with open(path, "wb") as handle:
+            np.save(handle, np.zeros(3))
+    elif damage == "bad_crc":
+        data = bytearray(good)
+        data[6000:6100] = bytes(100)
+        path.write_bytes(bytes(data))
+    else:
+        path.write_text("not an archive\n")
+    with pytest.raises(DataError) as info:
+        medmnist.read_npz(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and "\n" not in message, message
+
+
+@pytest.fixture
+def fresh_md5_memory(tmp_path, monkeypatch):
+    """An empty MD5 cache of our own, and a counter of the files actually hashed."""
+    monkeypatch.setenv("MEDLITE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(medmnist, "_verified_here", {})
+    hashed = []
+    real = medmnist._md5
+    monkeypatch.setattr(medmnist, "_md5", lambda path: hashed.append(path) or real(path))
+    return hashed
+
+
+def test_official_md5_checked_once_and_remembered(tmp_path, data_root, fresh_md5_memory, monkeypatch):
+    import hashlib
+    import shutil
+
+    root = tmp_path / "data"
+    root.mkdir()
+    shutil.copy2(data_root / "breastmnist.npz", root / "breastmnist.npz")
+    expected = medmnist.flag_info("breastmnist")["MD5"]
+    assert hashlib.md5((root / "breastmnist.npz").read_bytes()).hexdigest() == expected  # the real file is official
+    assert medmnist.locate("breastmnist", 28, root) == root / "breastmnist.npz"
+    assert len(fresh_md5_memory) == 1
+    monkeypatch.setattr(medmnist, "_verified_here", {})  # as a new process: only the file on disk remembers
+    medmnist.locate("breastmnist", 28, root)
+    assert len(fresh_md5_memory) == 1
+    assert (tmp_path / "cache" / "verified-md5.json").is_file()
+    # A file that changed (new mtime) is hashed again, and a damaged one is refused with both hashes.
+    data = bytearray((root / "breastmnist.npz").read_bytes())
+    data[-1] ^= 0xFF
+    (root / "breastmnist.npz").write_bytes(bytes(data))
+    actual = hashlib.md5(bytes(data)).hexdigest()
+    with pytest.raises(DataError) as info:
+        medmnist.locate("breastmnist", 28, root)
+    assert len(fresh_md5_memory) == 2
+    message = str(info.value)
+    assert str(root / "breastmnist.npz") in message and actual in message and expected in message
+
+
+def test_md5_check_works_without_a_writable_cache(tmp_path, data_root, monkeypatch):
+    blocker = tmp_path / "cache-is-a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("MEDLITE_CACHE_DIR", str(blocker / "sub"))
+    monkeypatch.setattr(medmnist, "_verified_here", {})
+    assert medmnist.locate("breastmnist", 28, data_root) == data_root / "breastmnist.npz"
+
+
+def test_failed_download_creates_no_data_root(tmp_path, monkeypatch):
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    root = tmp_path / "not" / "here"
+    with pytest.raises(DataError, match="download failed"):
+        medmnist.locate("breastmnist", 28, root)
+    assert not (tmp_path / "not").exists()
+
+
+def test_labels_outside_the_classes_are_refused():
+    from medlite.data import Split, _check
+
+    splits = {s: Split(np.zeros((4, 8, 8, 1), np.uint8), np.array([0, 1, 0, 1])) for s in ("train", "val", "test")}
+    _check(splits, ["a", "b"])
+    splits["val"] = Split(np.zeros((2, 8, 8, 1), np.uint8), np.array([0, 2]))
+    with pytest.raises(DataError, match="label 2 in the val split is outside the 2 classes"):
+        _check(splits, ["a", "b"])

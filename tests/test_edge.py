@@ -17,9 +17,6 @@ from medlite import edge
 from medlite.data.preprocess import PreprocessSpec, prepare_files
 from medlite.export.onnx import export_onnx, run_onnx
 
-DATA = Path("/work/shared/data")
-BUSI = DATA / "folders" / "BUSI"
-MEDMNIST = DATA / "medmnist" / "breastmnist.npz"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Everything medlite's training install brings that a `pip install --no-deps medlite numpy
@@ -96,14 +93,12 @@ def busi_model(tmp_path_factory) -> tuple[Path, PreprocessSpec]:
 
 
 @pytest.fixture(scope="module")
-def busi_images(tmp_path_factory) -> Path:
+def busi_images(tmp_path_factory, busi_root) -> Path:
     """Three real BUSI images per class, copied with their awkward names (spaces, parentheses)."""
-    if not BUSI.is_dir():
-        pytest.skip(f"{BUSI} not available")
     folder = tmp_path_factory.mktemp("busi")
     for cls in ("benign", "malignant", "normal"):
         (folder / cls).mkdir()
-        for path in sorted((BUSI / cls).glob("*.png"))[:3]:
+        for path in sorted((busi_root / cls).glob("*.png"))[:3]:
             shutil.copy(path, folder / cls / path.name)
     return folder
 
@@ -150,13 +145,10 @@ def test_blocker_really_blocks():
     assert proc.returncode != 0 and "torch" in imports["attempts"]
 
 
-def test_medmnist_pngs_match_training_path(busi_model, tmp_path, capsys):
+def test_medmnist_pngs_match_training_path(busi_model, breast_npz, tmp_path, capsys):
     """PNGs written from breastmnist.npz: the runner sees exactly the arrays training normalises."""
-    if not MEDMNIST.is_file():
-        pytest.skip(f"{MEDMNIST} not available")
     model, spec = busi_model
-    with np.load(MEDMNIST) as data:
-        images = data["test_images"][:6]
+    images = breast_npz["test_images"][:6]
     paths = []
     for i, image in enumerate(images):
         paths.append(tmp_path / "nested" / f"test_{i}.png")

@@ -2,12 +2,14 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from medlite.recipe import load_recipe
+from medlite.runstate import MARKER, RESOLVED_RECIPE
 
 TINY = [
     "data.limit=64",
@@ -32,22 +34,28 @@ def run(out, data_root, overrides=(), fresh=False):
 
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory, data_root):
+    """One tiny run, shared read-only; tests that rerun or damage it work on their own copy (own_copy)."""
     out = tmp_path_factory.mktemp("run")
     results, lines = run(out, data_root)
     return out, results, lines
 
 
+def own_copy(first_run, tmp_path: Path) -> Path:
+    """A private copy of the shared run: every test passes alone and in any order."""
+    return Path(shutil.copytree(first_run[0], tmp_path / "run", symlinks=True))
+
+
 def test_run_directory_contract(first_run):
     out, results, _ = first_run
-    for name in ("recipe.yaml", "results.json", "report.html", "environment.json"):
+    for name in (RESOLVED_RECIPE, MARKER, "results.json", "report.html", "environment.json"):
         assert (out / name).is_file(), name
     for folder in ("models", "logs", "checkpoints"):
         assert (out / folder).is_dir()
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
-    resolved = load_recipe(str(out / "recipe.yaml"))
+    resolved = load_recipe(str(out / RESOLVED_RECIPE))
     assert resolved.teacher.epochs == 2 and resolved.student.arch == "medlite_dsconv_tiny"
     assert "torch" in results["versions"] and "onnxruntime" in results["versions"]
-    assert not list(out.rglob("*.tmp"))
+    assert not list(out.rglob("*tmp"))
 
 
 def test_variants_and_metrics_from_onnx(first_run, data_root):
@@ -88,8 +96,9 @@ def test_logs_written_per_epoch(first_run):
     assert list((out / "logs" / "teacher").glob("events.out.tfevents*"))
 
 
-def test_rerun_resumes_and_key_change_reruns_downstream(first_run, data_root):
-    out, results, _ = first_run
+def test_rerun_resumes_and_key_change_reruns_downstream(first_run, data_root, tmp_path):
+    _, results, _ = first_run
+    out = own_copy(first_run, tmp_path)
     checkpoint = out / "checkpoints" / "teacher.safetensors"
     before = checkpoint.stat().st_mtime_ns
     again, lines = run(out, data_root)
@@ -104,19 +113,21 @@ def test_rerun_resumes_and_key_change_reruns_downstream(first_run, data_root):
     assert any("retraining" in line for line in lines)
 
 
-def test_damaged_artifact_is_not_trusted(first_run, data_root):
-    out, _, _ = first_run
+def test_damaged_artifact_is_not_trusted(first_run, data_root, tmp_path):
+    out = own_copy(first_run, tmp_path)
     onnx_file = out / "models" / "student_kd.onnx"
     onnx_file.write_bytes(onnx_file.read_bytes()[:100])  # as if a copy was cut short
-    results, _ = run(out, data_root, ["student.lr=0.001"])
+    results, _ = run(out, data_root)
+    # Same recipe: the training is reused, the damaged export is not (and only it is redone).
+    assert {"teacher", "student_scratch", "student_kd", "teacher.export"} <= set(results["cached_stages"])
     assert "student_kd.export" not in results["cached_stages"]
     import onnx
 
     onnx.checker.check_model(str(onnx_file))
 
 
-def test_fresh_starts_over(first_run, data_root):
-    out, _, _ = first_run
+def test_fresh_starts_over(first_run, data_root, tmp_path):
+    out = own_copy(first_run, tmp_path)
     results, _ = run(out, data_root, fresh=True)
     assert results["cached_stages"] == []
 

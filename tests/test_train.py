@@ -54,3 +54,31 @@ def test_same_seed_same_weights(data_root, tmp_path):
         fit(model, ds, cfg, data_cfg=recipe.data, seed=recipe.seed, log_dir=Path(tmp_path) / str(run))
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_uncomputable_val_auc_is_nan_and_loss_picks_the_epoch(data_root, tmp_path):
+    """A validation split with one class has no AUC: logged as NaN (not 0.0), the best epoch by loss."""
+    import dataclasses
+    import math
+
+    import numpy as np
+
+    from medlite.data import Split
+
+    recipe, ds = _tiny(data_root)
+    val = ds.splits["val"]
+    keep = val.labels == np.bincount(val.labels).argmax()
+    one_class = dataclasses.replace(ds, splits={**ds.splits, "val": Split(val.images[keep], val.labels[keep])})
+    torch.manual_seed(0)
+    model = create("medlite_dsconv_tiny", 2, 1, 28)
+    result = fit(model, one_class, recipe.student.model_copy(update={"epochs": 3}), data_cfg=recipe.data, seed=0,
+                 log_dir=tmp_path)
+    assert all(math.isnan(row["val_auc"]) for row in result.history)
+    assert result.best_val_auc is None and result.selected_by == "val_loss"
+    losses = [row["val_loss"] for row in result.history]
+    assert result.best_epoch == int(np.argmin(losses))
+    assert result.warnings and "validation loss" in result.warnings[0]
+    csv = (tmp_path / "metrics.csv").read_text().splitlines()
+    column = csv[0].split(",").index("val_auc")
+    logged = [line.split(",")[column] for line in csv[1:] if line.split(",")[column]]
+    assert logged and all(value.lower() == "nan" for value in logged)  # never a fake 0.0

@@ -23,6 +23,23 @@ app = typer.Typer(
 
 _debug = {"on": False}
 
+
+def _show_version(value: bool) -> None:
+    if value:
+        from medlite import __version__
+
+        typer.echo(f"medlite {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[
+        bool, typer.Option("--version", help="print the version and exit", callback=_show_version, is_eager=True)
+    ] = False,
+) -> None:
+    """medlite: small, fast, explainable medical image classifiers, measured on the file you deploy."""
+
 RecipeArg = Annotated[Optional[str], typer.Argument(help="recipe YAML path or built-in name (default: breastmnist)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe key, e.g. teacher.epochs=5")]
 DataRootOpt = Annotated[
@@ -49,7 +66,7 @@ def _data_root(option: Path | None) -> Path:
 @app.command()
 def run(
     recipe: RecipeArg = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="run directory (default: runs/<recipe name>)")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="run directory (default: runs/<recipe name>[-<data id>])")] = None,
     data_root: DataRootOpt = None,
     set_: SetOpt = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="start over instead of resuming")] = False,
@@ -58,15 +75,18 @@ def run(
     """Carry out a recipe: train, distil, compress, export, evaluate, benchmark, report."""
     _debug["on"] = debug
     from medlite.recipe import load_recipe
+    from medlite.runstate import default_run_dir
 
     parsed = load_recipe(recipe, set_ or [])
-    out = out or Path("runs") / parsed.name
+    default_out = out is None
+    out = out or default_run_dir(parsed)
     console = _console()
     console.print(f"medlite run {parsed.name} -> {out}")
     from medlite.pipeline import run_pipeline
     from medlite.report import print_table
 
-    results = run_pipeline(parsed, out, _data_root(data_root), fresh=fresh, say=console.print, progress=None)
+    results = run_pipeline(parsed, out, _data_root(data_root), fresh=fresh, say=console.print, progress=None,
+                           default_out=default_out)
     print_table(results, console)
     cached = len(results["cached_stages"])
     console.print(
@@ -134,18 +154,34 @@ def main() -> None:
         print(f"medlite: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except typer.Exit as exit_:
+        if exit_.exit_code == 130 and isinstance(exit_.__cause__, KeyboardInterrupt):
+            print("medlite: interrupted", file=sys.stderr)
         sys.exit(exit_.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
+    except typer.Abort as err:
+        # Typer turns an EOFError raised anywhere inside a command into Abort: that is a fault
+        # (e.g. a file that ended early), not the user pressing Ctrl-D at a prompt.
+        if isinstance(err.__cause__, EOFError) and not _debug["on"]:
+            print(f"medlite: unexpected error: EOFError: {err.__cause__} (rerun with --debug for the traceback)", file=sys.stderr)
+            sys.exit(1)
+        if _debug["on"]:
+            raise
         print("medlite: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as err:  # click's usage errors
-        import click
-
-        if isinstance(err, click.exceptions.NoArgsIsHelpError):
-            sys.exit(0)  # the help text was already shown
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("medlite: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.TyperException as err:
+        # Typer 0.29 ships its own click (typer._click): its usage errors (no such option or
+        # command, bad parameter value) derive from typer.TyperException, not click.ClickException.
+        if err.__class__.__name__ == "NoArgsIsHelpError":
+            sys.exit(2)  # the help text was already shown; no command given is a usage error
+        show = getattr(err, "show", None)
+        if callable(show):
+            show()
+        else:
+            print(f"medlite: error: {err.format_message()}", file=sys.stderr)
+        sys.exit(getattr(err, "exit_code", 2))
+    except Exception as err:
         if _debug["on"]:
             raise
         print(f"medlite: unexpected error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)

@@ -17,8 +17,11 @@ import numpy as np
 
 from medlite.errors import UsageError
 from medlite.recipe import Recipe, dump_recipe
-from medlite.runstate import RunDir, fingerprint, sha256, write_atomic, write_json
-from medlite.variant import Context, Variant
+from medlite.runstate import (
+    RESOLVED_RECIPE, RunDir, atomic_path, data_identity, sha256, write_atomic, write_error,
+    write_json,
+)
+from medlite.variant import Context, Variant, stage_key
 
 
 def library_versions() -> dict[str, str]:
@@ -63,22 +66,28 @@ def _write_samples(ctx: Context, per_class: int = 2) -> None:
             safe = "".join(c if c.isalnum() else "_" for c in name)
             path = ctx.run.samples / f"{safe}_{i}.png"
             if not path.exists():
-                tmp = path.with_name(path.name + ".tmp")
-                Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(tmp, format="PNG")
-                tmp.replace(path)
+                with atomic_path(path) as tmp:
+                    Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(tmp, format="PNG")
 
 
 def _train_key(ctx: Context, cfg, extra: Any = None) -> str:
     r = ctx.recipe
     pretrained = sha256(Path(cfg.pretrained)) if cfg.pretrained and Path(cfg.pretrained).is_file() else cfg.pretrained
     data_keys = r.data.model_dump(include={"augment", "balance"})
-    return fingerprint("train", cfg.model_dump(), data_keys, ctx.dataset.fingerprint(), r.seed, r.device, pretrained, extra)
+    return stage_key("train", cfg.model_dump(), data_keys, ctx.dataset.fingerprint(), r.seed, r.device, pretrained, extra)
 
 
 def stage_train(ctx: Context, name: str, cfg, *, teachers: list[Variant] = (), parent: Variant | None = None,
-                stage: str = "train", fixed_views: bool = False) -> Variant:
+                stage: str = "train", fixed_views: bool = False, section: str | None = None) -> Variant:
     """Train one model, or distil it from `teachers` (the recipe's distill method); `parent` is the
-    variant it descends from (default: the first teacher). The checkpoint is the best-validation-AUC epoch."""
+    variant it descends from (default: the first teacher). The checkpoint is the best-validation-AUC epoch.
+
+    `section` names the recipe section `cfg` came from (default: found by identity; `teachers.0`,
+    `assistants.1` for list entries); it is recorded on the variant, so later stages find its
+    training settings by lineage, not by name.
+    """
+    if section is None:
+        section = next((f for f in type(ctx.recipe).model_fields if getattr(ctx.recipe, f) is cfg), None)
     from medlite.models import count_params
     from medlite.models.weights import save_state
     from medlite.train import fit
@@ -103,18 +112,22 @@ def stage_train(ctx: Context, name: str, cfg, *, teachers: list[Variant] = (), p
         ctx.say(f"{name}: {what} ({count_params(model):,} parameters, {cfg.epochs} epochs)")
         result = fit(
             model, ctx.dataset, cfg, data_cfg=ctx.recipe.data, seed=ctx.recipe.seed,
-            log_dir=ctx.run.logs / name, label=name, teacher=teacher_models or None, distill=distill, fixed_views=fixed_views,
+            log_dir=ctx.run.stage_logs(name), label=name, teacher=teacher_models or None, distill=distill,
+            fixed_views=fixed_views,
             device=ctx.device, say=ctx.say, progress=ctx.progress,
         )
         save_state(model, ckpt, metadata={"arch": cfg.arch, "variant": name})
     variant = Variant(
         name=name, parent=parent.name if parent else None, stage=stage, arch=cfg.arch,
-        teachers=[t.name for t in teachers],
+        teachers=[t.name for t in teachers], train_section=section,
         checkpoint=ctx.run.rel(ckpt), params=count_params(model), train=result.to_dict(),
     )
-    if result.best_val_auc is not None and result.best_epoch >= 0:
-        ctx.say(f"{name}: best epoch {result.best_epoch + 1} (val AUC {result.best_val_auc:.3f}), {result.seconds:.0f}s")
-    ctx.run.store(name, key, [ckpt], variant.to_dict())
+    for warning in result.warnings:
+        ctx.warn(variant, warning)
+    if result.best_epoch >= 0:
+        score = f"val AUC {result.best_val_auc:.3f}" if result.best_val_auc is not None else f"by {result.selected_by}"
+        ctx.say(f"{name}: best epoch {result.best_epoch + 1} ({score}), {result.seconds:.0f}s")
+    ctx.store(name, key, [ckpt], variant.to_dict())
     return ctx.add(variant)
 
 
@@ -124,7 +137,7 @@ def stage_export(ctx: Context, variant: Variant) -> Variant:
     from medlite.export.onnx import export_onnx
 
     stage = f"{variant.name}.export"
-    key = fingerprint("export", ctx.artifact_hash(variant), ctx.dataset.preprocess.to_dict())
+    key = stage_key("export", ctx.artifact_hash(variant), ctx.dataset.preprocess.to_dict())
     path = ctx.run.models / f"{variant.name}.onnx"
     facts = ctx.reuse(stage, key)
     if facts is None:
@@ -133,7 +146,7 @@ def stage_export(ctx: Context, variant: Variant) -> Variant:
             check = export_onnx(model, ctx.dataset.preprocess, path, {"medlite.variant": variant.name})
             facts = {"file": ctx.run.rel(path), "export": {"max_abs_diff": check["max_abs_diff"]},
                      **describe_model(model, ctx.example_input(), path)}
-        ctx.run.store(stage, key, [path], facts)
+        ctx.store(stage, key, [path], facts)
     for k, v in facts.items():
         setattr(variant, k, v)
     return variant
@@ -145,28 +158,31 @@ def stage_evaluate(ctx: Context, variant: Variant) -> None:
 
     cfg = ctx.recipe.evaluate
     stage = f"{variant.name}.evaluate"
-    key = fingerprint("evaluate", ctx.artifact_hash(variant), cfg.model_dump(), ctx.dataset.fingerprint(), ctx.recipe.seed)
+    key = stage_key("evaluate", ctx.artifact_hash(variant), cfg.model_dump(), ctx.dataset.fingerprint(), ctx.recipe.seed)
     facts = ctx.reuse(stage, key)
     if facts is None:
         with ctx.timed("evaluate"):
             metrics, _ = evaluate_artifact(ctx.run.root / variant.file, ctx.dataset.splits[cfg.split],
                                            ctx.dataset.preprocess, cfg, ctx.recipe.seed)
         facts = {"metrics": metrics}
-        ctx.run.store(stage, key, [], facts)
+        ctx.store(stage, key, [], facts)
     variant.metrics = facts["metrics"]
 
 
 def stage_bench(ctx: Context) -> None:
     from medlite.bench import bench_run_dir
+    from medlite.bench.runner import machine_info
 
     cfg = ctx.recipe.bench
-    key = fingerprint("bench", cfg.model_dump(), {v.name: ctx.artifact_hash(v) for v in ctx.variants.values()})
+    # Timings belong to the machine that measured them: a run directory copied elsewhere re-benches.
+    machine = {k: v for k, v in machine_info().items() if k in ("cpu", "cores", "platform")}
+    key = stage_key("bench", cfg.model_dump(), {v.name: ctx.artifact_hash(v) for v in ctx.variants.values()}, machine)
     facts = ctx.reuse("bench", key)
     if facts is None:
         ctx.say(f"bench: timing {len(ctx.variants)} variants, each in a fresh process")
         with ctx.timed("bench"):
-            facts = {"bench": bench_run_dir(ctx.run.root, cfg)}
-        ctx.run.store("bench", key, [], facts)
+            facts = {"bench": bench_run_dir(ctx.run.root, cfg), "machine": machine}
+        ctx.store("bench", key, [], facts)
     for name, bench in facts["bench"].items():
         if name in ctx.variants:
             ctx.variants[name].bench = bench
@@ -180,6 +196,7 @@ def results_document(ctx: Context, wall_seconds: float) -> dict:
         "dataset": ctx.dataset.summary(),
         "variants": [v.to_dict() for v in ctx.variants.values()],
         "timings": {**ctx.timings, "total": round(wall_seconds, 2)},
+        "timings_reused": ctx.reused_timings,  # seconds measured by the earlier runs whose stages were reused
         "cached_stages": ctx.cached_stages,
         "versions": library_versions(),
     }
@@ -202,31 +219,51 @@ def run_pipeline(
     fresh: bool = False,
     say: Callable[[str], None] = print,
     progress: bool | None = None,
+    default_out: bool = False,
 ) -> dict:
-    """Carry out a recipe into `out`; returns the results document (also written to results.json)."""
-    from medlite.train import resolve_device
+    """Carry out a recipe into `out`; returns the results document (also written to results.json).
 
-    from medlite.distill.stages import check_recipe, run_distillation, variant_names
+    `out` is locked for the run (a second live run into it is refused) and must be a folder
+    medlite made, or a new one (see RunDir.open). `default_out`: `out` is the default
+    `runs/<name>` the user did not choose, so it must not hold a run on other data.
+    """
+    from medlite.distill.stages import check_recipe, variant_names
 
-    check_recipe(recipe)
-    if recipe.compress.methods:
+    check_recipe(recipe)  # every architecture, and the distillation setup, before anything is written
+    if recipe.compress.methods or recipe.compress.chains:
         from medlite.compress.stages import check_targets
 
         check_targets(recipe, variant_names(recipe))
-    start = time.perf_counter()
     run = RunDir(out)
-    run.prepare(fresh)
-    write_atomic(out / "recipe.yaml", dump_recipe(recipe))
+    run.open(fresh, data=data_identity(recipe), same_data=default_out)
+    try:
+        return _carry_out(recipe, run, data_root, say, progress)
+    except OSError as err:
+        if run.is_write_fault(err):  # a full disk or a folder we may not write: the user's to fix
+            raise write_error(Path(err.filename) if err.filename else out, err) from None
+        raise
+    finally:
+        run.close()
+
+
+def _carry_out(recipe: Recipe, run: RunDir, data_root: Path, say: Callable[[str], None], progress: bool | None) -> dict:
+    from medlite.train import resolve_device
+
+    start = time.perf_counter()
+    out = run.root
+    write_atomic(out / RESOLVED_RECIPE, dump_recipe(recipe))
     write_json(out / "environment.json", {"versions": library_versions(), "argv": sys.argv})
     ctx = Context(recipe, run, data_root, say, progress)
     ctx.device = resolve_device(recipe.device)
 
     stage_data(ctx)
+    from medlite.distill.stages import run_distillation
+
     run_distillation(ctx, train=stage_train)  # teacher(s), ensemble, assistants, scratch baseline, distilled student
     for variant in list(ctx.variants.values()):
         stage_export(ctx, variant)
 
-    if recipe.compress.methods:
+    if recipe.compress.methods or recipe.compress.chains:
         from medlite.compress.stages import run_compression
 
         try:

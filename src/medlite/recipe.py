@@ -6,7 +6,9 @@ This module is the single source of defaults. It imports nothing heavy, so
 
 from __future__ import annotations
 
+import copy
 import difflib
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -14,14 +16,31 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from medlite.distill.config import KDConfig, DistillConfig as _DistillConfig
+from medlite.distill.config import CONFIGS as DISTILL_CONFIGS, KDConfig, DistillConfig as _DistillConfig
 from medlite.errors import UsageError
 
 
 class _Strict(BaseModel):
-    """Unknown keys are errors: a typo must never silently fall back to a default."""
+    """Unknown keys are errors: a typo must never silently fall back to a default.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    A section left empty in YAML (`teacher:` with every key commented out) reads as None:
+    it means "all defaults", like an absent section. NaN and infinity are never a valid setting.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_are_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, field in cls.model_fields.items():
+                if key in data and data[key] is None and _is_section(field.annotation):
+                    data = {k: v for k, v in data.items() if k != key}
+        return data
+
+
+def _is_section(annotation: Any) -> bool:
+    return (isinstance(annotation, type) and issubclass(annotation, _Strict)) or annotation is _DistillConfig
 
 
 class SplitRatios(_Strict):
@@ -79,6 +98,19 @@ class TrainConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
+class TeacherConfig(TrainConfig):
+    """The teacher's training: every key has a default, so a partial `teacher:` section keeps the rest."""
+
+    arch: str = "small_pooled_resnet18"
+
+
+class StudentConfig(TrainConfig):
+    """The student's training: a compact network, a slightly higher learning rate than the teacher's."""
+
+    arch: str = "medlite_dsconv"
+    lr: float = Field(3e-3, gt=0, le=10)
+
+
 # The distillation section: a union of per-method configs chosen by `distill.method` (see medlite.distill).
 DistillConfig = _DistillConfig
 
@@ -92,9 +124,6 @@ class EvaluateConfig(_Strict):
 
 
 # -- compression (pruning, quantization) -------------------------------------------------
-
-COMPRESS_METHODS = ("prune_structured", "prune_unstructured", "int8_dynamic", "int8_static", "int8_qat")
-
 
 class FineTune(_Strict):
     epochs: int = Field(3, ge=0)
@@ -138,25 +167,52 @@ class Int8QatConfig(FineTune):
 
 
 class CompressConfig(_Strict):
+    """Methods are registered in `medlite.compress.registry` (each with its section below)."""
+
     targets: list[str] = Field(default_factory=lambda: ["teacher", "student_kd"])
-    methods: list[str] = Field(default_factory=list)
-    quantize_pruned: bool = Field(True, description="also quantize (int8_static) each structured-pruned variant")
+    methods: list[str] = Field(default_factory=list, description="methods applied to each target")
+    chains: list[list[str]] = Field(
+        default_factory=list,
+        description="methods applied in sequence to each target, e.g. [[prune_structured, int8_qat]]; "
+        "default: [[prune_structured, int8_static]] when both are in methods",
+    )
     prune_structured: PruneStructuredConfig = PruneStructuredConfig()
     prune_unstructured: PruneUnstructuredConfig = PruneUnstructuredConfig()
     int8_static: Int8StaticConfig = Int8StaticConfig()
     int8_qat: Int8QatConfig = Int8QatConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_chains(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "quantize_pruned" in data:
+                raise ValueError(
+                    "'quantize_pruned' was removed: declare chains instead, "
+                    "e.g. compress.chains: [[prune_structured, int8_static]]"
+                )
+            methods = data.get("methods")
+            if "chains" not in data and isinstance(methods, list) and {"prune_structured", "int8_static"} <= set(methods):
+                data = {**data, "chains": [["prune_structured", "int8_static"]]}
+        return data
+
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
+        from medlite.compress import registry  # light: no torch
+
         for method in methods:
-            if method not in COMPRESS_METHODS:
-                hint = difflib.get_close_matches(method, COMPRESS_METHODS, n=1)
-                raise ValueError(
-                    f"unknown method {method!r}"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else f"; choose from {', '.join(COMPRESS_METHODS)}")
-                )
+            if method not in registry.METHODS:
+                raise ValueError(registry.unknown_message(method))
         return methods
+
+    @field_validator("chains")
+    @classmethod
+    def _valid_chains(cls, chains: list[list[str]]) -> list[list[str]]:
+        from medlite.compress import registry
+
+        for chain in chains:
+            registry.check_chain(chain)
+        return chains
 
 
 class BenchConfig(_Strict):
@@ -174,24 +230,26 @@ class Recipe(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = DataConfig()
-    teacher: TrainConfig = TrainConfig(arch="small_pooled_resnet18")
-    student: TrainConfig = TrainConfig(arch="medlite_dsconv", lr=3e-3)
-    teachers: list[TrainConfig] | None = Field(
+    # Every default below is its class with no arguments: a partial section given as a dict is
+    # validated against the class, so a setting that only a default instance carried would be lost.
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    teachers: list[TeacherConfig] | None = Field(
         None, min_length=1, description="several teachers (an arch name or a teacher section each); the student distils from their ensemble"
     )
-    assistants: list[TrainConfig] = Field(
+    assistants: list[StudentConfig] = Field(
         default_factory=list, description="teacher -> assistant 1 -> ... -> student, largest first (an arch name or a section each)"
     )
     distill: DistillConfig = KDConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    compress: CompressConfig = CompressConfig()
+    bench: BenchConfig = BenchConfig()
 
     @field_validator("teachers", "assistants", mode="before")
     @classmethod
-    def _arch_names(cls, value: Any, info) -> Any:
-        """`[resnet18, resnet34]` is short for `[{arch: resnet18}, {arch: resnet34}]`; assistants train like the student."""
-        if not isinstance(value, list):
-            return value
-        base = {} if info.field_name == "teachers" else {"lr": 3e-3}
-        return [dict(base, arch=v) if isinstance(v, str) else v for v in value]
+    def _arch_names(cls, value: Any) -> Any:
+        """`[resnet18, resnet34]` is short for `[{arch: resnet18}, {arch: resnet34}]`."""
+        return [{"arch": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _one_teacher_form(self) -> "Recipe":
@@ -201,9 +259,6 @@ class Recipe(_Strict):
                 raise ValueError("give either teacher: (one) or teachers: (several), not both")
             self.__dict__["teacher"] = self.teachers[0]  # bypasses validate_assignment (no re-validation loop)
         return self
-    evaluate: EvaluateConfig = EvaluateConfig()
-    compress: CompressConfig = CompressConfig()
-    bench: BenchConfig = BenchConfig()
 
 
 # -- loading --------------------------------------------------------------------------
@@ -232,6 +287,8 @@ def resolve_recipe_path(recipe: str | None) -> Path:
         recipe = DEFAULT_RECIPE
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise UsageError(f"{recipe}: a folder, not a recipe file")
         if not path.is_file():
             raise UsageError(f"{recipe}: recipe file not found")
         return path
@@ -249,67 +306,175 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UsageError(f"--set {text!r}: expected KEY=VALUE, e.g. teacher.epochs=5")
     key, _, raw = text.partition("=")
     key = key.strip()
-    if not key or any(not part for part in key.split(".")):
+    if not key or any(not part.strip() for part in key.split(".")):
         raise UsageError(f"--set {text!r}: empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
+        value = raw  # not YAML (e.g. "a: b: c"): the text itself, typed (and judged) by the schema
+    return [part.strip() for part in key.split(".")], value
 
 
-def _apply_override(tree: dict, path: list[str], value: Any) -> None:
+def _apply_override(tree: dict, path: list[str], value: Any, option: str) -> None:
     node = tree
-    for part in path[:-1]:
+    for depth, part in enumerate(path[:-1]):
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise UsageError(f"--set {'.'.join(path)}: {part!r} is not a section")
+            where = ".".join(path[: depth + 1])
+            raise UsageError(f"{option}: {where} is not a section (it is {type(child).__name__} {child!r:.40})")
         node = child
     node[path[-1]] = value
 
 
-def _format_error(source: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = list(first["loc"])
-    if first["type"] == "union_tag_invalid":  # distill.method names no registered method
-        tag, expected = first["ctx"]["tag"], first["ctx"]["expected_tags"]
+# Report the cause before its consequences: an unknown key (often a typo of a key whose absence
+# is then also reported) comes first, a missing key last.
+_ERROR_ORDER = {"extra_forbidden": 0, "invalid_key": 0, "missing": 2}
+
+
+def _error_key(loc: tuple) -> str:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+    return key
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    """The keys allowed where `loc` points (for did-you-mean hints)."""
+    model: Any = Recipe
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not _is_section(field.annotation):
+            return []
+        if field.annotation is _DistillConfig:  # a union: every method's keys
+            return sorted({k for c in DISTILL_CONFIGS.values() for k in c.model_fields})
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _user_loc(loc: tuple) -> tuple:
+    """Drop the distill union's tag (the method name pydantic puts in the path): not a key the user wrote."""
+    if len(loc) > 1 and loc[0] == "distill" and loc[1] in DISTILL_CONFIGS:
+        return (loc[0], *loc[2:])
+    return loc
+
+
+def _describe(err: dict) -> str:
+    """One validation error as `key: what is wrong (got value)`."""
+    loc, kind = tuple(err["loc"]), err["type"]
+    key = _error_key(loc) or "(top level)"
+    if kind == "union_tag_invalid":  # distill.method names no registered method
+        tag, expected = err["ctx"]["tag"], err["ctx"]["expected_tags"]
         hint = difflib.get_close_matches(str(tag), [t.strip(" '") for t in expected.split(",")], n=1)
-        return (f"{source}: {'.'.join(map(str, loc))}.method: unknown method {tag!r}"
+        return (f"{key}.method: unknown method {tag!r}"
                 + (f" (did you mean {hint[0]!r}?)" if hint else f"; choose from {expected}"))
-    if len(loc) > 1 and loc[0] == "distill":
-        del loc[1]  # the union's tag (the method name) is not a key the user wrote
-    key = ".".join(str(p) for p in loc) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key {key!r}"
-    value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    return f"{source}: {key}: {first['msg']}{shown}"
+    if kind == "extra_forbidden":
+        hint = difflib.get_close_matches(str(loc[-1]), _section_fields(loc[:-1]), n=1)
+        return f"unknown key {key!r}" + (f" (did you mean {_error_key((*loc[:-1], hint[0]))!r}?)" if hint else "")
+    if kind == "invalid_key":
+        return f"{_error_key(loc[:-1]) or 'top level'}: key {loc[-1]!r} must be text"
+    if kind == "model_type":
+        return f"{key}: must be a section (a mapping of keys), got {type(err.get('input')).__name__}"
+    msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) or kind == "missing" else f" (got {_one_line(repr(value), 60)})"
+    return f"{key}: {msg}{shown}"
+
+
+def _source_of(loc: tuple, overrides: list[tuple[str, list[str]]], file_source: str) -> str:
+    """The --set option that put the faulty value there (the last one), else the recipe file."""
+    parts = [str(p) for p in loc]
+    for text, path in reversed(overrides):
+        n = min(len(parts), len(path))
+        if n and parts[:n] == path[:n]:
+            return f"--set {text}"
+    return file_source
+
+
+def validate_tree(tree: Any, source: str, overrides: list[str] | None = None) -> Recipe:
+    """Apply `--set` overrides to a recipe tree (as read from YAML) and validate it.
+
+    Every fault becomes a one-line UsageError that starts with where it came from (the recipe
+    file, or the `--set` option that introduced it) and names the key.
+    """
+    if not isinstance(tree, dict):
+        raise UsageError(f"{source}: a recipe must be a mapping of keys (key: value), got a {_yaml_kind(tree)}")
+    tree = copy.deepcopy(tree)  # overrides must not change the caller's tree
+    applied: list[tuple[str, list[str]]] = []
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        _apply_override(tree, keys, value, f"--set {text}")
+        applied.append((text, keys))
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as err:
+        errors = sorted(err.errors(), key=lambda e: _ERROR_ORDER.get(e["type"], 1))
+        for error in errors:
+            error["loc"] = _user_loc(tuple(error["loc"]))
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        where = _source_of(tuple(first["loc"]), applied, source)
+        raise UsageError(_one_line(f"{where}: {_describe(first)}{more}", 300)) from None
+    except (RecursionError, TypeError, ValueError) as err:  # e.g. a YAML alias that contains itself
+        raise UsageError(f"{source}: cannot read the recipe ({_one_line(err, 100)})") from None
+
+
+def _yaml_kind(value: Any) -> str:
+    return {list: "list", str: "text", int: "number", float: "number", bool: "boolean"}.get(type(value), type(value).__name__)
+
+
+_MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of settings; a bigger file is the wrong file
+
+
+def read_recipe_file(path: Path) -> dict:
+    """The YAML mapping in a recipe file; every fault a one-line UsageError naming the file."""
+    try:
+        if path.stat().st_size > _MAX_RECIPE_BYTES:
+            raise UsageError(f"{path}: {path.stat().st_size} bytes is too large for a recipe (a YAML file of settings)")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not a text (UTF-8) recipe file (byte {err.start} is {err.object[err.start]:#04x})") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or err
+        if isinstance(err, yaml.reader.ReaderError):  # a control character: say which and where
+            char = err.character
+            problem = f"{err.reason}: {char:#04x} at character {err.position}" if isinstance(char, int) else err.reason
+        raise UsageError(_one_line(f"{path}:{where} malformed YAML ({problem})", 200)) from None
+    except RecursionError:
+        raise UsageError(f"{path}: malformed YAML (nested too deeply)") from None
+    if tree is None:
+        raise UsageError(
+            f"{path}: empty recipe (no keys); give at least one key, e.g. 'data: {{flag: breastmnist}}', "
+            "or run without a RECIPE for the built-in default"
+        )
+    if not isinstance(tree, dict):
+        raise UsageError(f"{path}: a recipe must be a mapping of keys (key: value), got a {_yaml_kind(tree)}")
+    return tree
 
 
 def load_recipe(recipe: str | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe; every fault becomes a one-line UsageError."""
     path = resolve_recipe_path(recipe)
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UsageError(f"{path}:{where} malformed YAML ({getattr(err, 'problem', None) or err})") from None
-    except OSError as err:
-        raise UsageError(f"{path}: cannot read ({err.strerror})") from None
-    if not isinstance(tree, dict):
-        raise UsageError(f"{path}: a recipe must be a mapping of keys, got {type(tree).__name__}")
-    tree.setdefault("name", path.stem)
-    for text in overrides or []:
-        keys, value = parse_override(text)
-        _apply_override(tree, keys, value)
-    try:
-        return Recipe.model_validate(tree)
-    except ValidationError as err:
-        raise UsageError(_format_error(str(path), err)) from None
+    tree = read_recipe_file(path)
+    if "name" not in tree:
+        # The file's name, made a valid run name ("my recipe.yaml" -> "my_recipe").
+        tree["name"] = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem).strip("_") or "medlite"
+    return validate_tree(tree, str(path), overrides)
 
 
 def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe (every default filled in) as YAML; `load_recipe` reads it back equal."""
+    # allow_unicode stays off: PyYAML writes U+0085 (NEL) raw, and reads it back as a line break.
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

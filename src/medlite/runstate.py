@@ -5,18 +5,46 @@ the fingerprint of everything it depends on (config, data, parent artifacts), th
 each output, and the facts it produced. A rerun skips a stage only when the fingerprint
 matches and every output still has its recorded hash, so a run killed at any moment (even
 kill -9) leaves nothing a rerun would trust by mistake.
+
+Ownership: medlite marks a folder it made with `.medlite-run` (JSON: medlite version, created,
+the data it ran on) and touches only what it wrote there. A folder without the marker is the
+user's: medlite writes into it only when none of its own output names exist there yet (it then
+marks it), never cleans it and refuses `--fresh` on it. Temporary files carry a name no user
+file has (`.<name>.<pid>.medlite-tmp`, made only by `atomic_path`), and only those, plus the
+`.medlite-<what>-XXXXXXXX` work folders of the compression stages, are cleaned up, and only in a
+marked folder. A lock file (`.medlite-run.lock`, `fcntl.flock`, holding the pid and host) keeps
+a second live run out; the kernel drops the lock of a killed run, so the next run takes it over.
 """
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
+import socket
+import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+from medlite.errors import UsageError
 
 MANAGED = ("stages", "models", "checkpoints", "logs", "figures", "samples")
+MARKER = ".medlite-run"
+LOCK = ".medlite-run.lock"
+RESOLVED_RECIPE = "recipe.resolved.yaml"  # not recipe.yaml: a user's own recipe often sits there
+OUTPUT_FILES = (RESOLVED_RECIPE, "environment.json", "results.json", "report.html", "bench.json")
+TMP_SUFFIX = ".medlite-tmp"
+_TMP_FILE = re.compile(r"^\..+\.\d+\.medlite-tmp$")
+_TMP_DIR = re.compile(r"^\.medlite-[a-z]+-[a-z0-9_]{8}$")  # tempfile.TemporaryDirectory(prefix=".medlite-<what>-")
+# A write that fails for one of these is the user's disk or folder, not a medlite bug: exit 2 naming the path.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENOTDIR}
+FAULT_ENV = "MEDLITE_FAULT_AT"
 
 
 def sha256(path: Path) -> str:
@@ -30,14 +58,60 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
+def fault_point(event: str, partial: Path | None = None) -> None:
+    """Fault injection for tests: SIGKILL this process at the event `$MEDLITE_FAULT_AT` names (a glob).
+
+    With `partial`, that file is first cut to half its size: the state a kill in the middle of
+    writing it leaves. Events: `rundir:locked`, `write:<path>`, `store:<stage>`, `epoch:<label>:<n>`.
+    """
+    pattern = os.environ.get(FAULT_ENV)
+    if not pattern or not fnmatch.fnmatchcase(event, pattern):
+        return
+    if partial is not None and partial.is_file():
+        os.truncate(partial, partial.stat().st_size // 2)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def temp_path(path: Path) -> Path:
+    """The temporary name of `path` while it is written: hidden, with our pid and a suffix no user file has."""
+    return path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def write_error(path: Path, err: OSError) -> UsageError:
+    reason = os.strerror(err.errno) if err.errno else str(err)
+    hint = " (disk full?)" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else ""
+    return UsageError(f"{path}: cannot write: {reason}{hint}")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write `path` to; rename it into place only when the block succeeds.
+
+    On any failure the temporary file is removed (a full disk leaves nothing half-written), and a
+    disk or permission error becomes a one-line UsageError naming `path`.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(path.parent, err) from None
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        fault_point(f"write:{path}", partial=tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        with suppress(OSError):
+            tmp.unlink()
+        if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+            raise write_error(path, err) from None
+        raise
+
+
 def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -58,22 +132,208 @@ def _jsonable(value: Any):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def medlite_version() -> str:
+    from medlite import __version__
+
+    return __version__
+
+
+def read_marker(root: Path) -> dict | None:
+    """The `.medlite-run` record of a folder medlite made, else None."""
+    path = root / MARKER
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        data = None
+    return data if isinstance(data, dict) else {}
+
+
+def is_run_dir(root: Path) -> bool:
+    """True when medlite made `root` (it carries the marker)."""
+    return read_marker(root) is not None
+
+
+def _legacy_run_dir(root: Path) -> bool:
+    """A run directory made before markers existed: stage records plus medlite's environment.json."""
+    try:
+        env = json.loads((root / "environment.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return (root / "stages").is_dir() and isinstance(env, dict) and "medlite" in (env.get("versions") or {})
+
+
+def data_identity(recipe) -> dict:
+    """What makes a run's data this data (not how it is augmented or balanced): recorded in the marker."""
+    return recipe.data.model_dump(mode="json", exclude={"augment", "balance"})
+
+
+def default_run_dir(recipe, runs: Path = Path("runs")) -> Path:
+    """`runs/<recipe name>`; with a short data identity appended when the data is not the built-in recipe's.
+
+    So `--set data.source=arrays ...` on the built-in recipe never lands in (and retrains over)
+    `runs/breastmnist`, while the plain default still does.
+    """
+    from medlite.recipe import builtin_recipes, load_recipe
+
+    builtin = builtin_recipes().get(recipe.name)
+    if builtin is None:
+        return runs / recipe.name
+    if data_identity(load_recipe(str(builtin))) == data_identity(recipe):
+        return runs / recipe.name
+    return runs / f"{recipe.name}-{recipe.data.source}-{fingerprint(data_identity(recipe))[:6]}"
+
+
+def _describe_data(identity: dict | None) -> str:
+    if not identity:
+        return "unknown data"
+    where = identity.get("root") or identity.get("flag")
+    return f"data.source={identity.get('source')} ({where}, limit {identity.get('limit')})"
+
+
 class RunDir:
     def __init__(self, root: Path) -> None:
         self.root = root
         for name in MANAGED:
             setattr(self, name, root / name)
+        self._lock_fd: int | None = None
 
-    def prepare(self, fresh: bool) -> None:
-        if fresh:
+    # -- ownership, lock, cleanup ---------------------------------------------------------
+    def open(self, fresh: bool = False, data: dict | None = None, same_data: bool = False) -> None:
+        """Check the folder is ours (or new, or free of our names), take the lock, mark, clean, create.
+
+        Raises UsageError (exit 2, naming the folder) for: a path that is a file, a folder that
+        cannot be written, `--fresh` on a folder medlite did not make, one of medlite's output
+        names already in such a folder, a folder a live run holds, and (with `same_data`, the
+        default run directory) a folder whose recorded run used other data.
+        """
+        root = self.root
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"{root}: is a file, not a folder (a run directory is a folder)")
+        marker = read_marker(root) if root.is_dir() else None
+        adopted = False
+        if root.is_dir() and marker is None and not _legacy_run_dir(root):
+            # What a medlite run killed before it could mark the folder left (its lock, a temporary) is not the user's.
+            entries = sorted(p.name for p in root.iterdir() if p.name != LOCK and not _TMP_FILE.match(p.name))
+            if fresh and entries:
+                raise UsageError(
+                    f"--fresh: {root} was not made by medlite (no {MARKER}): medlite deletes nothing in it; "
+                    "choose a new --out")
+            collisions = [n for n in (*MANAGED, *OUTPUT_FILES) if (root / n).exists() or (root / n).is_symlink()]
+            if collisions:
+                raise UsageError(
+                    f"{root}: not a medlite run directory (no {MARKER}) and it already has {collisions[0]!r}: "
+                    "medlite never overwrites files it did not write; choose a new or empty --out")
+            adopted = bool(entries)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_error(root, err) from None
+        self.lock()
+        try:
+            self._claim(marker, adopted, data, same_data)
+            if fresh:
+                for name in MANAGED:
+                    shutil.rmtree(root / name, ignore_errors=True)
+                for name in OUTPUT_FILES:
+                    (root / name).unlink(missing_ok=True)
+            self._clean_temporary()
             for name in MANAGED:
-                shutil.rmtree(self.root / name, ignore_errors=True)
-            for name in ("results.json", "report.html", "bench.json"):
-                (self.root / name).unlink(missing_ok=True)
+                (root / name).mkdir(exist_ok=True)
+        except OSError as err:
+            self.close()
+            raise write_error(root, err) from None
+        except BaseException:
+            self.close()
+            raise
+        fault_point("rundir:locked")
+
+    def lock(self) -> None:
+        """Hold `.medlite-run.lock` until close(); a live holder -> UsageError naming its pid and host."""
+        path = self.root / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise write_error(path, err) from None
+        import fcntl
+
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise write_error(path, err) from None
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            except (OSError, ValueError):
+                holder = {}
+            os.close(fd)
+            raise UsageError(
+                f"{self.root}: in use by another medlite run (pid {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')}, since {holder.get('started', '?')}); wait for it or choose another --out"
+            ) from None
+        # The lock is ours: a previous holder has finished or was killed (the kernel released its lock).
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode()
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record, 0)
+        except OSError as err:
+            os.close(fd)
+            raise write_error(path, err) from None
+        self._lock_fd = fd
+
+    def _claim(self, marker: dict | None, adopted: bool, data: dict | None, same_data: bool) -> None:
+        if marker and same_data and data is not None and marker.get("data") not in (None, data):
+            raise UsageError(
+                f"{self.root}: holds a run on other data ({_describe_data(marker.get('data'))}); "
+                "give this run its own --out")
+        record = dict(marker or {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "adopted": adopted})
+        record.update({"medlite": medlite_version(), "data": data if data is not None else record.get("data")})
+        if record != marker:
+            write_json(self.root / MARKER, record)
+
+    def _clean_temporary(self) -> None:
+        """Remove what a killed medlite run left mid-write: only our own temporary names, only here."""
+        for path in self.root.iterdir():
+            if _TMP_FILE.match(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
         for name in MANAGED:
-            (self.root / name).mkdir(parents=True, exist_ok=True)
-        for stale in self.root.rglob("*.tmp"):  # leftovers of a killed run: never trusted, removed
-            stale.unlink(missing_ok=True)
+            for dirpath, dirnames, filenames in os.walk(self.root / name):
+                for file in filenames:
+                    if _TMP_FILE.match(file):
+                        (Path(dirpath) / file).unlink(missing_ok=True)
+                for folder in [d for d in dirnames if _TMP_DIR.match(d)]:
+                    shutil.rmtree(Path(dirpath) / folder, ignore_errors=True)
+                    dirnames.remove(folder)
+
+    def close(self) -> None:
+        """Release the lock (the lock file stays: removing it would race with the next run)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def is_write_fault(self, err: OSError) -> bool:
+        """A full disk anywhere, or a permission/not-a-folder error on a path in this run directory."""
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+            return True
+        if err.errno in DISK_ERRNOS and err.filename:
+            return Path(os.path.abspath(err.filename)).is_relative_to(os.path.abspath(self.root))
+        return False
+
+    def stage_logs(self, name: str) -> Path:
+        """`logs/<name>/`, emptied: a retrained stage's curves never mix with a killed or older attempt's."""
+        folder = self.logs / name
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        return folder
 
     def rel(self, path: Path) -> str:
         return str(path.relative_to(self.root))
@@ -101,6 +361,7 @@ class RunDir:
 
     def store(self, stage: str, key: str, outputs: list[Path], facts: dict) -> None:
         record = {"key": key, "outputs": {self.rel(p): sha256(p) for p in outputs}, "facts": facts}
+        fault_point(f"store:{stage}")  # outputs in place, record not yet: the rerun must redo the stage
         write_json(self._record(stage), record)
 
     def previous_key(self, stage: str) -> str | None:

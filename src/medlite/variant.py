@@ -12,7 +12,24 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from medlite.recipe import Recipe
-from medlite.runstate import RunDir, sha256
+from medlite.runstate import RunDir, fingerprint, sha256
+
+# Bump a stage kind's number whenever what it produces changes for the same inputs (a new loss,
+# a changed exporter, new facts): its old records then no longer match and the stage is redone.
+# Compression methods carry theirs in `medlite.compress.registry.MethodSpec.schema`.
+# train 3: distillation methods from the registry; the scratch baseline of a logit method on fixed views.
+STAGE_SCHEMAS: dict[str, int] = {"train": 3, "export": 1, "evaluate": 1, "bench": 2, "ensemble": 1}
+
+
+def stage_key(kind: str, *parts, schema: int | None = None) -> str:
+    """The fingerprint a stage is cached under: its inputs, medlite's version and the stage's schema."""
+    from medlite import __version__
+
+    if schema is None:
+        if kind not in STAGE_SCHEMAS:
+            raise KeyError(f"stage kind {kind!r} has no schema version in medlite.variant.STAGE_SCHEMAS")
+        schema = STAGE_SCHEMAS[kind]
+    return fingerprint(kind, {"medlite": __version__, "schema": schema}, *parts)
 
 
 @dataclass
@@ -22,6 +39,7 @@ class Variant:
     stage: str
     arch: str
     teachers: list[str] = field(default_factory=list)  # the variants it was distilled from (lineage as data)
+    train_section: str | None = None  # the recipe section (a TrainConfig) it was trained with: "teacher", ...
     format: str = "onnx-fp32"
     file: str | None = None  # the deployable artifact, relative to the run directory
     checkpoint: str | None = None  # safetensors weights (models trained in PyTorch)
@@ -37,6 +55,8 @@ class Variant:
     compress: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     bench: dict = field(default_factory=dict)
+    # What did not go as the name says (a fallback taken, a step skipped): printed, reported, kept.
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,6 +78,8 @@ class Context:
         self.dataset = None
         self.variants: dict[str, Variant] = {}
         self.timings: dict[str, float] = {}
+        self.reused_timings: dict[str, float] = {}  # the part of `timings` measured by the runs that made reused stages
+        self._pending: dict[str, float] = {}  # seconds timed since the last reuse()/store(): the stage under way
         self.cached_stages: list[str] = []
         self.device = "cpu"
         self._hashes: dict[tuple, str] = {}
@@ -70,7 +92,9 @@ class Context:
         try:
             yield
         finally:
-            self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - start, 3)
+            seconds = time.perf_counter() - start
+            self.timings[stage] = round(self.timings.get(stage, 0.0) + seconds, 3)
+            self._pending[stage] = self._pending.get(stage, 0.0) + seconds
 
     def add(self, variant: Variant) -> Variant:
         self.variants[variant.name] = variant
@@ -92,20 +116,63 @@ class Context:
         d = self.dataset
         return create(arch, d.num_classes, d.channels, d.image_size, pretrained=pretrained)
 
-    def load_variant_model(self, variant: Variant):
-        """The PyTorch module behind a trained variant, from its safetensors checkpoint."""
-        from medlite.models.weights import load_exact
+    def variant_root(self, variant: Variant) -> Variant:
+        """The trained variant a compressed one descends from (itself when it was trained)."""
+        seen = set()
+        while variant.train_section is None and variant.parent in self.variants and variant.name not in seen:
+            seen.add(variant.name)
+            variant = self.variants[variant.parent]
+        return variant
 
-        return load_exact(self.build_model(variant.arch), self.run.root / variant.checkpoint)
+    def load_variant_model(self, variant: Variant):
+        """The PyTorch module behind a variant, from its safetensors checkpoint.
+
+        A structured-pruned checkpoint (metadata `structure: pruned`) is rebuilt at its saved
+        layer widths (`medlite.compress.prune.load_pruned_state`): tensors only, no pickle.
+        """
+        from medlite.models.weights import load_exact, read_metadata
+
+        if variant.checkpoint is None:
+            raise ValueError(f"variant {variant.name!r} has no PyTorch checkpoint (format {variant.format})")
+        path = self.run.root / variant.checkpoint
+        model = self.build_model(variant.arch)
+        if read_metadata(path).get("structure") == "pruned":
+            from safetensors.torch import load_file
+
+            from medlite.compress.prune import load_pruned_state
+
+            return load_pruned_state(model, load_file(str(path)))
+        return load_exact(model, path)
 
     def reuse(self, stage: str, key: str, announce: str | None = None) -> dict | None:
-        """The facts an earlier run recorded for this stage, if still valid (counted as reused), else None."""
+        """The facts an earlier run recorded for this stage, if still valid (counted as reused), else None.
+
+        Every cached stage calls this first, so it also starts the stage's timing; a reused stage
+        brings back the seconds the run that made it spent (`timings`, and `reused_timings`).
+        """
+        self._pending = {}
         facts = self.run.cached(stage, key)
         if facts is not None:
+            facts = dict(facts)
+            for bucket, seconds in (facts.pop("_timing", None) or {}).items():
+                self.timings[bucket] = round(self.timings.get(bucket, 0.0) + seconds, 3)
+                self.reused_timings[bucket] = round(self.reused_timings.get(bucket, 0.0) + seconds, 3)
             self.cached_stages.append(stage)
             if announce:
                 self.say(f"{stage}: unchanged, using {announce}")
         return facts
+
+    def store(self, stage: str, key: str, outputs: list[Path], facts: dict) -> None:
+        """Record a finished stage, with the seconds it took (restored when a rerun reuses it)."""
+        timing = {bucket: round(seconds, 3) for bucket, seconds in self._pending.items()}
+        self._pending = {}
+        self.run.store(stage, key, outputs, {**facts, "_timing": timing})
+
+    def warn(self, variant: Variant, message: str) -> None:
+        """Say it now and keep it with the variant (results.json, the table, the report)."""
+        if message not in variant.warnings:
+            variant.warnings.append(message)
+        self.say(f"{variant.name}: warning: {message}")
 
     def artifact_hash(self, variant: Variant) -> str:
         """Content hash of a variant's artifact, memoised by (size, mtime): stage keys ask for it often."""

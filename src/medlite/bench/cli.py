@@ -24,15 +24,16 @@ def parse_threads(text: str) -> list[int]:
 
 
 def _run_config(run_dir: Optional[Path], overrides: dict):
-    """The run's own bench settings (its resolved recipe.yaml), overridden by the command line."""
+    """The run's own bench settings (its recipe.resolved.yaml), overridden by the command line."""
     import yaml
     from pydantic import ValidationError
 
     from medlite.errors import UsageError
     from medlite.recipe import BenchConfig
+    from medlite.runstate import RESOLVED_RECIPE
 
     base: dict = {}
-    recipe = run_dir / "recipe.yaml" if run_dir is not None else None
+    recipe = run_dir / RESOLVED_RECIPE if run_dir is not None else None
     if recipe is not None and recipe.is_file():
         try:
             tree = yaml.safe_load(recipe.read_text()) or {}
@@ -93,11 +94,22 @@ def bench(
             raise UsageError(f"{target}: not a run directory (no results.json); give a run directory or an .onnx file")
         if input_shape is not None:
             raise UsageError("--input-shape: only for a single .onnx file (a run's models carry their own shape)")
+        from medlite.runstate import RunDir, is_run_dir
+
         cfg = _run_config(target, overrides)
-        with console.status("benchmarking variants (one fresh process per measurement)..."):
-            result = bench_run_dir(target, cfg, images=images)
+        # bench.json is written only into a folder medlite made, under its lock (not during a live run).
+        ours = is_run_dir(target)
+        with RunDir(target) as run:
+            if ours:
+                run.lock()
+            with console.status("benchmarking variants (one fresh process per measurement)..."):
+                result = bench_run_dir(target, cfg, images=images, write=ours)
         print_bench_table(result, console)
-        console.print(f"wrote {target / 'bench.json'}")
+        if ours:
+            console.print(f"wrote {target / 'bench.json'}")
+        else:
+            console.print(f"bench.json not written: {target} was not made by medlite (no .medlite-run); "
+                          "--json FILE saves the figures")
     elif target.is_file():
         if target.suffix.lower() != ".onnx":
             raise UsageError(f"{target}: expected an .onnx file or a run directory")

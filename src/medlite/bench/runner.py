@@ -251,9 +251,9 @@ def _read_json(path: Path) -> dict:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Temporary file then os.replace: a reader never sees half a file, a crash never truncates one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    from medlite.runstate import write_atomic
+
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def machine_info() -> dict:
@@ -281,8 +281,8 @@ def _samples(run_dir: Path) -> Path | None:
 
 
 def bench_run_dir(run_dir: Path | str, cfg: Any, *, images: Path | str | None = None,
-                  on_variant: Callable[[str, dict], None] | None = None) -> dict[str, dict]:
-    """Benchmark every variant in `run_dir/results.json`; write `run_dir/bench.json`; return {name: bench}.
+                  on_variant: Callable[[str, dict], None] | None = None, write: bool = True) -> dict[str, dict]:
+    """Benchmark every variant in `run_dir/results.json`; write `run_dir/bench.json` (unless not `write`); return {name: bench}.
 
     `cfg` is a `BenchConfig` (its `enabled` flag is the pipeline's business, not checked here).
     Prep timing uses `images`, else `run_dir/samples/*.png`, else a synthetic image. Variants
@@ -337,7 +337,8 @@ def bench_run_dir(run_dir: Path | str, cfg: Any, *, images: Path | str | None = 
         "config": cfg.model_dump() if hasattr(cfg, "model_dump") else dict(vars(cfg)),
         "variants": out,
     }
-    write_json_atomic(run_dir / "bench.json", document)
+    if write:
+        write_json_atomic(run_dir / "bench.json", document)
     return out
 
 

@@ -153,6 +153,11 @@ def run_onnx(args: argparse.Namespace) -> dict:
     def many() -> object:
         return session.run([output_name], feedb)
 
+    if args.input_shape:
+        try:  # a shape the graph cannot take (e.g. too small for its pooling) is the user's value at fault
+            one()
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise WorkerError(f"--input-shape {args.input_shape}: the model cannot run on it ({str(err).splitlines()[0][:160]})") from None
     facts = _measure(one, many, tp_batch, args)
     if fixed_batch and tp_batch != args.throughput_batch:
         notes.append(f"the model's batch size is fixed at {tp_batch}; throughput measured at that batch")
@@ -258,6 +263,12 @@ def _onnx_shape(model_input, spec, input_shape: str | None) -> tuple[int, int, i
             raise WorkerError(f"--input-shape {input_shape}: the model's spec says {','.join(map(str, shape))}")
         return shape
     if given:
+        # A static dimension of the model that the given shape contradicts is bad input, said
+        # here with the value, not an ONNX Runtime error from inside the timing loop.
+        fixed = [d if isinstance(d, int) and d > 0 else None for d in declared]
+        if len(declared) != 4 or any(f is not None and f != g for f, g in zip(fixed[1:], given[1:])):
+            takes = ",".join("N" if i == 0 else str(f) if f else "?" for i, f in enumerate(fixed))
+            raise WorkerError(f"--input-shape {input_shape}: the model takes {takes}")
         return (batch, *given[1:])
     if len(declared) == 4 and all(isinstance(d, int) and d > 0 for d in declared[1:]):
         return (batch, *declared[1:])

@@ -310,6 +310,8 @@ def export_qat(qat_model: nn.Module, spec, onnx_out: str | Path, calibration: np
     read the learned ranges by tensor name; export the float graph; quantize it with ORT's
     static QDQ quantizer (same scheme as PTQ), the learned ranges as `TensorQuantOverrides`.
     `calibration` (float32 NCHW, normalised) fills in any tensor without a learned range.
+    Learned ranges that cannot be used fail (the result would not be QAT); some unused ranges
+    or BatchNorms that could not be folded are listed under `warnings`.
     Facts: the static quantizer's, plus `qat: True`, `learned_ranges` (how many were used),
     and `agreement` / `max_prob_diff` of the file against the fake-quant model on the
     calibration images.
@@ -324,11 +326,12 @@ def export_qat(qat_model: nn.Module, spec, onnx_out: str | Path, calibration: np
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".medlite-qat-", dir=onnx_out.parent) as tmp:
         work = Path(tmp)
+        range_error = None
         try:
             export_onnx(deploy, spec, work / "fake_quant.onnx")
             ranges = _learned_ranges(work / "fake_quant.onnx")
-        except Exception:  # noqa: BLE001 - learned ranges are an optimisation; calibration still works
-            ranges = {}
+        except Exception as err:  # noqa: BLE001 - reported below, never silently replaced by calibration
+            ranges, range_error = {}, (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         for fq in activation_quantizers(deploy):
             fq.enabled = False
         export_onnx(deploy, spec, work / "float.onnx")
@@ -338,8 +341,24 @@ def export_qat(qat_model: nn.Module, spec, onnx_out: str | Path, calibration: np
             for name, (lo, hi) in ranges.items()
             if name in present
         }
+        quantizers = len(activation_quantizers(qat_model))
+        if not overrides:
+            # Without its learned ranges the file would be post-training calibrated: not QAT.
+            why = f": {range_error}" if range_error else " (no tensor of the float export matches them)"
+            raise UsageError(f"int8_qat: the learned activation ranges could not be used{why}; "
+                             "the int8 file would be calibrated, not quantization-aware")
+        warnings = []
+        if len(overrides) < quantizers:
+            warnings.append(
+                f"QAT: {len(overrides)} of {quantizers} learned activation ranges used; the other tensors "
+                "are calibrated on training images (min/max)"
+            )
+        unfolded = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in qat_model.modules())
+        if unfolded:
+            warnings.append(f"QAT: {unfolded} BatchNorm layer(s) could not be folded into a convolution")
         facts = quantize_static(work / "float.onnx", onnx_out, images, method="minmax", per_channel=True,
-                                tensor_overrides=overrides or None)
+                                tensor_overrides=overrides)
+        facts["warnings"] = facts.get("warnings", []) + warnings
     for fq in activation_quantizers(deploy):
         fq.enabled = True
     with torch.no_grad():
@@ -350,7 +369,7 @@ def export_qat(qat_model: nn.Module, spec, onnx_out: str | Path, calibration: np
         "format": FORMAT_QAT,
         "qat": True,
         "learned_ranges": len(overrides),
-        "activation_quantizers": len(activation_quantizers(qat_model)),
+        "activation_quantizers": quantizers,
         "agreement": float((expected.argmax(1) == got.argmax(1)).mean()),
         "max_prob_diff": float(np.abs(expected - got).max()),
     }

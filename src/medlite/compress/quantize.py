@@ -64,6 +64,19 @@ def _preprocess(onnx_in: Path, work: Path) -> tuple[Path, str]:
         return onnx_in, f"skipped ({_one_line(err)})"
 
 
+def _fold_warnings(pre: str, counts: Counter) -> list[str]:
+    """What the pre-processing did not do, in words (kept on the variant, never silent)."""
+    warnings = []
+    if pre != "ok":
+        warnings.append(f"ONNX Runtime pre-processing (BatchNorm folding, shape inference) failed, quantized without it: {pre}")
+    if counts.get("BatchNormalization", 0):
+        warnings.append(
+            f"{counts['BatchNormalization']} BatchNormalization node(s) not folded into a convolution: "
+            "they run in float between int8 ops"
+        )
+    return warnings
+
+
 def _drop_zero_weight_zero_points(model) -> int:
     """Remove all-zero zero points of *constant* int8/int32 tensors (weights, biases); return bytes saved.
 
@@ -209,8 +222,10 @@ def quantize_dynamic(onnx_in: str | Path, onnx_out: str | Path, per_channel: boo
     output channel); at run time each activation is quantized on the fly
     (DynamicQuantizeLinear) and the ops run as ConvInteger / MatMulInteger. ORT 1.32's CPU
     provider runs ConvInteger with int8 weights; should a model's ConvInteger not load or run,
-    the convolutions are left in float and only MatMul/Gemm are quantized (the facts say
-    which happened under "op_types"). Everything else (BN, pooling, adds) stays float.
+    the convolutions are left in float and only MatMul/Gemm are quantized: then the facts say
+    `dense_only: true` with a warning (the pipeline names such a variant `..._int8_dynamic_dense`),
+    and `quantized_ops` / `float_ops` count what was and was not quantized. Everything else
+    (BN, pooling, adds) stays float.
     Smaller file, no calibration; usually slower than static QDQ on CPU for CNNs.
     """
     from onnxruntime.quantization import QuantType
@@ -242,13 +257,29 @@ def quantize_dynamic(onnx_in: str | Path, onnx_out: str | Path, per_channel: boo
         else:
             raise UsageError(f"{onnx_in}: cannot quantize (dynamic int8): {_one_line(last_error)}") from None
         counts = _op_counts(quantized)
+        quantized_ops = {op: counts[op] for op in ("ConvInteger", "MatMulInteger") if counts.get(op)}
+        float_ops = {op: counts[op] for op in DYNAMIC_OPS if counts.get(op)}
+        warnings = _fold_warnings(pre, counts)
+        # "Dynamic int8" of a conv net whose convolutions stayed float is not what the name says.
+        dense_only = bool(float_ops.get("Conv")) and not quantized_ops.get("ConvInteger")
+        if dense_only:
+            why = f" (ConvInteger failed: {_one_line(last_error)})" if last_error is not None else ""
+            warnings.append(
+                f"only the dense layers are int8: {float_ops['Conv']} Conv node(s) stay float{why}"
+            )
+        elif float_ops:
+            warnings.append(f"some quantizable nodes stay float: {float_ops}")
         facts = {
             "format": FORMAT_DYNAMIC,
             "op_types": op_types,
             "quantized_nodes": counts.get("ConvInteger", 0) + counts.get("MatMulInteger", 0),
+            "quantized_ops": quantized_ops,
+            "float_ops": float_ops,
+            "dense_only": dense_only,
             "weight_type": "int8",
             "per_channel": per_channel,
             "preprocess": pre,
+            "warnings": warnings,
         }
         _finish(onnx_in, quantized, onnx_out, facts)
     from medlite.export.onnx import artifact_bytes
@@ -369,6 +400,7 @@ def quantize_static(
             raise UsageError(f"{onnx_in}: cannot quantize (static int8, {method}): {_one_line(err)}") from None
         counts = _op_counts(quantized)
         facts = {
+            "warnings": _fold_warnings(pre, counts),
             "format": FORMAT_STATIC,
             "quantized_nodes": _qdq_quantized_ops(quantized),
             "qdq_nodes": counts.get("QuantizeLinear", 0) + counts.get("DequantizeLinear", 0),

@@ -1,9 +1,12 @@
 """Compression as pipeline stages: each method takes a variant and emits a new, measured variant.
 
-Names make the lineage readable: `<parent>_pruned` (structured, channels removed),
-`<parent>_sparse` (unstructured magnitude pruning), `<parent>_int8_dynamic`,
-`<parent>_int8_static`, `<parent>_int8_qat`, and chains such as `student_kd_pruned_int8_static`.
-Every stage is cached like the training stages: rerunning an unchanged recipe redoes nothing.
+Each function here is the stage of a method registered in `medlite.compress.registry` (which
+declares its config section and the formats it accepts and emits). Names make the lineage
+readable: `<parent>_pruned` (structured, channels removed), `<parent>_sparse` (unstructured
+magnitude pruning), `<parent>_int8_dynamic`, `<parent>_int8_static`, `<parent>_int8_qat`, and
+chains such as `student_kd_pruned_int8_qat` (`compress.chains`). Decisions use lineage data
+(`Variant.parent`, `.teachers`, `.train_section`), never names. Every stage is cached like the
+training stages: rerunning an unchanged recipe redoes nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from medlite.errors import UsageError
-from medlite.runstate import fingerprint
 
 
 def check_targets(recipe, available: list[str]) -> None:
@@ -23,9 +25,29 @@ def check_targets(recipe, available: list[str]) -> None:
             raise UsageError(f"compress.targets: no variant {target!r} in this recipe (choose from {', '.join(available)})")
 
 
-def _base_train_cfg(ctx, variant):
-    """Fine-tuning starts from the settings the variant's family was trained with."""
-    return ctx.recipe.teacher if variant.name.startswith("teacher") else ctx.recipe.student
+def _lineage(ctx, parent):
+    """The training settings and distillation source for fine-tuning a compressed copy of `parent`.
+
+    Found by lineage, never by name: the trained variant `parent` descends from (the root)
+    recorded which recipe section trained it (`train_section`) and which variants it was
+    distilled from (`teachers`). Fine-tuning distils from the root's first teacher; a root that
+    had none (a teacher, a scratch student) distils from its own uncompressed self: on a few
+    hundred images, soft targets recover a pruned or fake-quantized network without the
+    overfitting that labels alone cause.
+    """
+    root = ctx.variant_root(parent)
+    section = root.train_section
+    if section is None or not hasattr(ctx.recipe, section):
+        raise UsageError(f"compress: cannot fine-tune {parent.name}: its lineage records no training section")
+    source = root.teachers[0] if root.teachers else root.name
+    if source not in ctx.variants:
+        raise UsageError(f"compress: cannot fine-tune {parent.name}: its distillation source {source!r} is not in this run")
+    return getattr(ctx.recipe, section), ctx.variants[source]
+
+
+def _teacher_for(ctx, parent, finetune_cfg):
+    """The variant a fine-tune distils from (None when the method's `distill` is off)."""
+    return _lineage(ctx, parent)[1] if finetune_cfg.distill else None
 
 
 def _calibration(ctx, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,29 +60,18 @@ def _calibration(ctx, count: int) -> tuple[np.ndarray, np.ndarray]:
     return normalize(train.images[idx], ctx.dataset.preprocess), train.labels[idx]
 
 
-def _teacher_for(ctx, finetune_cfg):
-    """The distillation source for fine-tuning a compressed copy: the recipe's teacher.
-
-    For the teacher's own variants that is the uncompressed teacher itself (self-distillation):
-    on a few hundred images, soft targets recover a pruned or fake-quantized network without the
-    overfitting that labels alone cause.
-    """
-    if not finetune_cfg.distill:
-        return None
-    return ctx.variants.get("teacher")
-
-
 def _finetune(ctx, name: str, model, parent, finetune_cfg, *, callbacks=(), select_best: bool = True):
     from medlite.train import fit
 
-    teacher = _teacher_for(ctx, finetune_cfg)
-    cfg = _base_train_cfg(ctx, parent).model_copy(
+    base_cfg, _ = _lineage(ctx, parent)
+    teacher = _teacher_for(ctx, parent, finetune_cfg)
+    cfg = base_cfg.model_copy(
         update={"epochs": finetune_cfg.epochs, "lr": finetune_cfg.lr, "schedule": "cosine", "pretrained": None}
     )
     how = f", distilling from {teacher.name}" if teacher else ""
     ctx.say(f"{name}: fine-tuning {cfg.epochs} epochs at lr {cfg.lr:g}{how}")
     result = fit(
-        model, ctx.dataset, cfg, data_cfg=ctx.recipe.data, seed=ctx.recipe.seed, log_dir=ctx.run.logs / name,
+        model, ctx.dataset, cfg, data_cfg=ctx.recipe.data, seed=ctx.recipe.seed, log_dir=ctx.run.stage_logs(name),
         label=name, teacher=ctx.load_variant_model(teacher) if teacher else None,
         distill=ctx.recipe.distill if teacher else None, callbacks=callbacks, device=ctx.device,
         say=ctx.say, progress=ctx.progress, select_best=select_best, score_start=True,
@@ -70,31 +81,49 @@ def _finetune(ctx, name: str, model, parent, finetune_cfg, *, callbacks=(), sele
     return result
 
 
-def _stage(ctx, name: str, parent, method: str, cfg, make):
+def _stage(ctx, method: str, parent, make):
     """Run `make(path) -> facts` unless an identical earlier run left its artifact intact.
 
-    `cfg` is the method's recipe section (None when it has no settings); the key also covers the
-    parent artifact and, for methods that fine-tune, the teacher and the family's training settings.
+    The key covers the method's recipe section, its schema version, the parent artifact and,
+    for methods that fine-tune, the distillation source and the family's training settings.
+    `make` may return `warnings` (kept on the variant) and a `name` that replaces the default
+    one when the result is not what the method's name promises (the file is renamed to match).
     """
-    from medlite.variant import Variant
+    from medlite.compress import registry
     from medlite.recipe import FineTune
+    from medlite.variant import Variant, stage_key
 
+    spec = registry.get(method)
+    cfg = getattr(ctx.recipe.compress, spec.config) if spec.config else None
+    name = parent.name + spec.suffix
     finetunes = isinstance(cfg, FineTune)
-    teacher = _teacher_for(ctx, cfg) if finetunes else None
-    key = fingerprint(
+    teacher = _teacher_for(ctx, parent, cfg) if finetunes else None
+    key = stage_key(
         method, cfg.model_dump() if cfg is not None else None, ctx.artifact_hash(parent),
         ctx.artifact_hash(teacher) if teacher else None, ctx.dataset.fingerprint(), ctx.recipe.seed,
-        _base_train_cfg(ctx, parent).model_dump() if finetunes else None,
+        _lineage(ctx, parent)[0].model_dump() if finetunes else None, schema=spec.schema,
     )
     path = ctx.run.models / f"{name}.onnx"
     facts = ctx.reuse(name, key, announce=ctx.run.rel(path))
     if facts is not None:
-        return ctx.add(Variant.from_dict(facts))
+        variant = ctx.add(Variant.from_dict(facts))
+        for warning in variant.warnings:
+            ctx.say(f"{variant.name}: warning: {warning}")
+        return variant
     with ctx.timed(f"compress.{method}"):
         facts = make(path)
-    variant = Variant(name=name, parent=parent.name, stage=method, arch=parent.arch, file=ctx.run.rel(path), **facts)
-    outputs = [path] + [ctx.run.root / p for p in [facts.get("compress", {}).get("weights")] if p]
-    ctx.run.store(name, key, outputs, variant.to_dict())
+    warnings = facts.pop("warnings", [])
+    final = facts.pop("name", name)
+    if final != name:  # the result is not what the name says: the variant (and its file) say so
+        renamed = path.with_name(f"{final}.onnx")
+        path.replace(renamed)
+        path = renamed
+    variant = Variant(name=final, parent=parent.name, stage=method, arch=parent.arch, file=ctx.run.rel(path),
+                      teachers=[teacher.name] if teacher else [], **facts)
+    for warning in warnings:
+        ctx.warn(variant, warning)
+    outputs = [path] + ([ctx.run.root / variant.checkpoint] if variant.checkpoint else [])
+    ctx.store(name, key, outputs, variant.to_dict())
     return ctx.add(variant)
 
 
@@ -105,7 +134,10 @@ def _quantized_facts(ctx, parent, path: Path, facts: dict) -> dict:
 
     parent_bytes = parent.file_bytes or 1
     file_bytes = artifact_bytes(path)
+    facts = dict(facts)
+    warnings = facts.pop("warnings", [])
     return {
+        "warnings": warnings,
         "format": facts.get("format", "onnx-int8-qdq"),
         "params": parent.params, "nonzero_params": parent.nonzero_params, "macs": parent.macs,
         "sparsity": parent.sparsity, "file_bytes": file_bytes, "gzip_bytes": gzip_bytes(path),
@@ -138,7 +170,9 @@ def structured(ctx, parent):
         ctx.say(f"{name}: removed {cfg.ratio:.0%} of the channels ({cfg.importance} importance)")
         result = _finetune(ctx, name, pruned, parent, cfg)
         weights = ctx.run.checkpoints / f"{name}.safetensors"
-        save_state(pruned, weights, metadata={"arch": parent.arch, "variant": name, "pruned": "structured"})
+        # `structure: pruned` tells the loader to rebuild the layers at the saved widths (no pickle).
+        save_state(pruned, weights, metadata={"arch": parent.arch, "variant": name, "structure": "pruned"})
+        _check_reload(ctx, parent, pruned, weights)
         check = export_onnx(pruned, ctx.dataset.preprocess, path, {"medlite.variant": name})
         facts = describe_model(pruned, ctx.example_input(), path)
         facts["compress"] = {
@@ -146,9 +180,10 @@ def structured(ctx, parent):
             "params_vs_parent": round(facts["params"] / parent.params, 4),
             "macs_vs_parent": round(facts["macs"] / parent.macs, 4), "weights": ctx.run.rel(weights),
         }
-        return {**facts, "export": {"max_abs_diff": check["max_abs_diff"]}, "train": result.to_dict()}
+        return {**facts, "checkpoint": ctx.run.rel(weights), "export": {"max_abs_diff": check["max_abs_diff"]},
+                "train": result.to_dict(), "warnings": result.warnings}
 
-    return _stage(ctx, name, parent, "prune_structured", cfg, make)
+    return _stage(ctx, "prune_structured", parent, make)
 
 
 def unstructured(ctx, parent):
@@ -172,9 +207,10 @@ def unstructured(ctx, parent):
             "gzip_vs_parent": round(facts["gzip_bytes"] / (parent.gzip_bytes or 1), 4),
         }
         ctx.say(f"{name}: {facts['sparsity']:.1%} of weights are zero; gzip {facts['gzip_bytes']:,} B")
-        return {**facts, "export": {"max_abs_diff": check["max_abs_diff"]}, "train": result.to_dict()}
+        return {**facts, "export": {"max_abs_diff": check["max_abs_diff"]}, "train": result.to_dict(),
+                "warnings": result.warnings}
 
-    return _stage(ctx, name, parent, "prune_unstructured", cfg, make)
+    return _stage(ctx, "prune_unstructured", parent, make)
 
 
 def dynamic(ctx, parent):
@@ -184,9 +220,13 @@ def dynamic(ctx, parent):
 
     def make(path: Path) -> dict:
         facts = quantize_dynamic(ctx.run.root / parent.file, path)
-        return _quantized_facts(ctx, parent, path, {**facts, "method": "int8_dynamic"})
+        out = _quantized_facts(ctx, parent, path, {**facts, "method": "int8_dynamic"})
+        if facts.get("dense_only"):
+            # ConvInteger could not be used: only the dense layers are int8. Say so in the name.
+            out["name"] = f"{name}_dense"
+        return out
 
-    return _stage(ctx, name, parent, "int8_dynamic", None, make)
+    return _stage(ctx, "int8_dynamic", parent, make)
 
 
 def static(ctx, parent):
@@ -202,7 +242,7 @@ def static(ctx, parent):
         ctx.say(f"{name}: int8 QDQ ({cfg.calibration_method} calibration on {len(calibration)} images)")
         return _quantized_facts(ctx, parent, path, {**facts, "method": "int8_static"})
 
-    return _stage(ctx, name, parent, "int8_static", cfg, make)
+    return _stage(ctx, "int8_static", parent, make)
 
 
 def qat(ctx, parent):
@@ -219,27 +259,42 @@ def qat(ctx, parent):
         result = _finetune(ctx, name, model, parent, cfg)
         facts = export_qat(model, ctx.dataset.preprocess, path, calibration)
         out = _quantized_facts(ctx, parent, path, {**facts, "method": "int8_qat"})
-        return {**out, "train": result.to_dict()}
+        return {**out, "train": result.to_dict(), "warnings": result.warnings + out["warnings"]}
 
-    return _stage(ctx, name, parent, "int8_qat", cfg, make)
+    return _stage(ctx, "int8_qat", parent, make)
+
+
+def _check_reload(ctx, parent, pruned, weights: Path) -> None:
+    """The pruned checkpoint must rebuild the very model it came from (pruned -> QAT / distillation)."""
+    import torch
+
+    from medlite.variant import Variant
+
+    probe = Variant(name="probe", parent=None, stage="probe", arch=parent.arch, checkpoint=ctx.run.rel(weights))
+    restored = ctx.load_variant_model(probe).eval()
+    x = ctx.example_input()
+    with torch.no_grad():
+        if not torch.allclose(restored(x), pruned.eval()(x), atol=1e-5):
+            raise UsageError(f"{weights}: the pruned checkpoint does not rebuild the pruned model")
 
 
 def run_compression(ctx) -> None:
-    """Apply the recipe's methods to each target, in an order that lets chains reuse their parents."""
+    """Apply each method, then each chain, to each target; a step two paths share runs once.
+
+    `compress.methods` are one-step chains; `compress.chains` (validated against the registry's
+    formats when the recipe loads) apply their methods in order, each to the previous result.
+    """
+    from medlite.compress import registry
+
     cfg = ctx.recipe.compress
     check_targets(ctx.recipe, list(ctx.variants))
-    methods = set(cfg.methods)
+    chains = [[method] for method in cfg.methods] + [list(chain) for chain in cfg.chains]
+    made: dict[tuple[str, str], object] = {}
     for target in cfg.targets:
-        base = ctx.variants[target]
-        if "prune_structured" in methods:
-            pruned = structured(ctx, base)
-            if cfg.quantize_pruned and "int8_static" in methods:
-                static(ctx, pruned)
-        if "prune_unstructured" in methods:
-            unstructured(ctx, base)
-        if "int8_dynamic" in methods:
-            dynamic(ctx, base)
-        if "int8_static" in methods:
-            static(ctx, base)
-        if "int8_qat" in methods:
-            qat(ctx, base)
+        for chain in chains:
+            variant = ctx.variants[target]
+            for method in chain:
+                step = (variant.name, method)
+                if step not in made:
+                    made[step] = registry.get(method).load()(ctx, variant)
+                variant = made[step]

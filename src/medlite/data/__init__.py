@@ -142,6 +142,10 @@ def _check(splits: dict[str, Split], class_names: list[str]) -> None:
     for name in ("train", "test"):
         if len(splits[name]) == 0:
             raise DataError(f"data: the {name} split is empty")
+    for name, split in splits.items():  # a label outside the classes would train a phantom class
+        if len(split) and (split.labels.min() < 0 or split.labels.max() >= len(class_names)):
+            bad = split.labels[(split.labels < 0) | (split.labels >= len(class_names))][0]
+            raise DataError(f"data: label {int(bad)} in the {name} split is outside the {len(class_names)} classes 0..{len(class_names) - 1}")
     present = np.unique(splits["train"].labels)
     if len(present) < 2:
         raise DataError(f"data: the train split has only one class ({class_names[present[0]]})")
@@ -156,6 +160,9 @@ def load_dataset(cfg, data_root: Path, seed: int) -> Dataset:
         path = medmnist.locate(cfg.flag, cfg.size, data_root)
         raw = medmnist.read_npz(path)
         class_names = [info["label"][str(i)] for i in range(len(info["label"]))]
+        unknown = sorted(set(cfg.class_map or {}) - set(class_names))
+        if unknown:
+            raise DataError(f"data.class_map: {unknown[0]!r} is not a class of {cfg.flag} ({', '.join(class_names)})")
         if cfg.class_map:
             class_names = [cfg.class_map.get(n, n) for n in class_names]
         native_channels, native_size = raw["train"][0].shape[3], raw["train"][0].shape[1]
@@ -179,12 +186,15 @@ def load_dataset(cfg, data_root: Path, seed: int) -> Dataset:
             raw["train" if split == "all" else split] = (images, labels)
         name, origin = root.name, str(root)
     elif cfg.source == "arrays":
-        from medlite.data.arrays import read_arrays
+        from medlite.data.arrays import check_labels, read_arrays
 
         root = _resolve_folder(cfg.root, data_root, "data.root")
         raw = read_arrays(root)
-        n_classes = int(max(labels.max() for _, labels in raw.values() if len(labels)) + 1)
+        n_classes = check_labels(raw, root)
         class_names = [str(i) for i in range(n_classes)]
+        unknown = sorted(set(cfg.class_map or {}) - set(class_names))
+        if unknown:
+            raise DataError(f"data.class_map: {unknown[0]!r} is not a label of {root} (labels: {', '.join(class_names)})")
         if cfg.class_map:
             class_names = [cfg.class_map.get(n, n) for n in class_names]
         native_channels, native_size = raw["train"][0].shape[3], raw["train"][0].shape[1]

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import shutil
+import tempfile
+import zipfile
+import zlib
 import urllib.error
 import urllib.request
 from functools import lru_cache
@@ -65,50 +70,156 @@ def default_data_root() -> Path:
     return Path(cache) / "medlite"
 
 
+def cache_dir() -> Path:
+    """medlite's own small files (e.g. which data files passed their MD5 check): $MEDLITE_CACHE_DIR,
+    else the user cache (~/.cache/medlite)."""
+    env = os.environ.get("MEDLITE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medlite"
+
+
+_VERIFIED_FILE = "verified-md5.json"
+_verified_here: dict[str, str] = {}  # this process: key -> md5 (no re-reading the JSON per stage)
+
+
+def _file_key(path: Path) -> str:
+    stat = path.stat()
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _remembered_md5(key: str) -> str | None:
+    if key in _verified_here:
+        return _verified_here[key]
+    try:
+        return json.loads((cache_dir() / _VERIFIED_FILE).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _remember_md5(key: str, md5: str) -> None:
+    """Best effort: a cache we cannot write only means the check runs again next time."""
+    _verified_here[key] = md5
+    folder = cache_dir()
+    try:
+        try:
+            known = json.loads((folder / _VERIFIED_FILE).read_text())
+            known = known if isinstance(known, dict) else {}
+        except (OSError, ValueError):
+            known = {}
+        known[key] = md5
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{_VERIFIED_FILE}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(known, handle)
+        os.replace(tmp, folder / _VERIFIED_FILE)
+    except OSError:
+        pass
+
+
+def verify_md5(path: Path, expected: str | None) -> None:
+    """The file must be the official release: its MD5 is computed once per (path, size, mtime)
+    and remembered, so later runs do not re-read hundreds of megabytes."""
+    if not expected:
+        return
+    try:
+        key = _file_key(path)
+        actual = _remembered_md5(key)
+        if actual is None:
+            actual = _md5(path)
+            _remember_md5(key, actual)
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    if actual != expected:
+        raise DataError(
+            f"{path}: MD5 {actual} differs from the official {expected} (damaged or not the "
+            f"official file; delete it to download it again)"
+        )
+
+
 def locate(flag: str, size: int, data_root: Path, download: bool = True) -> Path:
-    """The path of the official file, looked for in DATA_ROOT and DATA_ROOT/medmnist; downloaded if missing."""
+    """The path of the official file, looked for in DATA_ROOT and DATA_ROOT/medmnist; downloaded if missing.
+
+    A file found is checked against the official MD5 (once, then remembered). The data root is
+    created only when a download succeeded: a failed or offline lookup leaves no folder behind.
+    """
     info = flag_info(flag)
     name = file_name(flag, size)
-    for candidate in (data_root / name, data_root / "medmnist" / name):
-        if candidate.is_file():
-            return candidate
-    target = data_root / name
     suffix = "" if size == 28 else f"_{size}"
     url, md5 = info.get(f"url{suffix}"), info.get(f"MD5{suffix}")
+    for candidate in (data_root / name, data_root / "medmnist" / name):
+        if candidate.is_file():
+            verify_md5(candidate, md5)
+            return candidate
+    target = data_root / name
     if not url:
         raise DataError(f"data.size: {flag} has no {size}px release")
     if not download or os.environ.get("MEDLITE_OFFLINE"):
         raise DataError(f"{name}: not found in {data_root}; download it from {url.split('?')[0]} and put it there")
+    fd, partial_name = tempfile.mkstemp(prefix=f"medlite-{name}.", suffix=".part")
+    partial = Path(partial_name)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".npz.part")
-        with urllib.request.urlopen(url, timeout=30) as response, open(partial, "wb") as out:
-            while block := response.read(1 << 20):
-                out.write(block)
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        raise DataError(
-            f"{name}: not found in {data_root} and the download failed ({getattr(err, 'reason', err)}); "
-            f"download it from {url.split('?')[0]} and put it in {data_root} (or pass --data-root)"
-        ) from None
-    if _md5(partial) != md5:
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
+                while block := response.read(1 << 20):
+                    out.write(block)
+        except (urllib.error.URLError, OSError, TimeoutError) as err:
+            raise DataError(
+                f"{name}: not found in {data_root} and the download failed ({getattr(err, 'reason', err)}); "
+                f"download it from {url.split('?')[0]} and put it in {data_root} (or pass --data-root)"
+            ) from None
+        actual = _md5(partial)
+        if md5 and actual != md5:
+            raise DataError(f"{name}: downloaded file has MD5 {actual}, not the official {md5}")
+        try:
+            data_root.mkdir(parents=True, exist_ok=True)
+            staged = target.with_name(f".{name}.{os.getpid()}.tmp")
+            shutil.move(str(partial), staged)  # the system temp may be another file system
+            os.replace(staged, target)
+        except OSError as err:
+            raise DataError(f"{data_root}: cannot store the downloaded {name} ({err.strerror or err})") from None
+        _remember_md5(_file_key(target), actual)
+        return target
+    finally:
         partial.unlink(missing_ok=True)
-        raise DataError(f"{name}: downloaded file does not match the official MD5 {md5}")
-    os.replace(partial, target)
-    return target
+
+
+_NPZ_FAULTS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, TypeError, AttributeError)
 
 
 def read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{'train': (images uint8 NHWC, labels int64 N), 'val': ..., 'test': ...}."""
+    """{'train': (images uint8 NHWC, labels int64 N), 'val': ..., 'test': ...}.
+
+    A damaged file (truncated, zero bytes, not a zip, missing keys) is a DataError naming it.
+    """
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes); delete it to download it again")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            splits = {}
-            for split in ("train", "val", "test"):
+        loaded = np.load(path, allow_pickle=False)
+    except _NPZ_FAULTS as err:
+        raise DataError(f"{path}: not a readable .npz file ({_brief(err)})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: not an .npz archive (a single array)")
+    splits = {}
+    with loaded as npz:
+        for split in ("train", "val", "test"):
+            for key in (f"{split}_images", f"{split}_labels"):
+                if key not in npz.files:
+                    raise DataError(f"{path}: missing key {key!r} (has: {', '.join(npz.files) or 'none'})")
+            try:
                 images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
-                if images.ndim == 3:
-                    images = images[..., None]
-                splits[split] = (images.astype(np.uint8), labels.reshape(len(labels), -1)[:, 0].astype(np.int64))
-            return splits
-    except KeyError as err:
-        raise DataError(f"{path}: missing key {err.args[0]!r}") from None
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not a readable .npz file ({err})") from None
+            except _NPZ_FAULTS as err:  # a member that is truncated or fails its CRC
+                raise DataError(f"{path}: {split} arrays unreadable ({_brief(err)})") from None
+            if images.ndim == 3:
+                images = images[..., None]
+            if images.ndim != 4 or images.dtype != np.uint8 or labels.ndim == 0 or len(labels) != len(images):
+                raise DataError(
+                    f"{path}: {split} arrays are not MedMNIST's (images {images.dtype} {images.shape}, labels {labels.shape})"
+                )
+            splits[split] = (images, labels.reshape(len(labels), -1)[:, 0].astype(np.int64))
+    return splits
+
+
+def _brief(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text[:120]

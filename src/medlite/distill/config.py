@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 class MethodConfig(BaseModel):
     """Keys every method shares. Unknown keys are errors (a typo never falls back to a default)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     method: str
     scratch_baseline: bool = Field(True, description="also train the student without a teacher (ablation)")

@@ -56,11 +56,10 @@ def stage_ensemble(ctx, members: list, weights: list[float] | None):
     """The teachers' ensemble as one model (mean of their probabilities), saved as one checkpoint."""
     from medlite.models.composite import Ensemble
     from medlite.models.weights import save_state
-    from medlite.runstate import fingerprint
-    from medlite.variant import Variant
+    from medlite.variant import Variant, stage_key
 
     arch = "ensemble(" + ",".join(m.arch for m in members) + ")"
-    key = fingerprint("ensemble", [ctx.artifact_hash(m) for m in members], weights)
+    key = stage_key("ensemble", [ctx.artifact_hash(m) for m in members], weights)
     ckpt = ctx.run.checkpoints / f"{ENSEMBLE}.safetensors"
     facts = ctx.reuse(ENSEMBLE, key, announce=ctx.run.rel(ckpt))
     if facts is not None:
@@ -71,30 +70,33 @@ def stage_ensemble(ctx, members: list, weights: list[float] | None):
                       checkpoint=ctx.run.rel(ckpt), params=sum(p.numel() for p in model.parameters()),
                       train={"weights": [float(w) for w in model.weights]})
     ctx.say(f"{ENSEMBLE}: mean of the probabilities of {', '.join(m.name for m in members)}")
-    ctx.run.store(ENSEMBLE, key, [ckpt], variant.to_dict())
+    ctx.store(ENSEMBLE, key, [ckpt], variant.to_dict())
     return ctx.add(variant)
 
 
 def run_distillation(ctx, train: Callable) -> None:
     """Train the teacher(s), their ensemble, the assistants, the scratch baseline and the distilled student.
 
-    `train(ctx, name, cfg, *, teachers=[variants], parent=variant, stage=..., fixed_views=...)` trains one model.
+    `train(ctx, name, cfg, *, teachers=[variants], parent=variant, stage=..., fixed_views=..., section=...)` trains one model.
     """
     recipe = ctx.recipe
     d = recipe.distill
     check_recipe(recipe)
+    # `section`: the recipe section each model was trained with, recorded on its variant (lineage as data).
     if recipe.teachers is None:
-        teachers = [train(ctx, SINGLE_TEACHER, recipe.teacher)]
+        teachers = [train(ctx, SINGLE_TEACHER, recipe.teacher, section="teacher")]
         parent = teachers[0]
     else:
-        teachers = [train(ctx, name, cfg) for name, cfg in zip(teacher_names(recipe), recipe.teachers)]
+        teachers = [train(ctx, name, cfg, section=f"teachers.{i}")
+                    for i, (name, cfg) in enumerate(zip(teacher_names(recipe), recipe.teachers))]
         parent = stage_ensemble(ctx, teachers, d.teacher_weights)
     for i, cfg in enumerate(recipe.assistants):
         cfg = cfg.model_copy(update={"arch": d.student_arch(cfg.arch)})
-        teachers = [train(ctx, f"assistant_{i + 1}", cfg, teachers=teachers, parent=parent, stage="distill")]
+        teachers = [train(ctx, f"assistant_{i + 1}", cfg, teachers=teachers, parent=parent, stage="distill",
+                          section=f"assistants.{i}")]
         parent = teachers[0]
     if d.scratch_baseline:
         # Logit methods distil on a bank of fixed views: the baseline trains on the very same views.
-        train(ctx, "student_scratch", recipe.student, fixed_views=not type(d).uses_teacher_features)
+        train(ctx, "student_scratch", recipe.student, fixed_views=not type(d).uses_teacher_features, section="student")
     student = recipe.student.model_copy(update={"arch": d.student_arch(recipe.student.arch)})
-    train(ctx, STUDENT, student, teachers=teachers, parent=parent, stage="distill")
+    train(ctx, STUDENT, student, teachers=teachers, parent=parent, stage="distill", section="student")

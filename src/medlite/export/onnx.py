@@ -8,7 +8,6 @@ in its metadata, so the edge runner can prepare images exactly as training did.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -63,10 +62,10 @@ def save_onnx(model_proto, path: Path) -> None:
     """Write atomically: a killed run never leaves a truncated model under the final name."""
     import onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    onnx.save(model_proto, str(tmp))
-    os.replace(tmp, path)
+    from medlite.runstate import atomic_path
+
+    with atomic_path(path) as tmp:
+        onnx.save(model_proto, str(tmp))
 
 
 def export_onnx(model, spec: PreprocessSpec, path: Path, extra_metadata: dict[str, str] | None = None) -> dict:
@@ -78,25 +77,29 @@ def export_onnx(model, spec: PreprocessSpec, path: Path, extra_metadata: dict[st
     import onnx
     import torch
 
+    from medlite.runstate import temp_path
+
     model = model.eval().cpu()
     example = torch.randn(2, spec.channels, spec.image_size, spec.image_size)
-    tmp = path.with_name(path.name + ".export.tmp")
+    tmp = temp_path(path.with_name(path.name + ".export"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (example,),
-            str(tmp),
-            dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=OPSET,
-            do_constant_folding=True,
-        )
-    proto = onnx.load(str(tmp))
-    tmp.unlink()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                dynamo=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=OPSET,
+                do_constant_folding=True,
+            )
+        proto = onnx.load(str(tmp))
+    finally:
+        tmp.unlink(missing_ok=True)  # also when the exporter fails half-way
     set_metadata(proto, spec, extra_metadata)
     onnx.checker.check_model(proto)
     save_onnx(proto, path)

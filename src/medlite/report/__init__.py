@@ -38,7 +38,7 @@ def table_rows(results: dict) -> list[list[str]]:
         ci = (m.get("ci") or {}).get("auc")
         latency = (v.get("bench") or {}).get("latency_ms") or {}
         rows.append([
-            v["name"], v.get("parent") or "-", v.get("format") or "-", _fmt_count(v.get("params")),
+            v["name"] + (" (!)" if v.get("warnings") else ""), v.get("parent") or "-", v.get("format") or "-", _fmt_count(v.get("params")),
             _fmt_count(v.get("macs")), _fmt_bytes(v.get("file_bytes")), _fmt_bytes(v.get("gzip_bytes")),
             _num(v.get("sparsity"), 2), _num(m.get("accuracy")), _num(m.get("balanced_accuracy")), _num(m.get("auc")),
             f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-", _num(m.get("f1_macro")), _num(m.get("ece")),
@@ -56,6 +56,13 @@ def print_table(results: dict, console) -> None:
     for row in table_rows(results):
         table.add_row(*row)
     console.print(table)
+    for line in warning_lines(results):
+        console.print(f"(!) {line}", markup=False)
+
+
+def warning_lines(results: dict) -> list[str]:
+    """One line per warning of every variant: what is not what its name says."""
+    return [f"{v['name']}: {w}" for v in results["variants"] for w in v.get("warnings") or []]
 
 
 def render_html(results: dict) -> str:

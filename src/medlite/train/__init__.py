@@ -22,6 +22,8 @@ class FitResult:
     seconds: float = 0.0
     teacher_cache_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+    selected_by: str = "val_auc"  # what chose best_epoch: val_auc, val_loss (AUC not computable), last_epoch
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         mean = float(np.mean(self.epoch_seconds)) if self.epoch_seconds else 0.0
@@ -34,6 +36,8 @@ class FitResult:
             "seconds": round(self.seconds, 2),
             "teacher_cache_seconds": round(self.teacher_cache_seconds, 2),
             "history": self.history,
+            "selected_by": self.selected_by,
+            "warnings": self.warnings,
         }
 
 
@@ -52,6 +56,8 @@ def resolve_device(name: str) -> str:
 def _epoch_callback(label: str, say: Callable[[str], None] | None):
     import lightning as L
 
+    from medlite.runstate import fault_point
+
     class EpochLog(L.Callback):
         """Times each training epoch and reports one plain line per epoch."""
 
@@ -64,6 +70,7 @@ def _epoch_callback(label: str, say: Callable[[str], None] | None):
             module.log("epoch_time", seconds)
             row = {"epoch": trainer.current_epoch, "seconds": round(seconds, 3), **{k: round(v, 5) for k, v in metrics.items()}}
             module.history.append(row)
+            fault_point(f"epoch:{label}:{trainer.current_epoch + 1}")  # tests kill a run mid-training here
             if say:
                 val = f" val_auc {metrics['val_auc']:.3f} val_acc {metrics['val_acc']:.3f}" if "val_auc" in metrics else ""
                 say(
@@ -223,9 +230,27 @@ def fit(
     if not select_best:
         last = module.history[-1] if module.history else {}
         module.best_epoch, best_auc = cfg.epochs - 1, last.get("val_auc")
+    selected_by, notes = "val_auc", []
     if module.best_score is None:  # no validation split: the last epoch
         module.best_epoch = cfg.epochs - 1
+        selected_by = "last_epoch"
+        if select_best:
+            notes.append("no validation split: kept the last epoch")
+    elif not select_best:
+        selected_by = "last_epoch"
+    if best_auc is not None and not np.isfinite(best_auc):
+        best_auc = None
+    if module.auc_missing and select_best and module.best_score is not None:
+        if best_auc is None:
+            selected_by = "val_loss"
+        notes.append(
+            f"validation AUC could not be computed in {module.auc_missing} of {module.val_passes} "
+            "validation passes (one class in the validation split?)"
+            + ("; best epoch chosen by validation loss" if best_auc is None else "; those epochs ranked by loss, below the rest")
+        )
     return FitResult(
+        selected_by=selected_by,
+        warnings=notes,
         best_epoch=module.best_epoch,
         best_val_auc=float(best_auc) if best_auc is not None else None,
         epochs=cfg.epochs,

@@ -68,6 +68,8 @@ class ClassifierModule(L.LightningModule):
         self.best_state: dict | None = None
         self.best_score: tuple[float, float] | None = None
         self.best_epoch = -1
+        self.auc_missing = 0  # validation passes whose AUC could not be computed
+        self.val_passes = 0
         self.history: list[dict] = []
 
     # -- data -------------------------------------------------------------------------
@@ -146,12 +148,18 @@ class ClassifierModule(L.LightningModule):
         y = labels.cpu().numpy()
         auc = auc_score(probs, y)
         acc = float((probs.argmax(1) == y).mean())
-        self.log_dict({"val_loss": loss, "val_acc": acc, "val_auc": auc if np.isfinite(auc) else 0.0})
+        # An AUC that cannot be computed (one class in the validation split, non-finite outputs) is
+        # logged as NaN, never as a number that looks like a (terrible) score.
+        self.log_dict({"val_loss": loss, "val_acc": acc, "val_auc": float(auc) if np.isfinite(auc) else float("nan")})
         if self.trainer.sanity_checking:
             return
-        # Best epoch: highest validation AUC, ties broken by lower validation loss. The starting
-        # weights, when scored (fine-tuning), count as epoch -1.
-        score = (auc if np.isfinite(auc) else -1.0, -loss)
+        # Best epoch: highest validation AUC, ties broken by lower validation loss; an epoch whose
+        # AUC cannot be computed ranks by its loss alone, below every epoch with an AUC. The
+        # starting weights, when scored (fine-tuning), count as epoch -1.
+        self.val_passes += 1
+        if not np.isfinite(auc):
+            self.auc_missing += 1
+        score = (float(auc) if np.isfinite(auc) else float("-inf"), -loss)
         if self.best_score is None or score > self.best_score:
             self.best_score = score
             self.best_epoch = -1 if self.trainer.state.fn == "validate" else self.current_epoch
