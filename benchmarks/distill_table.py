@@ -89,7 +89,8 @@ def train_teacher(data_root: str, flag: str, seed: int, cfg: dict, data: dict, p
     ds = load_dataset(recipe.data, Path(data_root), seed)
     torch.manual_seed(seed)
     model = create(cfg["arch"], ds.num_classes, ds.channels, ds.image_size)
-    fit(model, ds, recipe.teacher, data_cfg=recipe.data, seed=seed, log_dir=target.parent / (target.stem + "_logs"))
+    result = fit(model, ds, recipe.teacher, data_cfg=recipe.data, seed=seed, log_dir=target.parent / (target.stem + "_logs"))
+    target.with_suffix(".json").write_text(json.dumps(result.to_dict()))  # its validation AUC, for the table
     save_state(model, target)
     return path
 
@@ -164,8 +165,19 @@ def run_all(args) -> list[Path]:
 
 
 def _variants(run_dir: Path) -> dict[str, dict]:
+    """The run's variants by name; each trained one also carries the weights file it started from."""
+    import yaml
+
     results = json.loads((run_dir / "results.json").read_text())
-    return {v["name"]: v for v in results["variants"]}
+    resolved = next(p for p in (run_dir / "recipe.resolved.yaml", run_dir / "recipe.yaml") if p.is_file())
+    recipe = yaml.safe_load(resolved.read_text())
+    sections = {"teacher": recipe.get("teacher")}
+    sections.update({f"teacher_{i}": t for i, t in enumerate(recipe.get("teachers") or [])})
+    variants = {v["name"]: v for v in results["variants"]}
+    for name, section in sections.items():
+        if name in variants and section:
+            variants[name]["_pretrained"] = section.get("pretrained")
+    return variants
 
 
 def _fmt(values: list[float]) -> str:
@@ -177,6 +189,16 @@ def _fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _val_auc(variant: dict) -> float | None:
+    """Best-epoch validation AUC; a frozen teacher (0 epochs here) has it in its phase-1 record."""
+    val = variant.get("train", {}).get("best_val_auc")
+    if val is None and variant.get("train", {}).get("epochs") == 0:
+        record = Path(str(variant.get("_pretrained", ""))).with_suffix(".json")
+        if record.is_file():
+            val = json.loads(record.read_text()).get("best_val_auc")
+    return val
+
+
 def collect(args) -> dict:
     """rows[label][flag] = {"test": [...], "val": [...], "ratio": [...]} over seeds."""
     rows: dict[str, dict[str, dict[str, list]]] = {}
@@ -184,7 +206,7 @@ def collect(args) -> dict:
     def add(label, flag, variant, ratio=None):
         cell = rows.setdefault(label, {}).setdefault(flag, {"test": [], "val": [], "ratio": []})
         cell["test"].append(variant["metrics"].get("auc"))
-        cell["val"].append(variant.get("train", {}).get("best_val_auc"))
+        cell["val"].append(_val_auc(variant))
         cell["ratio"].append(ratio)
 
     for flag in args.datasets:
