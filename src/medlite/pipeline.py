@@ -80,12 +80,14 @@ def _train_key(ctx: Context, cfg, extra: Any = None) -> str:
     return stage_key("train", *parts)
 
 
-def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, stage: str = "train",
-                section: str | None = None) -> Variant:
-    """Train (or distil from `parent`) one model; the checkpoint is the best-validation-AUC epoch.
+def stage_train(ctx: Context, name: str, cfg, *, teachers: list[Variant] = (), parent: Variant | None = None,
+                stage: str = "train", fixed_views: bool = False, section: str | None = None) -> Variant:
+    """Train one model, or distil it from `teachers` (the recipe's distill method); `parent` is the
+    variant it descends from (default: the first teacher). The checkpoint is the best-validation-AUC epoch.
 
-    `section` names the recipe section `cfg` came from (default: found by identity); it is
-    recorded on the variant, so later stages find its training settings by lineage, not by name.
+    `section` names the recipe section `cfg` came from (default: found by identity; `teachers.0`,
+    `assistants.1` for list entries); it is recorded on the variant, so later stages find its
+    training settings by lineage, not by name.
     """
     if section is None:
         section = next((f for f in type(ctx.recipe).model_fields if getattr(ctx.recipe, f) is cfg), None)
@@ -93,30 +95,34 @@ def stage_train(ctx: Context, name: str, cfg, *, parent: Variant | None = None, 
     from medlite.models.weights import save_state
     from medlite.train import fit
 
-    distill = ctx.recipe.distill if parent is not None else None
-    key = _train_key(ctx, cfg, [ctx.artifact_hash(parent), distill.model_dump()] if parent else None)
+    teachers = list(teachers)
+    parent = parent or (teachers[0] if teachers else None)
+    distill = ctx.recipe.distill if teachers else None
+    extra = [[ctx.artifact_hash(t) for t in teachers], distill.model_dump()] if teachers else None
+    key = _train_key(ctx, cfg, [extra, fixed_views] if fixed_views else extra)
     ckpt = ctx.run.checkpoints / f"{name}.safetensors"
     facts = ctx.reuse(name, key, announce=ctx.run.rel(ckpt))
     if facts is not None:
         return ctx.add(Variant.from_dict(facts))
     if ctx.run.previous_key(name):
         ctx.say(f"{name}: recipe, data or parent changed: retraining")
-    if cfg.pretrained and not Path(cfg.pretrained).is_file():
+    if cfg.pretrained and cfg.pretrained != "imagenet" and not Path(cfg.pretrained).is_file():
         raise UsageError(f"{name}.pretrained: weights file {cfg.pretrained!r} not found")
     with ctx.timed(name):
         model = ctx.build_model(cfg.arch, cfg.pretrained)
-        teacher = ctx.load_variant_model(parent) if parent is not None else None
-        what = f"distilling {cfg.arch} from {parent.name}" if parent else f"training {cfg.arch}"
+        teacher_models = [ctx.load_variant_model(t) for t in teachers]
+        what = f"distilling {cfg.arch} from {parent.name} ({distill.method})" if teachers else f"training {cfg.arch}"
         ctx.say(f"{name}: {what} ({count_params(model):,} parameters, {cfg.epochs} epochs)")
         result = fit(
             model, ctx.dataset, cfg, data_cfg=ctx.recipe.data, seed=ctx.recipe.seed,
-            log_dir=ctx.run.stage_logs(name), label=name, teacher=teacher, distill=distill,
+            log_dir=ctx.run.stage_logs(name), label=name, teacher=teacher_models or None, distill=distill,
+            fixed_views=fixed_views,
             device=ctx.device, say=ctx.say, progress=ctx.progress, trainer_cfg=ctx.recipe.trainer,
         )
         save_state(model, ckpt, metadata={"arch": cfg.arch, "variant": name})
     variant = Variant(
         name=name, parent=parent.name if parent else None, stage=stage, arch=cfg.arch,
-        teachers=[parent.name] if parent else [], train_section=section,
+        teachers=[t.name for t in teachers], train_section=section,
         checkpoint=ctx.run.rel(ckpt), params=count_params(model), train=result.to_dict(),
     )
     for warning in result.warnings:
@@ -236,17 +242,13 @@ def run_pipeline(
     `runs/<name>` the user did not choose, so it must not hold a run on other data.
     `store`: a `medlite.stagestore.StageStore` shared with other runs (a study's trials).
     """
-    from medlite.models import check_arch
+    from medlite.distill.stages import check_recipe, variant_names
 
-    for section, cfg in (("teacher", recipe.teacher), ("student", recipe.student)):
-        try:
-            check_arch(cfg.arch)
-        except UsageError as err:
-            raise UsageError(f"{section}.arch: {err}") from None
+    check_recipe(recipe)  # every architecture, and the distillation setup, before anything is written
     if recipe.compress.methods or recipe.compress.chains:
         from medlite.compress.stages import check_targets
 
-        check_targets(recipe, ["teacher", "student_kd"] + (["student_scratch"] if recipe.distill.scratch_baseline else []))
+        check_targets(recipe, variant_names(recipe))
     from medlite.export.stages import check_export_formats
 
     check_export_formats(recipe)
@@ -273,13 +275,11 @@ def _carry_out(recipe: Recipe, run: RunDir, data_root: Path, say: Callable[[str]
     ctx.device = resolve_device(recipe.device)
 
     stage_data(ctx)
+    from medlite.distill.stages import run_distillation
     from medlite.evaluate.operating_point import check_config, stage_predict
 
     check_config(recipe, ctx.dataset.class_names)
-    teacher = stage_train(ctx, "teacher", recipe.teacher, section="teacher")
-    if recipe.distill.scratch_baseline:
-        stage_train(ctx, "student_scratch", recipe.student, section="student")
-    stage_train(ctx, "student_kd", recipe.student, parent=teacher, stage="distill", section="student")
+    run_distillation(ctx, train=stage_train)  # teacher(s), ensemble, assistants, scratch baseline, distilled student
     for variant in list(ctx.variants.values()):
         stage_export(ctx, variant)
 

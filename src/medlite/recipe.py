@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from medlite.distill.config import CONFIGS as DISTILL_CONFIGS, KDConfig, DistillConfig as _DistillConfig
 from medlite.errors import UsageError
 from medlite.export.config import ExportConfig
 from medlite.explain.config import ExplainConfig
@@ -41,7 +42,7 @@ class _Strict(BaseModel):
 
 
 def _is_section(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, _Strict)
+    return (isinstance(annotation, type) and issubclass(annotation, _Strict)) or annotation is _DistillConfig
 
 
 class SplitRatios(_Strict):
@@ -132,11 +133,8 @@ class StudentConfig(TrainConfig):
     lr: float = Field(3e-3, gt=0, le=10)
 
 
-class DistillConfig(_Strict):
-    method: Literal["kd"] = "kd"
-    temperature: float = Field(4.0, gt=0, le=100)
-    alpha: float = Field(0.7, ge=0, le=1, description="weight of the distillation term (1 - alpha on the labels)")
-    scratch_baseline: bool = Field(True, description="also train the student without a teacher (ablation)")
+# The distillation section: a union of per-method configs chosen by `distill.method` (see medlite.distill).
+DistillConfig = _DistillConfig
 
 
 class OperatingPoint(_Strict):
@@ -297,13 +295,34 @@ class Recipe(_Strict):
     # validated against the class, so a setting that only a default instance carried would be lost.
     teacher: TeacherConfig = TeacherConfig()
     student: StudentConfig = StudentConfig()
-    distill: DistillConfig = DistillConfig()
+    teachers: list[TeacherConfig] | None = Field(
+        None, min_length=1, description="several teachers (an arch name or a teacher section each); the student distils from their ensemble"
+    )
+    assistants: list[StudentConfig] = Field(
+        default_factory=list, description="teacher -> assistant 1 -> ... -> student, largest first (an arch name or a section each)"
+    )
+    distill: DistillConfig = KDConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     compress: CompressConfig = CompressConfig()
     export: ExportConfig = ExportConfig()
     bench: BenchConfig = BenchConfig()
     explain: ExplainConfig = ExplainConfig()
     trainer: TrainerConfig = TrainerConfig()
+
+    @field_validator("teachers", "assistants", mode="before")
+    @classmethod
+    def _arch_names(cls, value: Any) -> Any:
+        """`[resnet18, resnet34]` is short for `[{arch: resnet18}, {arch: resnet34}]`."""
+        return [{"arch": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _one_teacher_form(self) -> "Recipe":
+        """With `teachers:`, `teacher` is the first of them (a resolved recipe.yaml states both, equal)."""
+        if self.teachers is not None:
+            if "teacher" in self.model_fields_set and self.teacher != self.teachers[0]:
+                raise ValueError("give either teacher: (one) or teachers: (several), not both")
+            self.__dict__["teacher"] = self.teachers[0]  # bypasses validate_assignment (no re-validation loop)
+        return self
 
 
 # -- loading --------------------------------------------------------------------------
@@ -397,14 +416,28 @@ def _section_fields(loc: tuple) -> list[str]:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None or not _is_section(field.annotation):
             return []
+        if field.annotation is _DistillConfig:  # a union: every method's keys
+            return sorted({k for c in DISTILL_CONFIGS.values() for k in c.model_fields})
         model = field.annotation
     return list(model.model_fields)
+
+
+def _user_loc(loc: tuple) -> tuple:
+    """Drop the distill union's tag (the method name pydantic puts in the path): not a key the user wrote."""
+    if len(loc) > 1 and loc[0] == "distill" and loc[1] in DISTILL_CONFIGS:
+        return (loc[0], *loc[2:])
+    return loc
 
 
 def _describe(err: dict) -> str:
     """One validation error as `key: what is wrong (got value)`."""
     loc, kind = tuple(err["loc"]), err["type"]
     key = _error_key(loc) or "(top level)"
+    if kind == "union_tag_invalid":  # distill.method names no registered method
+        tag, expected = err["ctx"]["tag"], err["ctx"]["expected_tags"]
+        hint = difflib.get_close_matches(str(tag), [t.strip(" '") for t in expected.split(",")], n=1)
+        return (f"{key}.method: unknown method {tag!r}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else f"; choose from {expected}"))
     if kind == "extra_forbidden":
         hint = difflib.get_close_matches(str(loc[-1]), _section_fields(loc[:-1]), n=1)
         return f"unknown key {key!r}" + (f" (did you mean {_error_key((*loc[:-1], hint[0]))!r}?)" if hint else "")
@@ -446,6 +479,8 @@ def validate_tree(tree: Any, source: str, overrides: list[str] | None = None) ->
         return Recipe.model_validate(tree)
     except ValidationError as err:
         errors = sorted(err.errors(), key=lambda e: _ERROR_ORDER.get(e["type"], 1))
+        for error in errors:
+            error["loc"] = _user_loc(tuple(error["loc"]))
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         where = _source_of(tuple(first["loc"]), applied, source)

@@ -17,7 +17,8 @@ from medlite.runstate import RunDir, fingerprint, sha256
 # Bump a stage kind's number whenever what it produces changes for the same inputs (a new loss,
 # a changed exporter, new facts): its old records then no longer match and the stage is redone.
 # Compression methods carry theirs in `medlite.compress.registry.MethodSpec.schema`.
-STAGE_SCHEMAS: dict[str, int] = {"train": 2, "export": 1, "evaluate": 1, "bench": 2}
+# train 3: distillation methods from the registry; the scratch baseline of a logit method on fixed views.
+STAGE_SCHEMAS: dict[str, int] = {"train": 3, "export": 1, "evaluate": 1, "bench": 2, "ensemble": 1}
 
 
 def stage_key(kind: str, *parts, schema: int | None = None) -> str:

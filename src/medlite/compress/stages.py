@@ -42,7 +42,10 @@ def _lineage(ctx, parent):
     source = root.teachers[0] if root.teachers else root.name
     if source not in ctx.variants:
         raise UsageError(f"compress: cannot fine-tune {parent.name}: its distillation source {source!r} is not in this run")
-    return getattr(ctx.recipe, section), ctx.variants[source]
+    cfg = ctx.recipe
+    for part in section.split("."):  # "student", or a list entry such as "teachers.0" / "assistants.1"
+        cfg = cfg[int(part)] if part.isdigit() else getattr(cfg, part)
+    return cfg, ctx.variants[source]
 
 
 def _teacher_for(ctx, parent, finetune_cfg):

@@ -1,8 +1,11 @@
-"""A bank of fixed augmented views with the teacher's logits, computed once before distillation.
+"""A bank of fixed augmented views with the teachers' logits, computed once before distillation.
 
-The teacher is frozen, so its output for a given input never changes. Drawing each epoch's
-images from a fixed set of augmented views lets us run the teacher once per view instead of
-once per step: a distillation epoch then costs the same as a scratch-student epoch.
+A teacher is frozen, so its output for a given input never changes. Drawing each epoch's images
+from a fixed set of augmented views lets us run each teacher once per view instead of once per
+step: a logit-distillation epoch then costs about what a scratch-student epoch costs. The logits
+are kept per teacher (views x N x teachers x classes), so an ensemble is softened and averaged
+at the method's own temperature. With no teacher the bank holds only the views: the scratch
+baseline trains on exactly the images the distilled student sees, so the comparison is fair.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ MAX_BANK_BYTES = 1 << 30  # keep the bank under 1 GiB of uint8 images
 
 @torch.no_grad()
 def build_teacher_bank(
-    teacher: torch.nn.Module,
+    teacher: torch.nn.Module | list[torch.nn.Module] | None,
     images: torch.Tensor,
     *,
     views: int,
@@ -26,25 +29,32 @@ def build_teacher_bank(
     seed: int,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(views x N x C x H x W uint8 images, views x N x K float32 logits). View 0 is unaugmented."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(views x N x C x H x W uint8 images, views x N x teachers x K float32 logits, or None without teachers).
+
+    Every view is augmented (unless the preset is "none"): a short fine-tune with one view still sees augmentation.
+    """
+    teachers = [] if teacher is None else list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     per_view = images.numel()
     views = max(1, min(views, MAX_BANK_BYTES // max(1, per_view)))
     if augment_preset == "none":
         views = 1
     generator = torch.Generator().manual_seed(seed)
-    teacher = teacher.eval().to(device)
+    teachers = [t.eval().to(device) for t in teachers]
     bank_images, bank_logits = [], []
     for view in range(views):
         view_images, view_logits = [], []
         for start in range(0, len(images), batch_size):
-            x = images[start : start + batch_size].to(device).float() / 255
-            if view > 0:
+            x = images[start : start + batch_size].float() / 255
+            if augment_preset != "none":
                 x = augment(x, augment_preset, generator)
-            # Round to uint8 first, so the teacher sees exactly the pixels the student will see.
+            # Round to uint8 first, so the teachers see exactly the pixels the student will see.
             x8 = (x * 255).round().clamp(0, 255).to(torch.uint8)
             view_images.append(x8)
-            view_logits.append(teacher((x8.float() / 255 - mean) / std).float())
+            if teachers:
+                inputs = ((x8.float() / 255 - mean) / std).to(device)
+                view_logits.append(torch.stack([t(inputs).float().cpu() for t in teachers], 1))
         bank_images.append(torch.cat(view_images))
-        bank_logits.append(torch.cat(view_logits))
-    return torch.stack(bank_images), torch.stack(bank_logits)
+        if teachers:
+            bank_logits.append(torch.cat(view_logits))
+    return torch.stack(bank_images), (torch.stack(bank_logits) if teachers else None)

@@ -108,6 +108,15 @@ def check_arch(arch: str) -> None:
     """Fail fast (before any data is read or model trained) on an architecture name we cannot build."""
     import timm
 
+    from medlite.models.composite import split_composite
+
+    composite = split_composite(arch)
+    if composite:
+        for part in composite[1]:
+            check_arch(part)
+        if composite[0] == "fused" and len(composite[1]) != 1:
+            raise UsageError(f"{arch!r}: fused(...) wraps exactly one architecture")
+        return
     if arch in _own_models() or timm.is_model(arch):
         return
     prefix, base = _split_small(arch)
@@ -121,11 +130,59 @@ def check_arch(arch: str) -> None:
     raise unknown_arch(arch)
 
 
-def create(arch: str, num_classes: int, in_chans: int = 1, img_size: int = 28, pretrained: str | Path | None = None):
-    """Build a classifier by name; optionally load local weights (safetensors or a timm checkpoint)."""
+def _is_vit(name: str) -> bool:
+    return name.startswith(("vit_", "deit_", "deit3_"))
+
+
+def small_patch(img_size: int) -> int:
+    """Patch size of a `small_vit_*`: about 7-8 patches a side (28 px -> 4, 64 -> 8, 224 -> 16)."""
+    for patch in (4, 8, 16):
+        if img_size <= patch * 8 and img_size % patch == 0:
+            return patch
+    if img_size % 16 == 0:
+        return 16
+    raise UsageError(f"small_vit_*: image size {img_size} is not a multiple of 4, 8 or 16")
+
+
+def _timm(name: str, num_classes: int, in_chans: int, img_size: int, pretrained: str | Path | None, **kwargs):
     import timm
 
+    if _is_vit(name):
+        kwargs.setdefault("img_size", img_size)  # timm resamples position embeddings (and patch weights) to fit
+    if pretrained == IMAGENET:
+        from medlite.models.weights import imagenet_file
+
+        overlay = {"file": str(imagenet_file(name))}
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay,
+                                 num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+IMAGENET = "imagenet"
+
+
+def create(arch: str, num_classes: int, in_chans: int = 1, img_size: int = 28, pretrained: str | Path | None = None):
+    """Build a classifier by name; optionally load weights: a local file (safetensors or a timm
+    checkpoint) or `imagenet` (timm's ImageNet weights from the Hugging Face hub, cached in the user cache).
+
+    Composite names: `ensemble(a,b,...)` (mean of the members' probabilities, see `composite.Ensemble`)
+    and `fused(a)` (a's stages fused before a new classifier, see `composite.FusedStages`).
+    `small_vit_*` (e.g. `small_vit_tiny_patch16_224`): a timm ViT at the data's size with small patches.
+    """
+    import timm
+
+    from medlite.models.composite import Ensemble, FusedStages, split_composite
+
+    composite = split_composite(arch)
+    if composite:
+        kind, parts = composite
+        members = [create(p, num_classes, in_chans, img_size, pretrained) for p in parts]
+        if kind == "ensemble":
+            return Ensemble(members)
+        return FusedStages(members[0], num_classes, in_chans, img_size)
     own = _own_models()
+    if pretrained == IMAGENET and (arch in own or arch.startswith("torchvision/")):
+        raise UsageError(f"pretrained: imagenet: no ImageNet weights for {arch!r} (timm models only); give a local .safetensors file")
     if arch in own:
         model = own[arch](num_classes=num_classes, in_chans=in_chans, img_size=img_size)
     elif arch.startswith("torchvision/"):
@@ -133,15 +190,18 @@ def create(arch: str, num_classes: int, in_chans: int = 1, img_size: int = 28, p
             model = _torchvision(arch.split("/", 1)[1], num_classes, in_chans)
         except KeyError:
             raise unknown_arch(arch) from None
+    elif _split_small(arch)[0] == "small_" and _is_vit(_split_small(arch)[1]) and timm.is_model(_split_small(arch)[1]):
+        base = _split_small(arch)[1]
+        model = _timm(base, num_classes, in_chans, img_size, pretrained, patch_size=small_patch(img_size))
     elif _split_small(arch)[0] and timm.is_model(_split_small(arch)[1]):
         prefix, base = _split_small(arch)
-        model = timm.create_model(base, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        model = _timm(base, num_classes, in_chans, img_size, pretrained)
         model = _small_stem(model, in_chans, keep_maxpool=prefix == "small_pooled_")
     elif timm.is_model(arch):
-        model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+        model = _timm(arch, num_classes, in_chans, img_size, pretrained)
     else:
         raise unknown_arch(arch)
-    if pretrained:
+    if pretrained and pretrained != IMAGENET:
         from medlite.models.weights import load_pretrained
 
         load_pretrained(model, Path(pretrained))

@@ -44,6 +44,15 @@ class _Classifier(nn.Module):
         self.head = nn.Linear(width, num_classes)
         self.num_features = width
 
+    @property
+    def feature_info(self) -> list[dict]:
+        """timm's description of the taps: module path and channels of each stage (see models.taps)."""
+        info = []
+        for i, stage in enumerate(self.stages):
+            convs = [m for m in stage.modules() if isinstance(m, nn.Conv2d)]
+            info.append({"module": f"stages.{i}", "num_chs": convs[-1].out_channels})
+        return info
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -58,6 +59,40 @@ def load_exact(model: nn.Module, path: Path) -> nn.Module:
 
     model.load_state_dict(load_file(str(path)))
     return model
+
+
+def imagenet_file(name: str) -> Path:
+    """The local file of timm's ImageNet weights for `name`, downloaded once into the Hugging Face cache.
+
+    Offline (`MEDLITE_OFFLINE=1`, or no network) a file already in the cache is used; otherwise a
+    UsageError names the model, the file to fetch and where to put it.
+    """
+    import timm
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        raise UsageError(f"pretrained: imagenet: timm has no Hugging Face weights for {name!r}; give a local .safetensors file")
+    filename, cache = "model.safetensors", _hub_cache()
+    cached = try_to_load_from_cache(repo, filename, cache_dir=cache)
+    if isinstance(cached, str) and Path(cached).is_file():
+        return Path(cached)
+    where = (f"download https://huggingface.co/{repo}/resolve/main/{filename} and set pretrained: to that file's path"
+             f" (or run once with network; the cache is {cache})")
+    if os.environ.get("MEDLITE_OFFLINE") == "1":
+        raise UsageError(f"pretrained: imagenet: weights for {name!r} ({repo}) are not cached and MEDLITE_OFFLINE=1: {where}")
+    try:
+        return Path(hf_hub_download(repo, filename, cache_dir=cache))
+    except Exception as err:  # noqa: BLE001 - any network or hub failure is reported the same way
+        raise UsageError(f"pretrained: imagenet: cannot download weights for {name!r} ({repo}: {type(err).__name__}): {where}") from None
+
+
+def _hub_cache() -> str:
+    """The Hugging Face hub cache (read at call time, so $HF_HUB_CACHE set later still counts)."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
 
 
 def read_metadata(path: Path) -> dict[str, str]:

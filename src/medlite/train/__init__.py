@@ -167,6 +167,7 @@ def fit(
     label: str = "train",
     teacher=None,
     distill=None,
+    fixed_views: bool = False,
     callbacks: tuple = (),
     device: str = "auto",
     say: Callable[[str], None] | None = None,
@@ -179,7 +180,10 @@ def fit(
     """Train `model` (in place) for `cfg.epochs` and restore the epoch with the best validation AUC.
 
     `cfg` is a recipe TrainConfig (optimizer, lr, schedule, batch size, label smoothing).
-    With `teacher` and `distill` (a DistillConfig) the loss is Hinton KD. `select_best=False`
+    With `teacher` (a module, or a list: an ensemble) and `distill` (a recipe distill section) the
+    loss is that distillation method's. Logit methods read the teachers' outputs from a bank of
+    fixed augmented views; `fixed_views=True` gives a run without a teacher the very same views
+    (the scratch baseline of a logit method), so only the loss differs. `select_best=False`
     keeps the last epoch (e.g. when callbacks change the model as training goes on).
     `score_start=True` (fine-tuning) also scores the starting weights on validation: when no
     epoch beats them, they are kept and `best_epoch` is -1, so fine-tuning never makes it worse.
@@ -204,17 +208,27 @@ def fit(
         counts = np.bincount(train.labels, minlength=dataset.num_classes).astype(np.float64)
         class_weights = torch.tensor(len(train.labels) / (dataset.num_classes * np.maximum(counts, 1)), dtype=torch.float32)
 
+    teachers = [] if teacher is None else list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    method = None
+    if teachers and distill is not None:
+        from medlite.distill.methods import build_method
+
+        spec = dataset.preprocess
+        torch.manual_seed(seed)  # the method's own layers (adapters, exits) start from the seed too
+        method = build_method(distill, model, teachers, torch.zeros(2, spec.channels, spec.image_size, spec.image_size))
+    weights = getattr(distill, "teacher_weights", None)  # an ensemble's weights (ignored for one teacher)
     bank, cache_seconds = None, 0.0
-    if teacher is not None:
+    live_teacher = method is not None and bool(method.teacher_taps())
+    if (teachers and not live_teacher) or (fixed_views and not teachers):
         from medlite.distill.cache import build_teacher_bank
 
         cache_start = time.perf_counter()
         bank = build_teacher_bank(
             # Each view serves at least two epochs: otherwise the bank costs as much as a live teacher.
-            teacher, train_images, views=max(1, min(teacher_views, cfg.epochs // 2)), augment_preset=data_cfg.augment,
+            teachers or None, train_images, views=max(1, min(teacher_views, cfg.epochs // 2)), augment_preset=data_cfg.augment,
             mean=dataset.mean, std=dataset.std, seed=seed, device=device,
         )
-        bank = (bank[0].cpu(), bank[1].cpu())
+        bank = (bank[0].cpu(), bank[1].cpu() if bank[1] is not None else None)
         cache_seconds = time.perf_counter() - cache_start
 
     module = ClassifierModule(
@@ -222,7 +236,8 @@ def fit(
         train_images=train_images, train_labels=torch.from_numpy(train.labels),
         val_images=val_images, val_labels=torch.from_numpy(val.labels),
         mean=dataset.mean, std=dataset.std, augment_preset=data_cfg.augment,
-        class_weights=class_weights, teacher=teacher, distill=distill, teacher_bank=bank, seed=seed,
+        class_weights=class_weights, teachers=teachers if method is not None else None, method=method,
+        teacher_weights=weights if weights and len(weights) == len(teachers) else None, teacher_bank=bank, seed=seed,
     )
     strategy, devices, num_nodes, world = _placement(trainer_cfg, device, data_cfg.balance, score_start)
     if world > 1:

@@ -9,7 +9,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medlite.distill.losses import kd_loss
 from medlite.evaluate.metrics import auc as auc_score
 from medlite.train.augment import augment
 
@@ -17,9 +16,11 @@ from medlite.train.augment import augment
 class ClassifierModule(L.LightningModule):
     """Trains `model` on in-memory uint8 images; batches arrive as index tensors (no per-sample Python).
 
-    With a teacher it distils (Hinton KD). The teacher's logits come either from a precomputed
-    bank of fixed augmented views (`teacher_bank`, cheap: the teacher never runs during training)
-    or from a live forward pass on the same augmented batch.
+    With teachers and a distillation `method` (see `medlite.distill.methods`) the loss is the
+    method's; nothing here knows which method it is. The teachers' logits come either from a
+    precomputed bank of fixed augmented views (`teacher_bank`, cheap: no teacher runs during
+    training) or from a live forward pass on the same augmented batch (feature methods, whose
+    taps are caught with forward hooks). A bank without logits fixes the views of a scratch run.
     """
 
     def __init__(
@@ -35,9 +36,10 @@ class ClassifierModule(L.LightningModule):
         std: float,
         augment_preset: str,
         class_weights: torch.Tensor | None = None,
-        teacher: torch.nn.Module | None = None,
-        distill=None,
-        teacher_bank: tuple[torch.Tensor, torch.Tensor] | None = None,
+        teachers: list[torch.nn.Module] | None = None,
+        method=None,
+        teacher_weights: list[float] | None = None,
+        teacher_bank: tuple[torch.Tensor, torch.Tensor | None] | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -45,9 +47,12 @@ class ClassifierModule(L.LightningModule):
         self.cfg = cfg
         self.mean, self.std = mean, std
         self.augment_preset = augment_preset
-        self.distill = distill
-        # Hidden from Lightning in a tuple: the teacher must stay frozen and in eval mode.
-        self._teacher = (teacher.eval().requires_grad_(False),) if teacher is not None else ()
+        # A registered submodule: its trainable parts (adapters, exits) are optimised, never exported.
+        self.method = method
+        self.teacher_weights = teacher_weights
+        # Hidden from Lightning in a tuple: the teachers must stay frozen and in eval mode.
+        self._teachers = tuple(t.eval().requires_grad_(False) for t in teachers or [])
+        self._student_taps = self._teacher_taps = None
         self.register_buffer("train_images", train_images, persistent=False)
         self.register_buffer("train_labels", train_labels, persistent=False)
         self.register_buffer("val_images", val_images, persistent=False)
@@ -55,7 +60,7 @@ class ClassifierModule(L.LightningModule):
         self.register_buffer("class_weights", class_weights, persistent=False)
         if teacher_bank is not None:
             self.register_buffer("bank_images", teacher_bank[0], persistent=False)
-            self.register_buffer("bank_logits", teacher_bank[1], persistent=False)
+            self.register_buffer("bank_logits", teacher_bank[1], persistent=False)  # None: views only
         else:
             self.bank_images = self.bank_logits = None
         self.generator = torch.Generator().manual_seed(seed)
@@ -72,31 +77,56 @@ class ClassifierModule(L.LightningModule):
         return (x01 - self.mean) / self.std
 
     def on_fit_start(self) -> None:
-        if self._teacher:
-            self._teacher = (self._teacher[0].to(self.device).eval(),)
+        from medlite.models.taps import FeatureTaps
+
+        self._teachers = tuple(t.to(self.device).eval() for t in self._teachers)
+        if self.method is not None:
+            if self.method.student_taps():
+                self._student_taps = FeatureTaps(self.model, self.method.student_taps(), "student")
+            if self.method.teacher_taps():
+                self._teacher_taps = FeatureTaps(self._teachers[0], self.method.teacher_taps(), "teacher")
+
+    def on_fit_end(self) -> None:
+        for taps in (self._student_taps, self._teacher_taps):
+            if taps is not None:
+                taps.remove()
+        self._student_taps = self._teacher_taps = None
 
     # -- steps ------------------------------------------------------------------------
+    def _teacher_output(self, x: torch.Tensor, bank_logits: torch.Tensor | None):
+        from medlite.distill.methods import TeacherOutput
+
+        if bank_logits is not None:  # views x ... -> one tensor per teacher
+            return TeacherOutput([bank_logits[:, i].float() for i in range(bank_logits.shape[1])], self.teacher_weights)
+        with torch.no_grad():
+            logits = [t(x).float() for t in self._teachers]
+        features = self._teacher_taps.take() if self._teacher_taps is not None else {}
+        return TeacherOutput(logits, self.teacher_weights, features)
+
     def training_step(self, idx: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        from medlite.distill.methods import StudentOutput
+
         labels = self.train_labels[idx]
-        teacher_logits = None
+        bank_logits = None
         if self.bank_images is not None:
             view = self.current_epoch % self.bank_images.shape[0]
             x = self.bank_images[view][idx].float() / 255
-            teacher_logits = self.bank_logits[view][idx]
+            if self.bank_logits is not None:
+                bank_logits = self.bank_logits[view][idx]
         else:
             x = augment(self.train_images[idx].float() / 255, self.augment_preset, self.generator)
         x = self.normalize(x)
         logits = self.model(x)
-        if self._teacher or teacher_logits is not None:
-            if teacher_logits is None:
-                with torch.no_grad():
-                    teacher_logits = self._teacher[0](x)
-            loss = kd_loss(
-                logits, teacher_logits.float(), labels, self.distill.temperature, self.distill.alpha,
-                self.class_weights, self.cfg.label_smoothing,
-            )
+
+        def hard_loss(z: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(z, labels, weight=self.class_weights, label_smoothing=self.cfg.label_smoothing)
+
+        if self.method is not None:
+            student = StudentOutput(logits, self._student_taps.take() if self._student_taps is not None else {})
+            teacher = self._teacher_output(x, bank_logits)
+            loss = self.method.loss(student, teacher, labels, hard_loss=hard_loss, epoch=self.current_epoch)
         else:
-            loss = F.cross_entropy(logits, labels, weight=self.class_weights, label_smoothing=self.cfg.label_smoothing)
+            loss = hard_loss(logits)
         acc = (logits.argmax(1) == labels).float().mean()
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(idx))
         self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=len(idx))
@@ -146,6 +176,8 @@ class ClassifierModule(L.LightningModule):
     def configure_optimizers(self):
         cfg = self.cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.method is not None:  # a method's own trainable parts (adapters, exits)
+            params += [p for p in self.method.parameters() if p.requires_grad]
         if cfg.optimizer == "sgd":
             optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
         else:

@@ -1,0 +1,89 @@
+"""Models made of models, named by the architecture strings `ensemble(a,b,...)` and `fused(a)`.
+
+Being architectures (plain `nn.Module`s built by `models.create`), they are saved, reloaded,
+exported to ONNX and evaluated like any other model: the teachers' ensemble is one ONNX file,
+and a multi-stage student keeps its fusion in the deployed file.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medlite.models.taps import FeatureTaps, stage_paths
+
+
+class Ensemble(nn.Module):
+    """The mean of the members' softmax probabilities (optionally weighted), returned as log-probabilities.
+
+    log(mean p) is a valid logit vector: softmax(log p) = p, so evaluation and export need nothing special.
+    """
+
+    def __init__(self, members: list[nn.Module], weights: list[float] | None = None) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        w = torch.ones(len(members)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+        self.register_buffer("weights", w / w.sum())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(m(x), dim=1) for m in self.members], 0)
+        mean = (probs * self.weights[:, None, None]).sum(0)
+        return torch.log(mean.clamp_min(1e-12))
+
+
+class FusedStages(nn.Module):
+    """`base` whose classifier sees the pooled features of all its stages, concatenated (layer fusion).
+
+    The stages keep their module paths under `base.`, so they can be tapped (exits in multi-stage
+    distillation). Only the fusion and the new head are added; the base's own head goes unused.
+    """
+
+    def __init__(self, base: nn.Module, num_classes: int, in_chans: int, img_size: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.base = base
+        self._paths = stage_paths(base)
+        with torch.no_grad():
+            was = base.training
+            base.eval()
+            widths = [f.shape[1] for f in self._stage_features(torch.zeros(2, in_chans, img_size, img_size))]
+            base.train(was)
+        self.num_features = sum(widths)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.num_features, num_classes)
+
+    def stage_paths(self) -> list[str]:
+        return [f"base.{p}" for p in self._paths]
+
+    def _stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        from medlite.models.taps import as_map
+
+        taps = FeatureTaps(self.base, self._paths)
+        try:
+            forward = getattr(self.base, "forward_features", self.base.forward)
+            forward(x)
+            caught = taps.take()
+        finally:
+            taps.remove()
+        return [as_map(caught[p]) for p in self._paths]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = [f.mean(dim=(2, 3)) for f in self._stage_features(x)]
+        return self.head(self.dropout(torch.cat(pooled, dim=1)))
+
+
+def split_composite(arch: str) -> tuple[str, list[str]] | None:
+    """'ensemble(a,fused(b))' -> ('ensemble', ['a', 'fused(b)']); other names -> None."""
+    for kind in ("ensemble", "fused"):
+        if arch.startswith(kind + "(") and arch.endswith(")"):
+            inner, parts, depth, current = arch[len(kind) + 1 : -1], [], 0, ""
+            for ch in inner:
+                depth += ch == "("
+                depth -= ch == ")"
+                if ch == "," and depth == 0:
+                    parts.append(current.strip())
+                    current = ""
+                else:
+                    current += ch
+            parts.append(current.strip())
+            return kind, [p for p in parts if p]
+    return None
