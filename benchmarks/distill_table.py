@@ -60,6 +60,8 @@ METHODS = {
     "kd_alt_teacher": {"distill": {"method": "kd", "temperature": 4.0, "alpha": 0.7}, "teacher": "teacher_alt"},
 }
 DATASETS = ("breastmnist", "pneumoniamnist")
+# Where the models train: cpu, or cuda on a GPU machine (`MEDLITE_TABLE_DEVICE=cuda`; the runs share the GPU).
+DEVICE = os.environ.get("MEDLITE_TABLE_DEVICE", "cpu")
 
 
 # -- workers (run in fresh processes) -----------------------------------------------------
@@ -89,7 +91,8 @@ def train_teacher(data_root: str, flag: str, seed: int, cfg: dict, data: dict, p
     ds = load_dataset(recipe.data, Path(data_root), seed)
     torch.manual_seed(seed)
     model = create(cfg["arch"], ds.num_classes, ds.channels, ds.image_size)
-    result = fit(model, ds, recipe.teacher, data_cfg=recipe.data, seed=seed, log_dir=target.parent / (target.stem + "_logs"))
+    result = fit(model, ds, recipe.teacher, data_cfg=recipe.data, seed=seed, log_dir=target.parent / (target.stem + "_logs"),
+                 device=DEVICE)
     target.with_suffix(".json").write_text(json.dumps(result.to_dict()))  # its validation AUC, for the table
     save_state(model, target)
     return path
@@ -116,13 +119,14 @@ def recipe_tree(preset: dict, method: str, flag: str, seed: int, out: Path) -> d
     spec = METHODS[method]
     frozen = lambda cfg: {**cfg, "epochs": 0, "pretrained": str(teacher_path(out, flag, seed, cfg))}  # noqa: E731
     tree = {
-        "name": f"{flag}_{method}_seed{seed}", "seed": seed, "device": "cpu",
+        "name": f"{flag}_{method}_seed{seed}", "seed": seed, "device": DEVICE,
         "data": {"flag": flag, "augment": "light", "balance": "class_weights", **preset["data"]},
         "student": preset["student"],
         "distill": {"scratch_baseline": False, **spec["distill"]},
         "evaluate": {"bootstrap": 0},
         "compress": {"methods": []},
         "bench": {"enabled": False},
+        "explain": {"enabled": False},
     }
     if spec.get("teachers") == "ensemble":
         tree["teachers"] = [frozen(cfg) for cfg in preset["ensemble"]]
