@@ -102,10 +102,17 @@ def test_fully_reused_rerun_keeps_stage_timings(chain_run, data_root):
     stages = {k for k in first["timings"] if k not in ("data", "total")}
     assert {"teacher", "student_kd", "export", "evaluate", "compress.prune_structured", "compress.int8_qat"} <= stages
     for stage in stages:  # the seconds of the runs that made them, not 0 or missing
-        assert again["timings"][stage] == first["timings"][stage] > 0, stage
+        assert first["timings"][stage] > 0, stage
+        if stage == "explain":  # choosing the images is redone on every run; the maps themselves are reused
+            assert 0 < again["timings_reused"][stage] <= again["timings"][stage], stage
+            continue
+        # Per-stage seconds are stored rounded to ms, so a kind summed over many stages may differ by a few ms.
+        assert again["timings"][stage] == pytest.approx(first["timings"][stage], abs=0.01), stage
         assert again["timings_reused"][stage] == again["timings"][stage], stage
     assert set(again["timings_reused"]) == stages
-    assert (out / "report.html").read_text().count("reused: measured by the run that made it") == len(stages)
+    html = (out / "report.html").read_text()
+    assert html.count("reused: measured by the run that made it") == len(stages) - 1  # all but explain
+    assert html.count("of it reused from an earlier run") == 1
 
 
 def test_schema_version_bump_redoes_only_that_stage(chain_run, data_root, monkeypatch):

@@ -198,6 +198,15 @@ def stage_bench(ctx: Context) -> None:
             ctx.variants[name].bench = bench
 
 
+def _measure_deployed_files(ctx: Context) -> None:
+    """`file_bytes` of every variant as deployed: after the operating point and model card were written."""
+    from medlite.runtime import artifact_bytes
+
+    for variant in ctx.variants.values():
+        if variant.file:
+            variant.file_bytes = artifact_bytes(ctx.run.root / variant.file, variant.runtime)
+
+
 def results_document(ctx: Context, wall_seconds: float) -> dict:
     return {
         "medlite": library_versions()["medlite"],
@@ -304,6 +313,7 @@ def _carry_out(recipe: Recipe, run: RunDir, data_root: Path, say: Callable[[str]
         stage_predict(ctx, variant)
 
     write_model_cards(ctx, library_versions()["medlite"])
+    _measure_deployed_files(ctx)
     # Write what we have before benchmarking: the bench reads results.json, and a failure later keeps it.
     write_results(ctx, time.perf_counter() - start, report=False)
     if recipe.bench.enabled:

@@ -10,6 +10,8 @@ Standard library + numpy (+ matplotlib for the plot, skipped with a note when mi
 
 from __future__ import annotations
 
+from medlite.runstate import temp_path
+
 import csv
 import os
 import threading
@@ -121,7 +123,7 @@ def soak(model: Path, seconds: float, *, runtime: str | None = None, threads: in
 def write_soak(result: dict, csv_path: Path) -> list[Path]:
     """CSV (atomically) and, where matplotlib is installed, a PNG beside it; returns the files written."""
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    tmp = temp_path(csv_path)
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()

@@ -13,6 +13,8 @@ explained with the same method. Everything goes into `variant.explain` in result
 
 from __future__ import annotations
 
+from medlite.runstate import temp_path
+
 import time
 from pathlib import Path
 
@@ -138,7 +140,7 @@ def stage_explain(ctx, names: list[str] | None = None) -> None:
         raise UsageError(f"explain.variants: no variant {unknown[0]!r} in this run (choose from {', '.join(ctx.variants)})")
     split_name, split = _test_split(ctx)
     spec = ctx.dataset.preprocess
-    with ctx.timed("explain"):
+    with ctx.timed("explain"):  # choosing the images: redone on every run (it reads the predictions files)
         # The same images for every variant: a share of them ones most variants get wrong.
         # Votes from every variant of the run, so explaining a subset later picks the same images.
         wrong = np.zeros(len(split), int)
@@ -147,40 +149,41 @@ def stage_explain(ctx, names: list[str] | None = None) -> None:
         idx = select_images(split.labels, wrong * 2 > len(ctx.variants), cfg.images_per_class, ctx.recipe.seed)
         images = normalize(split.images[idx], spec)
         targets = split.labels[idx].astype(int)
-        settings = cfg.model_dump(exclude={"enabled", "variants"})
-        maps: dict[str, dict[str, np.ndarray]] = {}
-        for name in names:
-            variant = ctx.variants[name]
-            stage = f"{name}.explain"
-            key = stage_key("explain", settings, ctx.artifact_hash(variant), idx.tolist(), ctx.dataset.fingerprint(), ctx.recipe.seed,
-                            schema=EXPLAIN_SCHEMA)
-            out = ctx.run.root / "explain" / f"{name}.npz"
-            facts = ctx.reuse(stage, key)
-            if facts is None or not out.is_file():
-                start = time.perf_counter()
+    settings = cfg.model_dump(exclude={"enabled", "variants"})
+    maps: dict[str, dict[str, np.ndarray]] = {}
+    for name in names:
+        variant = ctx.variants[name]
+        stage = f"{name}.explain"
+        key = stage_key("explain", settings, ctx.artifact_hash(variant), idx.tolist(), ctx.dataset.fingerprint(), ctx.recipe.seed,
+                        schema=EXPLAIN_SCHEMA)
+        out = ctx.run.root / "explain" / f"{name}.npz"
+        facts = ctx.reuse(stage, key)
+        if facts is None or not out.is_file():
+            start = time.perf_counter()
+            with ctx.timed("explain"):  # per variant, so a rerun that reuses it keeps these seconds
                 facts, variant_maps = explain_variant(ctx, variant, images, targets, cfg)
                 facts.update({"split": split_name, "images": idx.tolist(), "targets": targets.tolist(),
                               "target_rule": "the true class", "seconds": round(time.perf_counter() - start, 2)})
                 _save_maps(out, variant_maps)
-                ctx.store(stage, key, [out], facts)
-                done = ", ".join(m for m in facts["methods"] if "skipped" not in facts["methods"][m])
-                ctx.say(f"{name}: explained {len(idx)} test images ({done}) in {facts['seconds']:.1f}s")
-            maps[name] = _load_maps(out)
-            variant.explain = {**facts, "maps": ctx.run.rel(out)}
-        # Lineage members explained earlier (e.g. by `medlite explain --variants`) on the same images count too.
-        for variant in ctx.variants.values():
-            stored = variant.explain or {}
-            if variant.name not in maps and stored.get("images") == idx.tolist() and (ctx.run.root / stored.get("maps", "-")).is_file():
-                maps[variant.name] = _load_maps(ctx.run.root / stored["maps"])
-        for name in names:
-            variant = ctx.variants[name]
-            variant.explain["agreement"] = {
-                other: {
-                    method: agreement_of(maps[name][method], maps[other][method], cfg.top_fraction)
-                    for method in maps[name] if method in maps[other]
-                }
-                for other in lineage(variant, ctx.variants) if other in maps
+            ctx.store(stage, key, [out], facts)
+            done = ", ".join(m for m in facts["methods"] if "skipped" not in facts["methods"][m])
+            ctx.say(f"{name}: explained {len(idx)} test images ({done}) in {facts['seconds']:.1f}s")
+        maps[name] = _load_maps(out)
+        variant.explain = {**facts, "maps": ctx.run.rel(out)}
+    # Lineage members explained earlier (e.g. by `medlite explain --variants`) on the same images count too.
+    for variant in ctx.variants.values():
+        stored = variant.explain or {}
+        if variant.name not in maps and stored.get("images") == idx.tolist() and (ctx.run.root / stored.get("maps", "-")).is_file():
+            maps[variant.name] = _load_maps(ctx.run.root / stored["maps"])
+    for name in names:
+        variant = ctx.variants[name]
+        variant.explain["agreement"] = {
+            other: {
+                method: agreement_of(maps[name][method], maps[other][method], cfg.top_fraction)
+                for method in maps[name] if method in maps[other]
             }
+            for other in lineage(variant, ctx.variants) if other in maps
+        }
 
 
 def agreement_of(a: np.ndarray, b: np.ndarray, fraction: float) -> dict:
@@ -193,8 +196,9 @@ def _save_maps(path: Path, maps: dict[str, np.ndarray]) -> None:
     import os
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **{k: v.astype(np.float16) for k, v in maps.items()})
+    tmp = temp_path(path)
+    with open(tmp, "wb") as handle:  # a handle: given a name without .npz, numpy would append one
+        np.savez_compressed(handle, **{k: v.astype(np.float16) for k, v in maps.items()})
     os.replace(tmp, path)
 
 

@@ -16,6 +16,8 @@ preprocessing (and, after evaluation, the model card), read by every consumer th
 
 from __future__ import annotations
 
+from medlite.runstate import temp_path
+
 import os
 from pathlib import Path
 
@@ -49,7 +51,7 @@ def convert_fp32(model, spec: PreprocessSpec, path: Path, variant: str) -> dict:
     model = model.eval().cpu()
     example = torch.randn(1, spec.channels, spec.image_size, spec.image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # *.tmp: a killed run's leftover is removed by RunDir.prepare
+    tmp = temp_path(path)  # a killed run's leftover is removed by RunDir.open (exact temporary names)
     with torch.no_grad():
         edge_model = litert_torch.convert(model, (example,))
         edge_model.export(str(tmp))
@@ -86,7 +88,7 @@ def quantize(fp32_path: Path, mode: str, path: Path, spec: PreprocessSpec, varia
         facts = {"quantizer": "ai-edge-quantizer static_wi8_ai8 (min/max)", "calibration_images": int(len(calibration))}
     else:
         raise ValueError(f"unknown LiteRT quantization {mode!r}")
-    tmp = path.with_name(path.name + ".tmp")  # *.tmp: a killed run's leftover is removed by RunDir.prepare
+    tmp = temp_path(path)  # a killed run's leftover is removed by RunDir.open (exact temporary names)
     if tmp.exists():
         tmp.unlink()
     result.export_model(str(tmp), overwrite=True)

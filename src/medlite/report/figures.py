@@ -3,6 +3,8 @@ returned as PNG data URIs so `report.html` is one self-contained file that works
 
 from __future__ import annotations
 
+from medlite.runstate import temp_path
+
 import base64
 import io
 from pathlib import Path
@@ -33,7 +35,7 @@ def save(fig, folder: Path, stem: str) -> dict:
     png = buffer.getvalue()
     for suffix, data in ((".png", png), (".svg", None)):
         path = folder / f"{stem}{suffix}"
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = temp_path(path)
         if data is None:
             fig.savefig(tmp, format="svg", bbox_inches="tight")
         else:

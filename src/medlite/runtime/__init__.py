@@ -104,6 +104,18 @@ def open_artifact(path: Path | str, runtime: str | None = None, threads: int = 0
     return getattr(importlib.import_module(module), cls)(path, threads=threads)
 
 
+def artifact_files(path: Path | str, runtime: str | None = None) -> list[Path]:
+    """Every file the runtime needs for `path`, found without loading the model (sizes, copying)."""
+    path = Path(path)
+    module, cls, _, _ = _REGISTRY[runtime_for(path, runtime)]
+    return getattr(importlib.import_module(module), cls).files_for(path)
+
+
+def artifact_bytes(path: Path | str, runtime: str | None = None) -> int:
+    """Size of everything the runtime needs: the file, its external data, its sidecar where required."""
+    return sum(f.stat().st_size for f in artifact_files(path, runtime))
+
+
 # -- helpers every runtime and consumer shares ----------------------------------------------
 
 
@@ -169,7 +181,7 @@ def write_sidecar(model_path: Path, updates: dict) -> Path:
         except (OSError, json.JSONDecodeError):
             data = {}
     data.update(updates)
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.medlite-tmp")  # the run directory's temp pattern
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, target)
     return target
@@ -305,6 +317,10 @@ class Artifact:
 
     def files(self) -> list[Path]:
         """Every file the runtime needs for this model (sidecars holding the preprocessing included)."""
+        return self.files_for(self.path)
+
+    @staticmethod
+    def files_for(path: Path) -> list[Path]:
         raise NotImplementedError
 
     def version(self) -> str:

@@ -65,8 +65,9 @@ class LiteRTArtifact(Artifact):
             y = (y.astype(np.float32) - zero) * scale
         return y.copy()
 
-    def files(self) -> list[Path]:
-        return [self.path, *[p for p in sidecar_paths(self.path)[:1] if p.is_file()]]
+    @staticmethod
+    def files_for(path: Path) -> list[Path]:
+        return [path, *[p for p in sidecar_paths(path)[:1] if p.is_file()]]
 
     def version(self) -> str:
         from importlib.metadata import PackageNotFoundError, version

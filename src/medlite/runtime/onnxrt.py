@@ -63,8 +63,9 @@ class OnnxArtifact(Artifact):
     def _run_batch(self, x: np.ndarray) -> np.ndarray:
         return self.session.run([self._output], {self._input.name: x.astype(self.input_dtype, copy=False)})[0]
 
-    def files(self) -> list[Path]:
-        return [self.path, *external_data_files(self.path)]
+    @staticmethod
+    def files_for(path: Path) -> list[Path]:
+        return [path, *external_data_files(path)]
 
     def version(self) -> str:
         return f"onnxruntime {self._ort.__version__}"

@@ -34,7 +34,7 @@ class FitResult:
             "epoch_seconds": [round(s, 3) for s in self.epoch_seconds],
             "mean_epoch_s": round(mean, 3),
             "seconds": round(self.seconds, 2),
-            "teacher_cache_seconds": round(self.teacher_cache_seconds, 2),
+            "teacher_cache_seconds": round(self.teacher_cache_seconds, 4),
             "history": self.history,
             "selected_by": self.selected_by,
             "warnings": self.warnings,
