@@ -19,10 +19,9 @@ from medlite.evaluate.operating_point import (
     decide,
     operating_point,
     positive_index,
-    predictions_csv,
-    read_predictions,
     sens_spec,
 )
+from medlite.evaluate.predictions import predictions_csv, read_predictions
 from medlite.recipe import EvaluateConfig, OperatingPoint, load_recipe
 
 SCORES = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
@@ -91,8 +90,8 @@ def test_recipe_keys_and_errors():
 
 def test_predictions_csv_round_trip():
     probs = np.array([[0.8, 0.2], [0.3, 0.7]])
-    op = {"positive_index": 1, "threshold": 0.1}
-    text = predictions_csv(probs, np.array([0, 1]), ["normal, benign", "malignant"], op)
+    decided = decide(probs, 1, 0.1)
+    text = predictions_csv(probs, np.array([0, 1]), ["normal, benign", "malignant"], decided)
     assert text.splitlines()[0] == 'image_id,true_label,predicted_label,"prob_normal, benign",prob_malignant,operating_point_label'
     assert text.splitlines()[1].endswith(",malignant")  # 0.2 >= 0.1
     import tempfile
@@ -101,7 +100,8 @@ def test_predictions_csv_round_trip():
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "p.csv"
         path.write_text(text)
-        got, labels, classes = read_predictions(path)
+        ids, labels, got, classes = read_predictions(path)
+    assert ids.tolist() == [0, 1]
     assert classes == ["normal, benign", "malignant"] and labels.tolist() == [0, 1]
     np.testing.assert_allclose(got, probs)
 

@@ -15,8 +15,6 @@ is set.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -24,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from medlite.errors import UsageError
-from medlite.runstate import sha256, write_atomic, write_json
+from medlite.runstate import sha256, write_json
 
 PREDICT_SCHEMA = 1  # bump when the predictions file or the operating-point facts change
 
@@ -73,7 +71,7 @@ def choose_threshold(scores: np.ndarray, positive: np.ndarray, cfg) -> tuple[flo
 def decide(probs: np.ndarray, index: int, threshold: float) -> np.ndarray:
     """Class per row: `index` when its probability >= threshold, else the most probable other class.
 
-    The edge runner applies the same rule (medlite.edge.apply_operating_point).
+    Every deployed-file consumer applies the same rule (medlite.runtime.Artifact.decide).
     """
     others = probs.copy()
     others[:, index] = -np.inf
@@ -142,30 +140,6 @@ def metadata_value(op: dict) -> str:
     return json.dumps({k: op[k] for k in keep} | {"decision": "positive_class if p >= threshold else argmax of the others"})
 
 
-def predictions_csv(probs: np.ndarray, labels: np.ndarray, class_names: list[str], op: dict | None) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    header = ["image_id", "true_label", "predicted_label"] + [f"prob_{c}" for c in class_names]
-    decided = decide(probs, op["positive_index"], op["threshold"]) if op else None
-    writer.writerow(header + (["operating_point_label"] if op else []))
-    for i, (p, y) in enumerate(zip(probs, labels)):
-        row = [i, class_names[int(y)], class_names[int(p.argmax())]] + [repr(float(x)) for x in p]
-        writer.writerow(row + ([class_names[int(decided[i])]] if op else []))
-    return buffer.getvalue()
-
-
-def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(probabilities, true label indices, class names) from a predictions CSV written above."""
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    header = rows[0]
-    classes = [h[len("prob_"):] for h in header if h.startswith("prob_")]
-    first = header.index(f"prob_{classes[0]}")
-    probs = np.array([[float(x) for x in r[first : first + len(classes)]] for r in rows[1:]]).reshape(-1, len(classes))
-    labels = np.array([classes.index(r[1]) for r in rows[1:]], dtype=int)
-    return probs, labels, classes
-
-
 def refresh_records(run, path: Path) -> None:
     """After rewriting a file's metadata in place, update the hash every stage record holds for it.
 
@@ -194,6 +168,7 @@ def stage_predict(ctx, variant) -> None:
     """Predictions file and operating point of one variant, from its deployed file."""
     from medlite.variant import stage_key
     from medlite.evaluate import predict_artifact
+    from medlite.evaluate.predictions import write_predictions
     from medlite.export.onnx import OPERATING_POINT_KEY, write_metadata
 
     cfg = ctx.recipe.evaluate
@@ -220,7 +195,8 @@ def stage_predict(ctx, variant) -> None:
             if variant.runtime == "onnxruntime" and write_metadata(
                     model_path, {OPERATING_POINT_KEY: metadata_value(op) if op else None}):
                 refresh_records(ctx.run, model_path)
-            write_atomic(csv_path, predictions_csv(probs, split.labels, names, op))
+            decided = decide(probs, op["positive_index"], op["threshold"]) if op else None
+            write_predictions(csv_path, probs, split.labels, names, decided)
         facts = {"predictions": ctx.run.rel(csv_path), "operating_point": op}
         ctx.store(stage, key, [csv_path, model_path], facts)
     variant.metrics["predictions"] = facts["predictions"]

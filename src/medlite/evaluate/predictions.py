@@ -16,18 +16,23 @@ import numpy as np
 from medlite.runstate import write_atomic
 
 
-def predictions_csv(probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> str:
+def predictions_csv(probs: np.ndarray, labels: np.ndarray, class_names: list[str],
+                    decided: np.ndarray | None = None) -> str:
+    """The CSV text; `decided` (class indices at an operating point) adds `operating_point_label`."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["image_id", "true_label", "predicted_label", *[f"prob_{name}" for name in class_names]])
-    predicted = probs.argmax(axis=1)
-    for i, (label, pred, row) in enumerate(zip(labels, predicted, probs)):
-        writer.writerow([i, class_names[int(label)], class_names[int(pred)], *[f"{p:.8g}" for p in row]])
+    header = ["image_id", "true_label", "predicted_label", *[f"prob_{name}" for name in class_names]]
+    writer.writerow(header + (["operating_point_label"] if decided is not None else []))
+    for i, (label, row) in enumerate(zip(labels, probs)):
+        # repr keeps every digit: paired statistics and the report recompute metrics from these.
+        cells = [i, class_names[int(label)], class_names[int(row.argmax())], *[repr(float(p)) for p in row]]
+        writer.writerow(cells + ([class_names[int(decided[i])]] if decided is not None else []))
     return out.getvalue()
 
 
-def write_predictions(path: Path, probs: np.ndarray, labels: np.ndarray, class_names: list[str]) -> Path:
-    write_atomic(path, predictions_csv(probs, labels, class_names))
+def write_predictions(path: Path, probs: np.ndarray, labels: np.ndarray, class_names: list[str],
+                      decided: np.ndarray | None = None) -> Path:
+    write_atomic(path, predictions_csv(probs, labels, class_names, decided))
     return path
 
 

@@ -115,11 +115,11 @@ def _test_probs(ctx, variant, split) -> np.ndarray:
     """The deployed file's probabilities on the evaluated split: from its predictions file when the
     predict stage wrote one (same file, same images), else computed."""
     from medlite.evaluate import predict_artifact
-    from medlite.evaluate.operating_point import read_predictions
+    from medlite.evaluate.predictions import read_predictions
 
     stored = ctx.run.root / (variant.metrics or {}).get("predictions", "-")
     if stored.is_file():
-        probs, labels, _ = read_predictions(stored)
+        _, labels, probs, _ = read_predictions(stored)
         if len(labels) == len(split) and (labels == split.labels).all():
             return probs
     return predict_artifact(ctx.run.root / variant.file, split.images, ctx.dataset.preprocess)

@@ -42,7 +42,7 @@ def _ci(pair) -> str:
 
 
 def build_report(root: Path, results: dict, dataset=None) -> None:
-    from medlite.evaluate.operating_point import read_predictions
+    from medlite.evaluate.predictions import read_predictions
     from medlite.report import figures, render_html
 
     figs = root / "figures"
@@ -60,7 +60,7 @@ def build_report(root: Path, results: dict, dataset=None) -> None:
         pred_path = root / m["predictions"] if m.get("predictions") else None
         if pred_path is None or not pred_path.is_file():
             continue
-        probs, labels, _ = read_predictions(pred_path)
+        _, labels, probs, _ = read_predictions(pred_path)
         cm = np.array(m.get("confusion_matrix") or np.zeros((len(classes),) * 2, int))
         write_atomic(root / "confusion" / f"{figures.safe_stem(name)}.csv", confusion_csv(cm, classes))
         report_rows += classification_rows(name, probs, labels, classes)
