@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The shared real-data folder when it sits beside the clone; else $MEDLITE_DATA_ROOT or ~/.cache/medlite.
-DATA_ROOT ?= $(firstword $(wildcard ../shared/data/medmnist))
+DATA_ROOT ?= $(abspath $(firstword $(wildcard ../shared/data/medmnist)))
 RECIPE ?= breastmnist
 export MEDLITE_DATA_ROOT ?= $(DATA_ROOT)
 

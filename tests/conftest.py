@@ -24,7 +24,8 @@ def _missing(reason: str):
 
 def _data_root() -> Path:
     env = os.environ.get("MEDLITE_DATA_ROOT")
-    return Path(env) if env else REPO.parent / "shared" / "data" / "medmnist"
+    # Absolute: tests run medlite in other working directories (a relative root would move with them).
+    return Path(env).resolve() if env else REPO.parent / "shared" / "data" / "medmnist"
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""A declared chain end to end on real BreastMNIST: the default teacher (a residual network,
+"""A declared chain end to end on real BreastMNIST: the schema's default teacher (a residual network,
 `small_pooled_resnet18`), structurally pruned, then quantization-aware trained (pruned -> int8_qat).
+(The built-in default recipe's teacher, `medlite_dsconv_wide`, goes through every compression method in test_pipeline.)
 
 Tiny on purpose (32 images per split, one epoch per step); also checks that a fully reused rerun
 keeps the stage timings, and that a stage's schema version invalidates its records.
@@ -14,7 +15,8 @@ from medlite.recipe import Recipe, load_recipe
 
 CHAIN = [
     "data.limit=32",
-    "teacher.epochs=1",  # teacher.arch stays the recipe default
+    "teacher.epochs=1",
+    "teacher.arch=small_pooled_resnet18",  # the schema default (a residual network); breastmnist.yaml names another
     "distill.scratch_baseline=false",
     "student.arch=medlite_dsconv_tiny",
     "student.epochs=1",

@@ -147,6 +147,7 @@ COMPRESS = TINY[:-2] + [
     "bench.iterations=5",
     "bench.time_budget_s=0.3",
     "bench.throughput_batch=4",
+    "teacher.arch=medlite_dsconv_wide",  # the default recipe's teacher: every compression method on it
 ]
 
 
