@@ -59,22 +59,27 @@ def holm(pvalues: list[float]) -> list[float]:
 
 
 def auc_rows(probs: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """ROC AUC of every row of resampled indices `idx` (B x n) at once, via the Mann-Whitney U
-    statistic on mid-ranks (scipy.stats.rankdata): binary on the positive class, else the macro
-    one-vs-rest mean over the classes present in the row (as `evaluate.metrics.auc`). NaN where a
-    row lacks a class."""
+    """ROC AUC of every row of resampled indices `idx` (B x n; -1 = a unit not in this row's test
+    set) at once, via the Mann-Whitney U statistic on mid-ranks (scipy.stats.rankdata): binary on
+    the positive class, else the macro one-vs-rest mean over the classes present in the row (as
+    `evaluate.metrics.auc`). NaN where a row lacks a class."""
     from scipy.stats import rankdata
 
     idx = np.atleast_2d(idx)
+    valid = idx >= 0
     k = probs.shape[1]
     classes = [1] if k == 2 else list(range(k))
+    safe = np.where(valid, idx, 0)
     per_class = []
     for c in classes:
-        scores = probs[:, c][idx]
-        positive = labels[idx] == c
+        # Absent units go to the bottom of the ranking with neither label: a score below every real
+        # one, and excluded from both class counts.
+        scores = np.where(valid, probs[:, c][safe], -np.inf)
+        positive = (labels[safe] == c) & valid
+        negative = (labels[safe] != c) & valid
         n1 = positive.sum(axis=1).astype(float)
-        n0 = idx.shape[1] - n1
-        ranks = rankdata(scores, axis=1)
+        n0 = negative.sum(axis=1).astype(float)
+        ranks = rankdata(scores, axis=1) - (~valid).sum(axis=1, keepdims=True)  # ranks among valid units
         u = (ranks * positive).sum(axis=1) - n1 * (n1 + 1) / 2
         with np.errstate(invalid="ignore", divide="ignore"):
             per_class.append(np.where((n1 > 0) & (n0 > 0), u / (n1 * n0), np.nan))
@@ -118,7 +123,7 @@ def paired_auc_difference(
             # This group's resampled units as local indices (-1: a unit of another group).
             local = np.where(inside, units - start, -1)
             for m in members:
-                diffs.append(_masked_auc(m["a"], m["labels"], local) - _masked_auc(m["b"], m["labels"], local))
+                diffs.append(auc_rows(m["a"], m["labels"], local) - auc_rows(m["b"], m["labels"], local))
         return np.vstack(diffs)
 
     def statistic(units: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -145,34 +150,3 @@ def paired_auc_difference(
         "resamples": resamples,
         "method": "paired bootstrap (scipy.stats.bootstrap, percentile) of the mean AUC difference",
     }
-
-
-def _masked_auc(probs: np.ndarray, labels: np.ndarray, local: np.ndarray) -> np.ndarray:
-    """AUC per row of `local` (B x N indices, -1 = not in this test set) via Mann-Whitney U."""
-    valid = local >= 0
-    if valid.all():
-        return auc_rows(probs, labels, local)
-    # Put the out-of-group units at the bottom of the ranking with neither label: give them a score
-    # below every real one and exclude them from both class counts.
-    from scipy.stats import rankdata
-
-    k = probs.shape[1]
-    classes = [1] if k == 2 else list(range(k))
-    safe = np.where(valid, local, 0)
-    out = []
-    for c in classes:
-        scores = np.where(valid, probs[:, c][safe], -np.inf)
-        positive = (labels[safe] == c) & valid
-        negative = (labels[safe] != c) & valid
-        n1 = positive.sum(axis=1).astype(float)
-        n0 = negative.sum(axis=1).astype(float)
-        ranks = rankdata(scores, axis=1) - (~valid).sum(axis=1, keepdims=True)  # ranks among valid units
-        u = (ranks * positive).sum(axis=1) - n1 * (n1 + 1) / 2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out.append(np.where((n1 > 0) & (n0 > 0), u / (n1 * n0), np.nan))
-    stacked = np.vstack(out)
-    if k == 2:
-        return stacked[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a row where no class has both labels: NaN
-        return np.nanmean(stacked, axis=0)
