@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from medlite.errors import UsageError
-from medlite.models import count_params, create
+from medlite.models import check_arch, count_params, create
 from medlite.models.weights import load_pretrained, save_state
 
 
@@ -24,6 +24,33 @@ def test_students_are_small_and_expose_stages():
 def test_small_stem_keeps_resolution():
     model = create("small_resnet18", 2, 1, 28)
     assert model.conv1.stride == (1, 1) and isinstance(model.maxpool, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("base, stem, pool", [
+    ("mobilenetv3_small_050", "conv_stem", None),
+    ("convnext_atto", "stem.0", None),
+    ("densenet121", "features.conv0", "features.pool0"),
+])
+def test_small_stem_of_other_timm_families(base, stem, pool):
+    """small_ keeps full resolution after the stem; small_pooled_ halves it once; both classify 28 px."""
+    x = torch.randn(2, 1, 28, 28)
+    for prefix, expected_stride in (("small_", 1), ("small_pooled_", 2)):
+        check_arch(prefix + base)
+        model = create(prefix + base, 3, 1, 28).eval()
+        conv = model.get_submodule(stem)
+        assert conv.kernel_size == (3, 3) and conv.in_channels == 1
+        pooled_by_stem = conv.stride == (2, 2)
+        pooled_by_pool = pool is not None and not isinstance(model.get_submodule(pool), torch.nn.Identity)
+        assert (2 if pooled_by_stem or pooled_by_pool else 1) == expected_stride
+        with torch.no_grad():
+            assert model(x).shape == (2, 3)
+
+
+def test_small_stem_refused_for_other_families():
+    with pytest.raises(UsageError, match="regnet"):
+        check_arch("small_regnety_002")
+    with pytest.raises(UsageError, match="not a single convolution"):
+        create("small_resnet18d", 2, 1, 28)
 
 
 def test_unknown_arch_suggests():

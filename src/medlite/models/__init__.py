@@ -2,10 +2,12 @@
 
 Names resolve in this order:
 - our compact students: `medlite_cnn`, `medlite_dsconv` (and `_tiny` / `_wide` widths);
-- `small_<timm resnet>` (e.g. `small_resnet18`): a timm ResNet with a 3x3 stride-1 stem and no
-  max-pool, the variant MedMNIST uses at 28 px;
-- `small_pooled_<timm resnet>`: the same 3x3 stride-1 stem but keeping the max-pool: a quarter of
-  the compute at 28 px (14 x 14 maps in the first stage), which trains 3-4x faster on a CPU;
+- `small_<timm model>` (e.g. `small_resnet18`, `small_efficientnet_b0`, `small_densenet121`): the
+  timm model with its stem replaced by a 3x3 stride-1 convolution and its stem pooling dropped, the
+  variant MedMNIST uses at 28 px (ResNet, EfficientNet, MobileNetV3, ConvNeXt and DenseNet families);
+- `small_pooled_<timm model>`: the same 3x3 stem but keeping one 2x downsampling (the max-pool, or a
+  stride-2 stem where the family has no pool): a quarter of the compute at 28 px, which trains 3-4x
+  faster on a CPU;
 - `torchvision/<name>` (e.g. `torchvision/mobilenet_v3_small`): a torchvision classifier;
 - any other name: a timm model (`resnet18`, `mobilenetv3_small_050`, `efficientnet_b0`, ...).
 """
@@ -49,16 +51,50 @@ def _split_small(arch: str) -> tuple[str | None, str]:
     return None, arch
 
 
-def _small_stem(model, in_chans: int, keep_maxpool: bool = False):
-    """Swap a ResNet's 7x7/2 stem for a 3x3/1 stem (and drop its max-pool): keeps detail in 28 px images."""
+# The stem of each timm family that has a small-input variant: (its first convolution, the pooling
+# right after it or None), as dotted attribute paths. Keyed by the timm module that defines the model,
+# so `check_arch` can answer from the name without building anything.
+SMALL_STEMS: dict[str, tuple[str, str | None]] = {
+    "resnet": ("conv1", "maxpool"),
+    "efficientnet": ("conv_stem", None),
+    "mobilenetv3": ("conv_stem", None),
+    "convnext": ("stem.0", None),
+    "densenet": ("features.conv0", "features.pool0"),
+}
+
+
+def _timm_family(name: str) -> str:
+    import timm
+
+    return timm.models.model_entrypoint(name).__module__.rsplit(".", 1)[-1]
+
+
+def _check_small(arch: str, base: str) -> None:
+    family = _timm_family(base)
+    if family not in SMALL_STEMS:
+        raise UsageError(f"{arch!r}: no small-input stem for timm's {family} models; small_* supports the "
+                         f"{', '.join(sorted(SMALL_STEMS))} families (or use {base!r} as it is)")
+
+
+def _small_stem(model, arch: str, base: str, in_chans: int, keep_pool: bool = False):
+    """Swap the stem for a 3x3 stride-1 convolution and drop the stem's pooling: keeps the detail of
+    28 px images, which a stride-4 ImageNet stem would shrink to 7 x 7 before the first stage.
+    `keep_pool` keeps one 2x downsampling (the pool, or stride 2 where the family has none)."""
     from torch import nn
 
-    if not hasattr(model, "conv1") or not hasattr(model, "maxpool"):
-        raise UsageError("small_*: only ResNet-style models (with conv1 and maxpool) have a small-input variant")
-    out_channels = model.conv1.out_channels
-    model.conv1 = nn.Conv2d(in_chans, out_channels, 3, 1, 1, bias=False)
-    if not keep_maxpool:
-        model.maxpool = nn.Identity()
+    _check_small(arch, base)
+    conv_path, pool_path = SMALL_STEMS[_timm_family(base)]
+    parent_path, _, conv_name = conv_path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    conv = getattr(parent, conv_name)
+    if not isinstance(conv, nn.Conv2d):  # e.g. the deep 3-convolution stem of resnet18d
+        raise UsageError(f"{arch!r}: the stem of {base!r} is not a single convolution; use {base!r} as it is")
+    stride = 2 if keep_pool and pool_path is None else 1
+    setattr(parent, conv_name, nn.Conv2d(in_chans, conv.out_channels, 3, stride, 1, bias=conv.bias is not None))
+    if pool_path and not keep_pool:
+        pool_parent_path, _, pool_name = pool_path.rpartition(".")
+        pool_parent = model.get_submodule(pool_parent_path) if pool_parent_path else model
+        setattr(pool_parent, pool_name, nn.Identity())
     return model
 
 
@@ -121,6 +157,8 @@ def check_arch(arch: str) -> None:
         return
     prefix, base = _split_small(arch)
     if prefix and timm.is_model(base):
+        if not (prefix == "small_" and _is_vit(base)):
+            _check_small(arch, base)
         return
     if arch.startswith("torchvision/"):
         import torchvision
@@ -196,7 +234,7 @@ def create(arch: str, num_classes: int, in_chans: int = 1, img_size: int = 28, p
     elif _split_small(arch)[0] and timm.is_model(_split_small(arch)[1]):
         prefix, base = _split_small(arch)
         model = _timm(base, num_classes, in_chans, img_size, pretrained)
-        model = _small_stem(model, in_chans, keep_maxpool=prefix == "small_pooled_")
+        model = _small_stem(model, arch, base, in_chans, keep_pool=prefix == "small_pooled_")
     elif timm.is_model(arch):
         model = _timm(arch, num_classes, in_chans, img_size, pretrained)
     else:

@@ -60,11 +60,20 @@ def table_rows(document: dict) -> list[dict[str, str]]:
         c = _comparison(document, entry)
         if c:
             mark = "*" if c["significant"] else ""
-            row["ΔAUC vs baseline"] = f"{c['delta_auc']:+.3f}{mark} [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
-            row["p (Holm)"] = f"{c['p_holm']:.3g}"
+            low, high = c["ci"]
+            # scipy gives a NaN interval when every resample agrees (e.g. two constant predictors)
+            interval = f"[{low:+.3f}, {high:+.3f}]" if math.isfinite(low) and math.isfinite(high) else "[interval n/a]"
+            row["ΔAUC vs baseline"] = f"{c['delta_auc']:+.3f}{mark} {interval}"
+            row["p (Holm)"] = _fmt_p(c["p_holm"])
         rows.append(row)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     return [{k: r.get(k, "") for k in keys} for r in rows]
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or not math.isfinite(p):
+        return "-"
+    return "<0.001" if p < 0.001 else f"{p:.3g}"
 
 
 def _csv(document: dict) -> str:

@@ -8,6 +8,7 @@
   (twice the smaller tail of the bootstrap distribution at 0). With several seeds/folds the
   statistic is the mean over them of the per-trial AUC difference, all trials resampled with the
   same image indices (when folds have their own test parts, their images are pooled as units).
+  The p-value counts the resample itself (+1), so the smallest it can be is 2/(B+1).
 - Holm's step-down correction over all comparisons controls the family-wise error rate
   (Holm 1979, "A simple sequentially rejective multiple test procedure").
 """
@@ -140,7 +141,10 @@ def paired_auc_difference(
     )
     dist = res.bootstrap_distribution
     dist = dist[np.isfinite(dist)]
-    p = float(min(1.0, 2 * min((dist <= 0).mean(), (dist >= 0).mean()))) if len(dist) else float("nan")
+    # Two-sided bootstrap p-value with the +1 correction (Davison & Hinkley 1997, eq. 4.11): never 0,
+    # since B resamples cannot show a tail rarer than about 1/(B+1).
+    tail = min(int((dist <= 0).sum()), int((dist >= 0).sum()))
+    p = float(min(1.0, 2 * (tail + 1) / (len(dist) + 1))) if len(dist) else float("nan")
     return {
         "delta_auc": observed,
         "ci": [float(res.confidence_interval.low), float(res.confidence_interval.high)],
