@@ -88,6 +88,30 @@ def test_paired_bootstrap_detects_a_better_model_and_not_an_identical_one():
     assert same["delta_auc"] == 0 and same["p"] == 1.0
 
 
+def test_paired_runs_test_matches_the_t_distribution_in_closed_form():
+    """With 3 runs (2 degrees of freedom) the t CDF is 1/2 + t / (2 sqrt(2 + t^2)), so the two-sided
+    p-value is 1 - |t| / sqrt(2 + t^2): a reference that does not go through scipy."""
+    from medlite.study.stats import paired_runs_test
+
+    a, b = [0.91, 0.93, 0.90], [0.89, 0.90, 0.90]
+    d = np.subtract(a, b)
+    sd = np.sqrt(((d - d.mean()) ** 2).sum() / 2)
+
+    def p_two_sided(t: float) -> float:
+        return 1 - abs(t) / np.sqrt(2 + t * t)
+
+    plain = paired_runs_test(a, b)
+    assert plain["n"] == 3 and plain["mean_delta"] == pytest.approx(d.mean())
+    assert plain["p"] == pytest.approx(p_two_sided(d.mean() / (sd / np.sqrt(3))))
+    # 3 runs of 3-fold CV: variance inflated by (1/3 + 1/(3-1)) (Nadeau & Bengio), a larger p
+    corrected = paired_runs_test(a, b, folds=3)
+    assert corrected["p"] == pytest.approx(p_two_sided(d.mean() / np.sqrt((1 / 3 + 1 / 2) * sd * sd)))
+    assert corrected["p"] > plain["p"] and "Nadeau" in corrected["test"]
+    one = paired_runs_test([0.9], [0.8])
+    assert np.isnan(one["p"]) and "fewer than 2" in one["reason"]
+    assert paired_runs_test([0.9, 0.8], [0.9, 0.8])["p"] == 1.0
+
+
 def test_bootstrap_ci_agrees_with_the_normal_approximation():
     from medlite.evaluate.metrics import bootstrap_ci
 
@@ -242,6 +266,14 @@ def test_tiny_study_end_to_end(tmp_path, data_root):
     assert [c["setting"] for c in doc["comparisons"]] == [sel["setting"]]
     c = doc["comparisons"][0]
     assert c["baseline_variant"] == "student_scratch" and 0 <= c["p_holm"] <= 1 and c["pairs"] == 2
+    # the runs-level test pairs the two seeds' AUCs of the chosen setting with the scratch student's
+    def test_auc(setting: str, variant: str, seed: int) -> float:
+        results = json.loads((out / "trials" / f"{setting}__seed{seed}" / "results.json").read_text())
+        return next(v for v in results["variants"] if v["name"] == variant)["metrics"]["auc"]
+
+    deltas = [test_auc(sel["setting"], "student_kd", s) - test_auc(sel["setting"], "student_scratch", s) for s in (0, 1)]
+    assert c["runs"]["n"] == 2 and c["runs"]["mean_delta"] == pytest.approx(np.mean(deltas))
+    assert "p runs (Holm)" in (out / "study.md").read_text()
     md = (out / "study.md").read_text()
     assert "(not shown)" in md and "ΔAUC" in md
     for name in ("study.json", "study.csv", "study.tex", "figures/auc_strip.png", "figures/auc_strip.svg",
@@ -266,6 +298,8 @@ def test_tiny_study_end_to_end(tmp_path, data_root):
     again = run_study(path, out, data_root, workers=2, say=lines.append)
     assert "4 already done, running 0" in lines[0]
     assert again["summary"] == doc["summary"]
+    assert [i["trials_run"] for i in again["invocations"]] == [4, 0]
+    assert again["invocations"][0]["wall_seconds"] == doc["invocations"][0]["wall_seconds"] > 0
 
 
 @pytest.mark.slow

@@ -10,8 +10,6 @@ Standard library + numpy (+ matplotlib for the plot, skipped with a note when mi
 
 from __future__ import annotations
 
-from medlite.runstate import temp_path
-
 import csv
 import os
 import threading
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from medlite.bench.measure import read_temperature
+from medlite.runstate import atomic_path, temp_path
 from medlite.runtime import open_artifact
 
 FIELDS = ("t_s", "inferences", "inferences_per_s", "process_cpu_pct", "system_cpu_pct", "rss_mb", "temperature_c")
@@ -160,7 +159,7 @@ def write_soak(result: dict, csv_path: Path) -> list[Path]:
     fig.suptitle(f"soak: {Path(result['model']).name} ({result['runtime']}, {result['threads']} threads)", fontsize=9)
     fig.tight_layout()
     png = csv_path.with_suffix(".png")
-    fig.savefig(png.with_name(png.name + ".tmp.png"), dpi=110)
+    with atomic_path(png) as tmp:  # medlite's own temporary name, the one its cleanup knows
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-    os.replace(png.with_name(png.name + ".tmp.png"), png)
     return written + [png]

@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from medlite.runstate import write_atomic, write_json
+from medlite.runstate import atomic_path, write_atomic, write_json
 
 COLUMNS = [("auc", "AUC"), ("accuracy", "Acc"), ("balanced_accuracy", "Bal. acc"), ("f1_macro", "F1"), ("ece", "ECE")]
 
@@ -65,6 +65,8 @@ def table_rows(document: dict) -> list[dict[str, str]]:
             interval = f"[{low:+.3f}, {high:+.3f}]" if math.isfinite(low) and math.isfinite(high) else "[interval n/a]"
             row["ΔAUC vs baseline"] = f"{c['delta_auc']:+.3f}{mark} {interval}"
             row["p (Holm)"] = _fmt_p(c["p_holm"])
+            runs = c.get("runs") or {}
+            row["p runs (Holm)"] = _fmt_p(runs.get("p_holm")) + ("†" if runs.get("significant") else "")
         rows.append(row)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     return [{k: r.get(k, "") for k in keys} for r in rows]
@@ -82,7 +84,8 @@ def _csv(document: dict) -> str:
     stats_keys = [k for k in document["summary"][0] if isinstance(document["summary"][0][k], dict)] if document["summary"] else []
     for key in stats_keys:
         fields += [f"{key}_mean", f"{key}_std", f"{key}_ci_low", f"{key}_ci_high"]
-    fields += ["delta_auc", "delta_auc_ci_low", "delta_auc_ci_high", "p", "p_holm", "significant", "baseline"]
+    fields += ["delta_auc", "delta_auc_ci_low", "delta_auc_ci_high", "p", "p_holm", "significant", "baseline",
+               "runs_n", "runs_mean_delta", "runs_p", "runs_p_holm", "runs_significant"]
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for entry in document["summary"]:
@@ -99,6 +102,9 @@ def _csv(document: dict) -> str:
             row.update(delta_auc=c["delta_auc"], delta_auc_ci_low=c["ci"][0], delta_auc_ci_high=c["ci"][1], p=c["p"],
                        p_holm=c["p_holm"], significant=c["significant"],
                        baseline=f"{c['baseline_setting']}/{c['baseline_variant']}")
+            runs = c.get("runs") or {}
+            row.update(runs_n=runs.get("n"), runs_mean_delta=runs.get("mean_delta"), runs_p=runs.get("p"),
+                       runs_p_holm=runs.get("p_holm"), runs_significant=runs.get("significant"))
         writer.writerow(row)
     return out.getvalue()
 
@@ -112,7 +118,17 @@ def _notes(document: dict) -> list[str]:
         c = document["comparisons"][0]
         notes.append(f"ΔAUC: {c['method']} with {c['resamples']} resamples on the same test images; "
                      f"* = significant after Holm correction over {c.get('family_size', len(document['comparisons']))} distinct comparisons "
-                     f"(alpha {document['spec']['stats']['alpha']}).")
+                     f"(alpha {document['spec']['stats']['alpha']}). This is conditional on the trained models: "
+                     f"it says these models differ on this test population.")
+        runs = next((x.get("runs") for x in document["comparisons"] if x.get("runs")), None)
+        if runs:
+            notes.append(f"p runs: {runs['test']} of the per-run AUC differences, Holm-corrected; † = significant. "
+                         "It asks whether the difference comes back when the models are trained again "
+                         "(the baseline's own run-to-run spread counts); with 3 runs it has little power.")
+    invocations = document.get("invocations") or []
+    if invocations:
+        parts = ", ".join(f"{i['trials_run']} trials in {i['wall_seconds']:.0f} s ({i['executor']})" for i in invocations)
+        notes.append(f"Wall time per invocation: {parts}.")
     selection = document.get("selection")
     if selection and "setting" in selection:
         notes.append(f"Selected on validation ({selection['metric']} of {selection['variant']}, {selection['direction']}): "
@@ -135,7 +151,7 @@ def _markdown(document: dict, rows: list[dict]) -> str:
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{", "}": r"\}",
-          "$": r"\$", "±": r"$\pm$", "Δ": r"$\Delta$", "*": r"$^{*}$"}
+          "$": r"\$", "±": r"$\pm$", "Δ": r"$\Delta$", "*": r"$^{*}$", "†": r"$^{\dagger}$"}
 
 
 def _latex_escape(text: str) -> str:
@@ -184,7 +200,8 @@ def _figures(document: dict, folder: Path) -> list[str]:
         ax.set_title(f"{document['study']}: AUC per setting and variant")
         fig.tight_layout()
         for ext in ("png", "svg"):
-            fig.savefig(folder / f"auc_strip.{ext}", dpi=150)
+            with atomic_path(folder / f"auc_strip.{ext}") as tmp:  # a killed study leaves no half figure
+                fig.savefig(tmp, format=ext, dpi=150)
             written.append(f"figures/auc_strip.{ext}")
         plt.close(fig)
 
@@ -212,7 +229,8 @@ def _figures(document: dict, folder: Path) -> list[str]:
         ax.set_title(f"{document['study']}: AUC vs size")
         fig.tight_layout()
         for ext in ("png", "svg"):
-            fig.savefig(folder / f"pareto.{ext}", dpi=150)
+            with atomic_path(folder / f"pareto.{ext}") as tmp:  # a killed study leaves no half figure
+                fig.savefig(tmp, format=ext, dpi=150)
             written.append(f"figures/pareto.{ext}")
         plt.close(fig)
     return written

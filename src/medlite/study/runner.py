@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -105,6 +106,10 @@ def run_study(
     wall = time.perf_counter() - start
     failed = [(t, o) for t, o in zip(todo, outcomes) if o["status"] == "failed"]
     document = summarise(spec, all_settings, trials, out, wall_seconds=wall, executor=executor)
+    # Each invocation's wall time, kept across reruns: a rerun with nothing left to train should not
+    # make the study look free (one killed with kill -9 never wrote its entry, and is missing here).
+    document["invocations"] = _previous_invocations(out) + [
+        {"executor": executor, "trials_run": len(todo), "wall_seconds": round(wall, 2)}]
     document["failed"] = [{"trial": t.name, "dir": f"trials/{t.dirname}", "error": o.get("error")} for t, o in failed]
     from medlite.study.outputs import write_outputs
 
@@ -146,6 +151,13 @@ def collect(trials: list[Trial], out: Path, variants: list[str] | None) -> tuple
 
 
 SUMMARY_KEYS = (*HEADLINE, "file_bytes", "latency_ms", *[f"val_{k}" for k in HEADLINE])
+
+
+def _previous_invocations(out: Path) -> list[dict]:
+    try:
+        return list(json.loads((out / "study.json").read_text()).get("invocations") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def summarise(spec: StudySpec, all_settings, trials: list[Trial], out: Path, *, wall_seconds: float = 0.0,
@@ -215,7 +227,7 @@ def _compare(spec: StudySpec, rows: list[dict], splits: dict, out: Path, selecti
     if spec.baseline is None or not rows:
         return []
     from medlite.evaluate.predictions import read_predictions
-    from medlite.study.stats import holm, paired_auc_difference
+    from medlite.study.stats import holm, paired_auc_difference, paired_runs_test
 
     base = spec.baseline
     by_key = {(r["setting"], r["variant"], r["seed"], r["fold"]): r for r in rows}
@@ -235,7 +247,7 @@ def _compare(spec: StudySpec, rows: list[dict], splits: dict, out: Path, selecti
         b_setting, b_variant = base.setting or setting, base.variant or variant
         if (setting, variant) == (b_setting, b_variant):
             continue
-        pairs = []
+        pairs, run_aucs = [], ([], [])
         for (s, v, seed, fold), row in by_key.items():
             if (s, v) != (setting, variant) or (b_setting, b_variant, seed, fold) not in by_key:
                 continue
@@ -247,6 +259,8 @@ def _compare(spec: StudySpec, rows: list[dict], splits: dict, out: Path, selecti
             # Pairs evaluated on the same test images are resampled together (one group per test set).
             test_set = splits.get(row["trial"], {}).get("test") or row["trial"]
             pairs.append({"group": test_set, "labels": labels_a, "a": probs_a, "b": probs_b})
+            run_aucs[0].append(row["auc"] if row["auc"] is not None else float("nan"))
+            run_aucs[1].append(other["auc"] if other["auc"] is not None else float("nan"))
         if not pairs:
             continue
         # The same models under another setting name (a teacher shared by every alpha): the same
@@ -257,18 +271,24 @@ def _compare(spec: StudySpec, rows: list[dict], splits: dict, out: Path, selecti
             continue
         result = paired_auc_difference(pairs, resamples=spec.stats.resamples, confidence=spec.stats.confidence,
                                        seed=len(seen))
+        runs = paired_runs_test(*run_aucs, folds=spec.folds.k if spec.folds else None)
         comparisons.append({"setting": setting, "variant": variant, "baseline_setting": b_setting,
-                            "baseline_variant": b_variant, **result})
+                            "baseline_variant": b_variant, **result, "runs": runs})
         seen[content] = comparisons[-1]
     family = [c for c in comparisons if "duplicate_of" not in c]
     for c, adjusted in zip(family, holm([c["p"] for c in family]) if family else []):
         c["p_holm"] = adjusted
         c["significant"] = bool(adjusted <= spec.stats.alpha)
         c["better"] = bool(c["significant"] and c["delta_auc"] > 0)
+    # The runs-level test gets its own Holm family (the comparisons where it could be computed).
+    testable = [c for c in family if math.isfinite(c["runs"]["p"])]
+    for c, adjusted in zip(testable, holm([c["runs"]["p"] for c in testable]) if testable else []):
+        c["runs"].update(p_holm=adjusted, significant=bool(adjusted <= spec.stats.alpha))
     for c in comparisons:
         if "duplicate_of" in c:
             original = next(x for x in family if x["setting"] == c["duplicate_of"] and x["variant"] == c["variant"])
-            c.update(p_holm=original["p_holm"], significant=original["significant"], better=original["better"])
+            c.update(p_holm=original["p_holm"], significant=original["significant"], better=original["better"],
+                     runs=original["runs"])
     for c in comparisons:
         c["family_size"] = len(family)
     return comparisons

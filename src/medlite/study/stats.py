@@ -154,3 +154,40 @@ def paired_auc_difference(
         "resamples": resamples,
         "method": "paired bootstrap (scipy.stats.bootstrap, percentile) of the mean AUC difference",
     }
+
+
+def paired_runs_test(a: list[float], b: list[float], *, folds: int | None = None) -> dict[str, Any]:
+    """Across training runs: is the mean of the per-run AUC differences (A and B on the same seed and
+    fold) different from 0? The image bootstrap above is conditional on the trained models; this asks
+    whether the method wins again when it is trained again, so the baseline's own seed-to-seed
+    spread counts. Low power with 3 runs: read a large p as "not shown", not as "no difference".
+
+    Seeds only: the paired t-test (`scipy.stats.ttest_rel`). With folds the runs share training
+    images, which makes the plain t-test too liberal; the variance is inflated to
+    (1/J + 1/(k-1)) * s^2 over J runs of k-fold CV (Nadeau & Bengio 2003, "Inference for the
+    generalization error"; Bouckaert & Frank 2004's corrected repeated k-fold CV test).
+    """
+    from scipy import stats
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    d = d[np.isfinite(d)]
+    n = len(d)
+    out: dict[str, Any] = {"n": n, "mean_delta": float(d.mean()) if n else None, "p": float("nan")}
+    if folds and folds > 1:
+        out["test"] = f"corrected resampled t-test over {n} runs of {folds}-fold CV (Nadeau & Bengio 2003)"
+    else:
+        out["test"] = f"paired t-test over {n} runs (scipy.stats.ttest_rel)"
+    if n < 2:
+        out["reason"] = "fewer than 2 paired runs"
+        return out
+    sd = float(d.std(ddof=1))
+    if sd == 0:
+        out["reason"] = "identical differences in every run"
+        out["p"] = 1.0 if d[0] == 0 else 0.0
+        return out
+    if folds and folds > 1:
+        t = float(d.mean()) / math.sqrt((1 / n + 1 / (folds - 1)) * sd * sd)
+        out["p"] = float(2 * stats.t.sf(abs(t), n - 1))
+    else:
+        out["p"] = float(stats.ttest_rel(np.asarray(a, float), np.asarray(b, float), nan_policy="omit").pvalue)
+    return out
