@@ -176,6 +176,22 @@ def _latex(document: dict, rows: list[dict]) -> str:
     )
 
 
+def _shared_once(keys: list, data: list, labels: list) -> tuple[list, list, list]:
+    """One box for a variant whose per-trial AUCs are the same under every setting (a teacher or
+    baseline the settings share through the stage store), instead of one copy per setting."""
+    by_variant: dict[str, list[int]] = {}
+    for i, (_, variant) in enumerate(keys):
+        by_variant.setdefault(variant, []).append(i)
+    shared, drop = [], set()
+    for variant, indices in by_variant.items():
+        if len(indices) > 1 and all(data[i] == data[indices[0]] for i in indices):
+            labels[indices[0]] = f"{variant}\n(all settings)"
+            shared.append(indices[0])
+            drop.update(indices)
+    keep = shared + [i for i in range(len(keys)) if i not in drop]  # the shared ones first, as reference
+    return [keys[i] for i in keep], [data[i] for i in keep], [labels[i] for i in keep]
+
+
 def _figures(document: dict, folder: Path) -> list[str]:
     import matplotlib
 
@@ -186,11 +202,12 @@ def _figures(document: dict, folder: Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     rows = document["rows"]
-    labels = [f"{e['setting']}\n{e['variant']}" for e in document["summary"] if not _hidden(document, e)]
     keys = [(e["setting"], e["variant"]) for e in document["summary"] if not _hidden(document, e)]
+    data = [[r["auc"] for r in rows if (r["setting"], r["variant"]) == k and r["auc"] is not None] for k in keys]
+    labels = [f"{setting}\n{variant}" for setting, variant in keys]
+    keys, data, labels = _shared_once(keys, data, labels)
     if keys:
         fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(keys) + 1), 4.2))
-        data = [[r["auc"] for r in rows if (r["setting"], r["variant"]) == k and r["auc"] is not None] for k in keys]
         ax.boxplot(data, showfliers=False, widths=0.5)
         rng = np.random.default_rng(0)
         for i, values in enumerate(data, start=1):
