@@ -372,3 +372,13 @@ def test_tune_picks_by_validation_and_trains_the_teacher_once(tmp_path, data_roo
     chosen = load_recipe(str(tmp_path / "tune" / "selected.yaml"))
     assert chosen.distill.alpha == pytest.approx(doc["best"]["params"]["distill.alpha"])
     assert chosen.data.limit == 40 and set(doc["best_test_metrics"]) >= {"auc", "accuracy"}
+
+
+def test_strip_plot_draws_a_shared_variant_once():
+    from medlite.study.outputs import _shared_once
+
+    keys = [("a", "teacher"), ("a", "kd"), ("b", "teacher"), ("b", "kd")]
+    data = [[0.9, 0.8], [0.7, 0.6], [0.9, 0.8], [0.75, 0.6]]
+    labels = [f"{s}\n{v}" for s, v in keys]
+    keys, data, labels = _shared_once(keys, data, labels)
+    assert labels == ["teacher\n(all settings)", "a\nkd", "b\nkd"] and data == [[0.9, 0.8], [0.7, 0.6], [0.75, 0.6]]

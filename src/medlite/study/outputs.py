@@ -124,7 +124,8 @@ def _notes(document: dict) -> list[str]:
         if runs:
             notes.append(f"p runs: {runs['test']} of the per-run AUC differences, Holm-corrected; † = significant. "
                          "It asks whether the difference comes back when the models are trained again "
-                         "(the baseline's own run-to-run spread counts); with 3 runs it has little power.")
+                         f"(the baseline's own run-to-run spread counts); with {runs['n']} runs it has little power, so a "
+                         "large p means 'not shown', not 'no difference'.")
     invocations = document.get("invocations") or []
     if invocations:
         parts = ", ".join(f"{i['trials_run']} trials in {i['wall_seconds']:.0f} s ({i['executor']})" for i in invocations)
