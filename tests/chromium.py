@@ -1,7 +1,8 @@
 """A small Chrome DevTools Protocol client for tests: headless Debian Chromium, one page.
 
-    with open_page("/usr/bin/chromium", tmp_path, "file:///.../report.html") as page:
-        page.evaluate("document.title"); page.screenshot(path); page.errors()
+    binary = require_chromium()          # skips the test, or fails it under MEDLITE_REQUIRE_BROWSER=1
+    with open_page(binary, tmp_path, "file:///.../report.html") as page:
+        page.evaluate("document.title"); page.wait_for("..."); page.screenshot(path); page.errors()
 
 `errors()` lists console errors, uncaught exceptions, browser log errors and failed loads: what a
 reader of the page would see break. No network is used; nothing is downloaded.
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -22,6 +25,25 @@ FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
 )
+
+
+def require_chromium() -> str:
+    """The chromium binary; without one (or without the websockets package) the test is skipped,
+    or fails when MEDLITE_REQUIRE_BROWSER=1 (CI installs chromium and must not skip silently)."""
+    import pytest
+
+    binary = os.environ.get("MEDLITE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    problem = None if binary else "chromium not installed (apt-get install chromium)"
+    if not problem:
+        try:
+            import websockets.sync.client  # noqa: F401
+        except ImportError:
+            problem = "the websockets package is missing (pip install medlite[test])"
+    if problem:
+        if os.environ.get("MEDLITE_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"MEDLITE_REQUIRE_BROWSER=1 but {problem}")
+        pytest.skip(problem)
+    return binary
 
 
 class Page:
@@ -71,6 +93,16 @@ class Page:
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
+
+    def wait_for(self, expression: str) -> object:
+        """Poll `expression` in the page until it is truthy; its value."""
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            time.sleep(0.2)
+        raise TimeoutError(f"timed out waiting for {expression}")
 
     def screenshot(self, path: Path, width: int = 1400) -> Path:
         """The whole page (not only the viewport) as PNG."""

@@ -108,3 +108,18 @@ def test_feature_method_with_several_teachers_fails_before_training(tmp_path, da
     with pytest.raises(UsageError, match="one teacher"):
         _run(tmp_path, data_root, teachers=["medlite_cnn_tiny", "medlite_cnn_tiny"], distill={"method": "at"})
     assert not (tmp_path / "results.json").exists()
+
+
+def test_compressing_a_student_of_two_teachers_fine_tunes_from_both(tmp_path, data_root):
+    """Fine-tuning after pruning distils from the same teachers as the student's own training."""
+    sections = dict(
+        teachers=[{"arch": "medlite_cnn_tiny", "epochs": 1}, {"arch": "medlite_dsconv_tiny", "epochs": 1}],
+        compress={"targets": ["student_kd"], "methods": ["prune_structured"], "prune_structured": {"epochs": 1}},
+    )
+    results, v, lines = _run(tmp_path, data_root, **sections)
+    assert v["student_kd"]["teachers"] == ["teacher_0", "teacher_1"]
+    pruned = v["student_kd_pruned"]
+    assert pruned["parent"] == "student_kd" and pruned["teachers"] == ["teacher_0", "teacher_1"]
+    assert any("student_kd_pruned: fine-tuning 1 epochs" in line and "distilling from teacher_0 + teacher_1" in line
+               for line in lines), lines
+    _measured(tmp_path, pruned)

@@ -159,32 +159,13 @@ def test_explain_command_on_a_run_directory(tiny_run, data_root, monkeypatch):
 
 # -- the report in a real browser -------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _browser_or_skip():
-    required = os.environ.get("MEDLITE_REQUIRE_BROWSER") == "1"
-    problem = None
-    if CHROMIUM is None:
-        problem = "chromium not installed (apt-get install chromium)"
-    else:
-        try:
-            import websockets.sync.client  # noqa: F401
-        except ImportError:
-            problem = "the websockets package is missing (pip install medlite[test])"
-    if problem:
-        if required:
-            pytest.fail(f"MEDLITE_REQUIRE_BROWSER=1 but {problem}")
-        pytest.skip(problem)
-
-
 @pytest.mark.browser
 def test_report_renders_in_chromium_without_errors(tiny_run, tmp_path):
-    _browser_or_skip()
-    from chromium import open_page
+    from chromium import open_page, require_chromium
 
+    binary = require_chromium()
     out, results = tiny_run
-    with open_page(CHROMIUM, tmp_path, (out / "report.html").as_uri()) as page:
+    with open_page(binary, tmp_path, (out / "report.html").as_uri()) as page:
         images = page.evaluate(
             "Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth}))"
         )

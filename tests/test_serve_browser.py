@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cdp import browser, chromium_path, upload_and_classify
+from chromium import open_page, require_chromium
 from deploy_helpers import CLASSES, live_server, make_model, reference_probs, write_images
 
 pytestmark = pytest.mark.browser
@@ -22,30 +22,38 @@ CARD = {
 }
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    if chromium_path() is None:
-        if os.environ.get("MEDLITE_REQUIRE_BROWSER") == "1":
-            pytest.fail("MEDLITE_REQUIRE_BROWSER=1 but no chromium found (apt-get install chromium)")
-        pytest.skip("chromium not installed")
-    return chromium_path()
+def upload_and_classify(page, files: list[Path]) -> list[str]:
+    """Choose `files` in the serve page's file input, click Classify; the predicted labels."""
+    page.wait_for("document.readyState === 'complete' && !!document.getElementById('files')")
+    doc = page.send("DOM.getDocument")
+    node = page.send("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="#files")["nodeId"]
+    page.send("DOM.setFileInputFiles", nodeId=node, files=[str(f) for f in files])
+    page.evaluate("document.getElementById('files').dispatchEvent(new Event('change'))")
+    page.wait_for("!document.getElementById('go').disabled")
+    page.evaluate("document.getElementById('go').click()")
+    page.wait_for(f"document.querySelectorAll('.result .cls').length >= {len(files)} "
+                  "&& Array.from(document.querySelectorAll('.result img')).every(i => i.complete && i.naturalWidth > 0)")
+    return page.evaluate("Array.from(document.querySelectorAll('.result .cls')).map(e => e.textContent)")
 
 
-def test_upload_in_browser_shows_prediction_heatmap_and_card(chromium, tmp_path, breast_npz):
+def test_upload_in_browser_shows_prediction_heatmap_and_card(tmp_path, breast_npz):
     from medlite.deploy.serve import create_app
 
+    binary = require_chromium()
     model = make_model(tmp_path, card=CARD)
     images = write_images(tmp_path / "imgs", breast_npz, 2)
     ref = reference_probs(model, images)
-    with live_server(create_app(model)) as url, browser() as page:
-        labels = upload_and_classify(page, url + "/", images)
+    with live_server(create_app(model)) as url, open_page(binary, tmp_path / "browser", url + "/") as page:
+        labels = upload_and_classify(page, images)
         want = [CLASSES[int(p.argmax())] for p in ref]
         assert [label.split(" (")[0] for label in labels] == want
-        text = page.eval("document.body.innerText")
+        text = page.evaluate("document.body.innerText")
         assert "0.810 (95% CI 0.740–0.880)" in text and "Research only." in text
-        heat_sizes = page.eval("Array.from(document.querySelectorAll('.result img[alt=\"occlusion heat-map\"]'))"
+        heat_sizes = page.evaluate("Array.from(document.querySelectorAll('.result img[alt=\"occlusion heat-map\"]'))"
                                ".map(i => i.naturalWidth)")
         assert heat_sizes == [224, 224]
         shot = page.screenshot(Path(os.environ.get("MEDLITE_SCREENSHOT_DIR", tmp_path)) / "serve.png")
+        errors = page.errors()
+    assert errors == [], errors  # console errors, exceptions, failed loads
     image = np.asarray(Image.open(shot).convert("L"))
-    assert image.shape[1] == 1280 and image.std() > 10  # a rendered page, not a blank one
+    assert image.shape[1] == 1400 and image.std() > 10  # a rendered page, not a blank one

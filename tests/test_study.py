@@ -378,7 +378,5 @@ def test_strip_plot_draws_a_shared_variant_once():
     from medlite.study.outputs import _shared_once
 
     keys = [("a", "teacher"), ("a", "kd"), ("b", "teacher"), ("b", "kd")]
-    data = [[0.9, 0.8], [0.7, 0.6], [0.9, 0.8], [0.75, 0.6]]
-    labels = [f"{s}\n{v}" for s, v in keys]
-    keys, data, labels = _shared_once(keys, data, labels)
-    assert labels == ["teacher\n(all settings)", "a\nkd", "b\nkd"] and data == [[0.9, 0.8], [0.7, 0.6], [0.75, 0.6]]
+    values = [[0.9, 0.8], [0.7, 0.6], [0.9, 0.8], [0.75, 0.6]]
+    assert _shared_once(keys, values) == [(0, "teacher (all settings)"), (1, "a / kd"), (3, "b / kd")]

@@ -157,22 +157,28 @@ def stage_export(ctx: Context, variant: Variant) -> Variant:
 
 def stage_evaluate(ctx: Context, variant: Variant) -> None:
     """Metrics of the deployable file, measured in its runtime on the evaluation split."""
-    from medlite.evaluate import evaluate_artifact
+    from medlite.evaluate import HEADLINE
+    from medlite.evaluate.metrics import classification_metrics
 
     cfg = ctx.recipe.evaluate
     stage = f"{variant.name}.evaluate"
     key = stage_key("evaluate", ctx.artifact_hash(variant), cfg.model_dump(), ctx.dataset.fingerprint(), ctx.recipe.seed)
     facts = ctx.reuse(stage, key)
     if facts is None:
-        from medlite.evaluate import validation_metrics
-
+        names = list(ctx.dataset.class_names)
         with ctx.timed("evaluate"):
             split = ctx.dataset.splits[cfg.split]
-            metrics, _ = evaluate_artifact(ctx.run.root / variant.file, split, ctx.dataset.preprocess, cfg,
-                                           ctx.recipe.seed, runtime=variant.runtime)
-            # Validation metrics: what model selection (studies, tune) may look at. The per-image
-            # predictions file is written by the predict stage (medlite.evaluate.operating_point).
-            val = validation_metrics(ctx.run.root / variant.file, ctx.dataset, cfg, variant.runtime) if cfg.split == "test" else {}
+            metrics = classification_metrics(ctx.probabilities(variant, cfg.split), split.labels, names,
+                                             bootstrap=cfg.bootstrap, confidence=cfg.confidence, ece_bins=cfg.ece_bins,
+                                             seed=ctx.recipe.seed)
+            # Validation metrics (no bootstrap): what model selection (studies, tune) may look at.
+            # The per-image predictions file is written by the predict stage (evaluate.operating_point).
+            val = {}
+            validation = ctx.dataset.splits.get("val")
+            if cfg.split == "test" and validation is not None and len(validation):
+                val_metrics = classification_metrics(ctx.probabilities(variant, "val"), validation.labels, names,
+                                                     ece_bins=cfg.ece_bins)
+                val = {k: val_metrics[k] for k in HEADLINE}
         facts = {"metrics": metrics, "val_metrics": val}
         ctx.store(stage, key, [], facts)
     variant.metrics = facts["metrics"]

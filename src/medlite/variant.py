@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from medlite.recipe import Recipe
 from medlite.runstate import RunDir, fingerprint, sha256
@@ -86,6 +86,7 @@ class Context:
         self.skipped: list[dict] = []  # variants a stage could not make: {"name", "reason", ...}
         self.device = "cpu"
         self._hashes: dict[tuple, str] = {}
+        self._probabilities: dict[tuple, Any] = {}
 
     # -- helpers used by stages ---------------------------------------------------------
     @contextmanager
@@ -176,6 +177,20 @@ class Context:
         if message not in variant.warnings:
             variant.warnings.append(message)
         self.say(f"{variant.name}: warning: {message}")
+
+    def probabilities(self, variant: Variant, split_name: str):
+        """Class probabilities of the variant's deployed file on a split, run in its runtime once per
+        process: the evaluate stage (metrics) and the predict stage (predictions file, operating
+        point) both read them. Keyed by the artifact's content hash, which writing the operating
+        point into the file does not change."""
+        key = (self.artifact_hash(variant), variant.runtime, split_name)
+        if key not in self._probabilities:
+            from medlite.evaluate import predict_artifact
+
+            split = self.dataset.splits[split_name]
+            self._probabilities[key] = predict_artifact(self.run.root / variant.file, split.images, self.dataset.preprocess,
+                                                        self.recipe.evaluate.batch_size, variant.runtime)
+        return self._probabilities[key]
 
     def artifact_hash(self, variant: Variant) -> str:
         """Content hash of a variant's artifact, memoised by (size, mtime): stage keys ask for it often."""

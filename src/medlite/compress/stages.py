@@ -30,27 +30,29 @@ def _lineage(ctx, parent):
 
     Found by lineage, never by name: the trained variant `parent` descends from (the root)
     recorded which recipe section trained it (`train_section`) and which variants it was
-    distilled from (`teachers`). Fine-tuning distils from the root's first teacher; a root that
-    had none (a teacher, a scratch student) distils from its own uncompressed self: on a few
-    hundred images, soft targets recover a pruned or fake-quantized network without the
+    distilled from (`teachers`). Fine-tuning distils from the same teachers as the root's training
+    (all of them, weighted as in `distill.teacher_weights`, for a student of several teachers); a
+    root that had none (a teacher, a scratch student) distils from its own uncompressed self: on a
+    few hundred images, soft targets recover a pruned or fake-quantized network without the
     overfitting that labels alone cause.
     """
     root = ctx.variant_root(parent)
     section = root.train_section
     if section is None or not hasattr(ctx.recipe, section):
         raise UsageError(f"compress: cannot fine-tune {parent.name}: its lineage records no training section")
-    source = root.teachers[0] if root.teachers else root.name
-    if source not in ctx.variants:
-        raise UsageError(f"compress: cannot fine-tune {parent.name}: its distillation source {source!r} is not in this run")
+    sources = list(root.teachers) if root.teachers else [root.name]
+    missing = [s for s in sources if s not in ctx.variants]
+    if missing:
+        raise UsageError(f"compress: cannot fine-tune {parent.name}: its distillation source {missing[0]!r} is not in this run")
     cfg = ctx.recipe
     for part in section.split("."):  # "student", or a list entry such as "teachers.0" / "assistants.1"
         cfg = cfg[int(part)] if part.isdigit() else getattr(cfg, part)
-    return cfg, ctx.variants[source]
+    return cfg, [ctx.variants[s] for s in sources]
 
 
-def _teacher_for(ctx, parent, finetune_cfg):
-    """The variant a fine-tune distils from (None when the method's `distill` is off)."""
-    return _lineage(ctx, parent)[1] if finetune_cfg.distill else None
+def _teachers_for(ctx, parent, finetune_cfg) -> list:
+    """The variants a fine-tune distils from (none when the method's `distill` is off)."""
+    return _lineage(ctx, parent)[1] if finetune_cfg.distill else []
 
 
 def _calibration(ctx, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -67,16 +69,17 @@ def _finetune(ctx, name: str, model, parent, finetune_cfg, *, callbacks=(), sele
     from medlite.train import fit
 
     base_cfg, _ = _lineage(ctx, parent)
-    teacher = _teacher_for(ctx, parent, finetune_cfg)
+    teachers = _teachers_for(ctx, parent, finetune_cfg)
     cfg = base_cfg.model_copy(
         update={"epochs": finetune_cfg.epochs, "lr": finetune_cfg.lr, "schedule": "cosine", "pretrained": None}
     )
-    how = f", distilling from {teacher.name}" if teacher else ""
+    how = f", distilling from {' + '.join(t.name for t in teachers)}" if teachers else ""
     ctx.say(f"{name}: fine-tuning {cfg.epochs} epochs at lr {cfg.lr:g}{how}")
+    teacher_models = [ctx.load_variant_model(t) for t in teachers]
     result = fit(
         model, ctx.dataset, cfg, data_cfg=ctx.recipe.data, seed=ctx.recipe.seed, log_dir=ctx.run.stage_logs(name),
-        label=name, teacher=ctx.load_variant_model(teacher) if teacher else None,
-        distill=ctx.recipe.distill if teacher else None, callbacks=callbacks, device=ctx.device,
+        label=name, teacher=teacher_models or None,
+        distill=ctx.recipe.distill if teachers else None, callbacks=callbacks, device=ctx.device,
         say=ctx.say, progress=ctx.progress, select_best=select_best, score_start=True,
     )
     if result.best_epoch < 0:
@@ -100,10 +103,12 @@ def _stage(ctx, method: str, parent, make):
     cfg = getattr(ctx.recipe.compress, spec.config) if spec.config else None
     name = parent.name + spec.suffix
     finetunes = isinstance(cfg, FineTune)
-    teacher = _teacher_for(ctx, parent, cfg) if finetunes else None
+    teachers = _teachers_for(ctx, parent, cfg) if finetunes else []
+    # One teacher keys as before (a bare hash), so existing runs keep their compressed variants.
+    teacher_hashes = [ctx.artifact_hash(t) for t in teachers]
     key = stage_key(
         method, cfg.model_dump() if cfg is not None else None, ctx.artifact_hash(parent),
-        ctx.artifact_hash(teacher) if teacher else None, ctx.dataset.fingerprint(), ctx.recipe.seed,
+        (teacher_hashes[0] if len(teacher_hashes) == 1 else teacher_hashes) or None, ctx.dataset.fingerprint(), ctx.recipe.seed,
         _lineage(ctx, parent)[0].model_dump() if finetunes else None, schema=spec.schema,
     )
     path = ctx.run.models / f"{name}.onnx"
@@ -122,7 +127,7 @@ def _stage(ctx, method: str, parent, make):
         path.replace(renamed)
         path = renamed
     variant = Variant(name=final, parent=parent.name, stage=method, arch=parent.arch, file=ctx.run.rel(path),
-                      teachers=[teacher.name] if teacher else [], **facts)
+                      teachers=[t.name for t in teachers], **facts)
     for warning in warnings:
         ctx.warn(variant, warning)
     outputs = [path] + ([ctx.run.root / variant.checkpoint] if variant.checkpoint else [])

@@ -45,7 +45,7 @@ def card_rows(info: dict) -> list[tuple[str, str]]:
 
 
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
+<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>medlite · {title}</title>
 <style>

@@ -167,7 +167,6 @@ def check_config(recipe, class_names: list[str]) -> None:
 def stage_predict(ctx, variant) -> None:
     """Predictions file and operating point of one variant, from its deployed file."""
     from medlite.variant import stage_key
-    from medlite.evaluate import predict_artifact
     from medlite.evaluate.predictions import write_predictions
     from medlite.export.onnx import OPERATING_POINT_KEY, write_metadata
 
@@ -182,13 +181,13 @@ def stage_predict(ctx, variant) -> None:
         with ctx.timed("predict"):
             names = list(ctx.dataset.class_names)
             split = ctx.dataset.splits[cfg.split]
-            probs = predict_artifact(model_path, split.images, ctx.dataset.preprocess, cfg.batch_size, variant.runtime)
+            probs = ctx.probabilities(variant, cfg.split)
             op = None
             if cfg.operating_point is not None:
                 val = ctx.dataset.splits["val"]
                 if len(val) == 0:
                     raise UsageError("evaluate.operating_point: the data has no validation split to choose the threshold on")
-                val_probs = predict_artifact(model_path, val.images, ctx.dataset.preprocess, cfg.batch_size, variant.runtime)
+                val_probs = ctx.probabilities(variant, "val")
                 op = operating_point(val_probs, val.labels, probs, split.labels, names, cfg.operating_point, cfg, ctx.recipe.seed)
             # Into the deployed ONNX file (or out of it, when the recipe no longer sets one); other
             # formats carry it in the model card sidecar (medlite.export.card), which every consumer reads.

@@ -177,20 +177,31 @@ def _latex(document: dict, rows: list[dict]) -> str:
     )
 
 
-def _shared_once(keys: list, data: list, labels: list) -> tuple[list, list, list]:
-    """One box for a variant whose per-trial AUCs are the same under every setting (a teacher or
-    baseline the settings share through the stage store), instead of one copy per setting."""
+def _shared_once(keys: list[tuple[str, str]], values: list) -> list[tuple[int, str]]:
+    """(index, label) of the entries to draw. A variant whose values are the same under every
+    setting (a teacher or baseline the settings share through the stage store) is drawn once,
+    first, as "<variant> (all settings)", instead of once per setting."""
     by_variant: dict[str, list[int]] = {}
     for i, (_, variant) in enumerate(keys):
         by_variant.setdefault(variant, []).append(i)
     shared, drop = [], set()
     for variant, indices in by_variant.items():
-        if len(indices) > 1 and all(data[i] == data[indices[0]] for i in indices):
-            labels[indices[0]] = f"{variant}\n(all settings)"
-            shared.append(indices[0])
+        if len(indices) > 1 and all(values[i] == values[indices[0]] for i in indices):
+            shared.append((indices[0], f"{variant} (all settings)"))
             drop.update(indices)
-    keep = shared + [i for i in range(len(keys)) if i not in drop]  # the shared ones first, as reference
-    return [keys[i] for i in keep], [data[i] for i in keep], [labels[i] for i in keep]
+    return shared + [(i, f"{keys[i][0]} / {keys[i][1]}") for i in range(len(keys)) if i not in drop]
+
+
+def _save(fig, folder: Path, stem: str) -> list[str]:
+    """PNG and SVG, each written to a temporary name and renamed: a killed study leaves no half figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        with atomic_path(folder / f"{stem}.{ext}") as tmp:
+            fig.savefig(tmp, format=ext, dpi=150)
+    plt.close(fig)
+    return [f"figures/{stem}.png", f"figures/{stem}.svg"]
 
 
 def _figures(document: dict, folder: Path) -> list[str]:
@@ -204,28 +215,27 @@ def _figures(document: dict, folder: Path) -> list[str]:
     written = []
     rows = document["rows"]
     keys = [(e["setting"], e["variant"]) for e in document["summary"] if not _hidden(document, e)]
-    data = [[r["auc"] for r in rows if (r["setting"], r["variant"]) == k and r["auc"] is not None] for k in keys]
-    labels = [f"{setting}\n{variant}" for setting, variant in keys]
-    keys, data, labels = _shared_once(keys, data, labels)
+    per_key = [[r["auc"] for r in rows if (r["setting"], r["variant"]) == k and r["auc"] is not None] for k in keys]
+    drawn = _shared_once(keys, per_key)
+    data = [per_key[i] for i, _ in drawn]
+    labels = [label.replace(" / ", "\n").replace(" (all", "\n(all") for _, label in drawn]
     if keys:
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(keys) + 1), 4.2))
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(data) + 1), 4.2))
         ax.boxplot(data, showfliers=False, widths=0.5)
         rng = np.random.default_rng(0)
         for i, values in enumerate(data, start=1):
             ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=14, alpha=0.8, zorder=3)
-        ax.set_xticks(range(1, len(keys) + 1), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_xticks(range(1, len(data) + 1), labels, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("test AUC (one point per seed/fold)")
         ax.set_title(f"{document['study']}: AUC per setting and variant")
-        fig.tight_layout()
-        for ext in ("png", "svg"):
-            with atomic_path(folder / f"auc_strip.{ext}") as tmp:  # a killed study leaves no half figure
-                fig.savefig(tmp, format=ext, dpi=150)
-            written.append(f"figures/auc_strip.{ext}")
-        plt.close(fig)
+        written += _save(fig, folder, "auc_strip")
 
-    points = [(e["file_bytes"]["mean"], e["auc"]["mean"], e["latency_ms"]["mean"], f"{e['setting']} / {e['variant']}")
-              for e in document["summary"] if not _hidden(document, e)
-              and e["file_bytes"]["mean"] is not None and e["auc"]["mean"] is not None]
+    shown = [e for e in document["summary"] if not _hidden(document, e)
+             and e["file_bytes"]["mean"] is not None and e["auc"]["mean"] is not None]
+    drawn = _shared_once([(e["setting"], e["variant"]) for e in shown],
+                         [(e["file_bytes"]["mean"], e["auc"]["mean"], e["latency_ms"]["mean"]) for e in shown])
+    points = [(shown[i]["file_bytes"]["mean"], shown[i]["auc"]["mean"], shown[i]["latency_ms"]["mean"], label)
+              for i, label in drawn]
     if points:
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         sizes = np.array([p[0] / 1024 for p in points])
@@ -245,12 +255,7 @@ def _figures(document: dict, folder: Path) -> list[str]:
         ax.set_ylabel("mean test AUC")
         ax.legend(fontsize=7, loc="lower right")
         ax.set_title(f"{document['study']}: AUC vs size")
-        fig.tight_layout()
-        for ext in ("png", "svg"):
-            with atomic_path(folder / f"pareto.{ext}") as tmp:  # a killed study leaves no half figure
-                fig.savefig(tmp, format=ext, dpi=150)
-            written.append(f"figures/pareto.{ext}")
-        plt.close(fig)
+        written += _save(fig, folder, "pareto")
     return written
 
 
