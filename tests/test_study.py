@@ -110,6 +110,7 @@ def test_paired_runs_test_matches_the_t_distribution_in_closed_form():
     one = paired_runs_test([0.9], [0.8])
     assert np.isnan(one["p"]) and "fewer than 2" in one["reason"]
     assert paired_runs_test([0.9, 0.8], [0.9, 0.8])["p"] == 1.0
+    assert np.isnan(paired_runs_test([0.9, 0.8], [0.8, 0.7])["p"])  # constant non-zero: no scale, no test
 
 
 def test_bootstrap_ci_agrees_with_the_normal_approximation():

@@ -181,9 +181,9 @@ def paired_runs_test(a: list[float], b: list[float], *, folds: int | None = None
         out["reason"] = "fewer than 2 paired runs"
         return out
     sd = float(d.std(ddof=1))
-    if sd == 0:
+    if sd < 1e-12:  # no spread: the same models (p = 1), else a t statistic without a scale (undefined)
         out["reason"] = "identical differences in every run"
-        out["p"] = 1.0 if d[0] == 0 else 0.0
+        out["p"] = 1.0 if abs(d.mean()) < 1e-12 else float("nan")
         return out
     if folds and folds > 1:
         t = float(d.mean()) / math.sqrt((1 / n + 1 / (folds - 1)) * sd * sd)
