@@ -381,3 +381,11 @@ def test_strip_plot_draws_a_shared_variant_once():
     keys = [("a", "teacher"), ("a", "kd"), ("b", "teacher"), ("b", "kd")]
     values = [[0.9, 0.8], [0.7, 0.6], [0.9, 0.8], [0.75, 0.6]]
     assert _shared_once(keys, values) == [(0, "teacher (all settings)"), (1, "a / kd"), (3, "b / kd")]
+
+
+def test_latex_table_escapes_every_special_character():
+    """Text-mode LaTeX prints '<' as '¡' and breaks on '_', '%', '&': the table escapes them all."""
+    from medlite.study.outputs import _latex_escape
+
+    assert _latex_escape("a_b 50% R&D <0.001† -0.03* ±Δ") == (
+        r"a\_b 50\% R\&D $<$0.001$^{\dagger}$ -0.03$^{*}$ $\pm$$\Delta$")

@@ -152,7 +152,7 @@ def _markdown(document: dict, rows: list[dict]) -> str:
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{", "}": r"\}",
-          "$": r"\$", "±": r"$\pm$", "Δ": r"$\Delta$", "*": r"$^{*}$", "†": r"$^{\dagger}$"}
+          "$": r"\$", "±": r"$\pm$", "Δ": r"$\Delta$", "*": r"$^{*}$", "†": r"$^{\dagger}$", "<": r"$<$", ">": r"$>$"}
 
 
 def _latex_escape(text: str) -> str:
