@@ -127,9 +127,11 @@ def _notes(document: dict) -> list[str]:
                          f"(the baseline's own run-to-run spread counts); with {runs['n']} runs it has little power, so a "
                          "large p means 'not shown', not 'no difference'.")
     invocations = document.get("invocations") or []
-    if invocations:
-        parts = ", ".join(f"{i['trials_run']} trials in {i['wall_seconds']:.0f} s ({i['executor']})" for i in invocations)
-        notes.append(f"Wall time per invocation: {parts}.")
+    ran = [i for i in invocations if i["trials_run"]]
+    if ran:
+        parts = ", then ".join(f"{i['trials_run']} trials in {i['wall_seconds']:.0f} s ({i['executor']})" for i in ran)
+        resummarised = len(invocations) - len(ran)
+        notes.append(f"Wall time: {parts}" + (f"; re-summarised {resummarised} times since." if resummarised else "."))
     selection = document.get("selection")
     if selection and "setting" in selection:
         notes.append(f"Selected on validation ({selection['metric']} of {selection['variant']}, {selection['direction']}): "
@@ -169,10 +171,11 @@ def _latex(document: dict, rows: list[dict]) -> str:
     body = "\n".join(" & ".join(_latex_escape(r[k]) for k in keys) + r" \\" for r in rows)
     notes = " ".join(_latex_escape(n) for n in _notes(document))
     return (
-        "% medlite study table (needs \\usepackage{booktabs})\n"
+        "% medlite study table (needs \\usepackage{booktabs} and \\usepackage{graphicx})\n"
         "\\begin{table}[t]\n\\centering\\small\n"
+        "\\resizebox{\\linewidth}{!}{%  a study table is wider than a column\n"
         f"\\begin{{tabular}}{{{'l' * 2}{'r' * (len(keys) - 2)}}}\n\\toprule\n{header} \\\\\n\\midrule\n{body}\n"
-        "\\bottomrule\n\\end{tabular}\n"
+        "\\bottomrule\n\\end{tabular}}\n"
         f"\\caption{{Study {_latex_escape(document['study'])}. {notes}}}\n\\end{{table}}\n"
     )
 
