@@ -50,6 +50,8 @@ def test_small_stem_refused_for_other_families():
     with pytest.raises(UsageError, match="regnet"):
         check_arch("small_regnety_002")
     with pytest.raises(UsageError, match="not a single convolution"):
+        check_arch("small_resnet18d")  # found before anything trains
+    with pytest.raises(UsageError, match="not a single convolution"):
         create("small_resnet18d", 2, 1, 28)
 
 

@@ -69,11 +69,28 @@ def _timm_family(name: str) -> str:
     return timm.models.model_entrypoint(name).__module__.rsplit(".", 1)[-1]
 
 
-def _check_small(arch: str, base: str) -> None:
+def _check_small(arch: str, base: str, model=None) -> None:
+    """Fail unless `base` has a stem `_small_stem` can replace: a known family whose stem is one
+    convolution (not e.g. resnet18d's three). Without `model`, one is built on the meta device:
+    the layout without allocating any weights."""
+    import torch
+    from torch import nn
+
     family = _timm_family(base)
     if family not in SMALL_STEMS:
         raise UsageError(f"{arch!r}: no small-input stem for timm's {family} models; small_* supports the "
                          f"{', '.join(sorted(SMALL_STEMS))} families (or use {base!r} as it is)")
+    if model is None:
+        import timm
+
+        with torch.device("meta"):
+            model = timm.create_model(base, pretrained=False)
+    try:
+        conv = model.get_submodule(SMALL_STEMS[family][0])
+    except AttributeError:
+        conv = None
+    if not isinstance(conv, nn.Conv2d):
+        raise UsageError(f"{arch!r}: the stem of {base!r} is not a single convolution; use {base!r} as it is")
 
 
 def _small_stem(model, arch: str, base: str, in_chans: int, keep_pool: bool = False):
@@ -82,13 +99,11 @@ def _small_stem(model, arch: str, base: str, in_chans: int, keep_pool: bool = Fa
     `keep_pool` keeps one 2x downsampling (the pool, or stride 2 where the family has none)."""
     from torch import nn
 
-    _check_small(arch, base)
+    _check_small(arch, base, model)
     conv_path, pool_path = SMALL_STEMS[_timm_family(base)]
     parent_path, _, conv_name = conv_path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     conv = getattr(parent, conv_name)
-    if not isinstance(conv, nn.Conv2d):  # e.g. the deep 3-convolution stem of resnet18d
-        raise UsageError(f"{arch!r}: the stem of {base!r} is not a single convolution; use {base!r} as it is")
     stride = 2 if keep_pool and pool_path is None else 1
     setattr(parent, conv_name, nn.Conv2d(in_chans, conv.out_channels, 3, stride, 1, bias=conv.bias is not None))
     if pool_path and not keep_pool:
