@@ -115,6 +115,20 @@ def write_atomic(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
 
 
+def read_json(path: Path, *, missing: str = "not found (is this a medlite run directory?)") -> dict:
+    """The JSON object in `path`; a missing, unreadable or non-object file is a one-line UsageError
+    naming it (`missing` says what a missing file means to the caller)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{path}: {missing}") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path}: unreadable JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object")
+    return data
+
+
 def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 

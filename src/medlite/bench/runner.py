@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from medlite.data.preprocess import IMAGE_SUFFIXES
 from medlite.errors import UsageError
+from medlite.runstate import read_json
 
 # Figures copied from the primary thread count to the top of a bench object (what the table shows).
 HEADLINE_KEYS = (
@@ -240,18 +241,6 @@ def _reference(ref: dict, onnx: dict, threads: list[int], common: dict[int, list
 # -- run directories --------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"{path}: not found (is this a medlite run directory?)") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise UsageError(f"{path}: unreadable JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a JSON object")
-    return data
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
     """Temporary file then os.replace: a reader never sees half a file, a crash never truncates one."""
     from medlite.runstate import write_atomic
@@ -293,7 +282,7 @@ def bench_run_dir(run_dir: Path | str, cfg: Any, *, images: Path | str | None = 
     A variant that cannot be measured gets {"error": "..."} instead of stopping the others.
     """
     run_dir = Path(run_dir)
-    results = _read_json(run_dir / "results.json")
+    results = read_json(run_dir / "results.json")
     variants = results.get("variants")
     if not isinstance(variants, list):
         raise UsageError(f"{run_dir / 'results.json'}: no `variants` list")
@@ -357,7 +346,7 @@ def _has_runtime(rel: str, runtime: str | None) -> bool:
 
 def load_bench(run_dir: Path | str) -> dict[str, dict]:
     """The per-variant bench objects from `run_dir/bench.json`."""
-    data = _read_json(Path(run_dir) / "bench.json")
+    data = read_json(Path(run_dir) / "bench.json")
     return data.get("variants") or {}
 
 
@@ -367,7 +356,7 @@ def merge_into_results(run_dir: Path | str, bench: dict[str, dict]) -> list[str]
     Returns the names merged; names that are not in results.json are an error (a stale bench.json).
     """
     path = Path(run_dir) / "results.json"
-    results = _read_json(path)
+    results = read_json(path)
     by_name = {v.get("name"): v for v in results.get("variants", [])}
     unknown = sorted(set(bench) - set(by_name))
     if unknown:

@@ -8,15 +8,13 @@ images (no labels: every map explains the class the first listed variant predict
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from medlite.runstate import RESOLVED_RECIPE
-
 from medlite.errors import UsageError
+from medlite.runstate import RESOLVED_RECIPE, read_json
 
 
 def _split_names(values: list[str] | None) -> list[str] | None:
@@ -32,13 +30,8 @@ def load_run(run_dir: Path, data_root: Path, overrides: list[str], say):
     from medlite.runstate import RunDir
     from medlite.variant import Context, Variant
 
-    results_path = run_dir / "results.json"
-    if not results_path.is_file():
-        raise UsageError(f"{run_dir}: not a medlite run directory (no results.json); run `medlite run --out {run_dir}` first")
-    try:
-        results = json.loads(results_path.read_text())
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{results_path}: not valid JSON ({err.msg})") from None
+    results = read_json(run_dir / "results.json",
+                        missing=f"not found: not a medlite run directory; run `medlite run --out {run_dir}` first")
     recipe = load_recipe(str(run_dir / RESOLVED_RECIPE), overrides)
     ctx = Context(recipe, RunDir(run_dir), data_root, say, progress=None)
     ctx.dataset = load_dataset(recipe.data, data_root, recipe.seed)

@@ -111,10 +111,9 @@ def explain_variant(ctx, variant, images: np.ndarray, targets: np.ndarray, cfg) 
     return facts, maps
 
 
-def _test_probs(ctx, variant, split) -> np.ndarray:
+def _test_probs(ctx, variant, split_name: str, split) -> np.ndarray:
     """The deployed file's probabilities on the evaluated split: from its predictions file when the
-    predict stage wrote one (same file, same images), else computed."""
-    from medlite.evaluate import predict_artifact
+    predict stage wrote one (same file, same images), else run once through `Context.probabilities`."""
     from medlite.evaluate.predictions import read_predictions
 
     stored = ctx.run.root / (variant.metrics or {}).get("predictions", "-")
@@ -122,7 +121,7 @@ def _test_probs(ctx, variant, split) -> np.ndarray:
         _, labels, probs, _ = read_predictions(stored)
         if len(labels) == len(split) and (labels == split.labels).all():
             return probs
-    return predict_artifact(ctx.run.root / variant.file, split.images, ctx.dataset.preprocess)
+    return ctx.probabilities(variant, split_name)
 
 
 def _test_split(ctx):
@@ -145,7 +144,7 @@ def stage_explain(ctx, names: list[str] | None = None) -> None:
         # Votes from every variant of the run, so explaining a subset later picks the same images.
         wrong = np.zeros(len(split), int)
         for variant in ctx.variants.values():
-            wrong += _test_probs(ctx, variant, split).argmax(1) != split.labels
+            wrong += _test_probs(ctx, variant, split_name, split).argmax(1) != split.labels
         idx = select_images(split.labels, wrong * 2 > len(ctx.variants), cfg.images_per_class, ctx.recipe.seed)
         images = normalize(split.images[idx], spec)
         targets = split.labels[idx].astype(int)
