@@ -153,6 +153,8 @@ class StageLedger:
             self.cached_stages.append(stage.name)
             if stage.announce:
                 self.say(f"{stage.name}: unchanged, using {stage.announce}")
+            for warning in facts.get("warnings") or []:  # a reused variant's warnings are said again
+                self.say(f"{facts.get('name', stage.name)}: warning: {warning}")
             return stage.emit(facts)
         if self.run.previous_key(stage.name) and stage.kind == "train":
             self.say(f"{stage.name}: recipe, data or parent changed: retraining")

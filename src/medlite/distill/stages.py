@@ -112,7 +112,7 @@ def train_stage(ctx: Context, name: str, section: TrainSection, *, cfg=None, tea
         return variant.to_record()
 
     return Stage(name=name, kind="train", inputs=teachers, config=config, outputs=[ckpt], compute=compute,
-                 emit=lambda facts: ctx.add(Variant.from_dict(facts)), plan=lambda: ctx.add(lineage(planned=True)),
+                 emit=lambda facts: ctx.add(Variant.from_dict(facts)), plan=lambda: ctx.add(lineage(checkpoint=ctx.run.rel(ckpt), planned=True)),
                  bucket=name, announce=ctx.run.rel(ckpt))
 
 
@@ -138,7 +138,7 @@ def ensemble_stage(ctx: Context, members: list[Variant], weights: list[float] | 
                        train={"weights": [float(w) for w in model.weights]}).to_record()
 
     return Stage(name=ENSEMBLE, kind="ensemble", inputs=members, config=weights, outputs=[ckpt], compute=compute,
-                 emit=lambda facts: ctx.add(Variant.from_dict(facts)), plan=lambda: ctx.add(lineage(planned=True)),
+                 emit=lambda facts: ctx.add(Variant.from_dict(facts)), plan=lambda: ctx.add(lineage(checkpoint=ctx.run.rel(ckpt), planned=True)),
                  announce=ctx.run.rel(ckpt))
 
 
