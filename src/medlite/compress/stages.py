@@ -100,7 +100,7 @@ def _stage(ctx: Context, method: str, parent: Variant, make) -> Stage[Variant]:
     `make` may return `warnings` (kept on the variant) and a `name` that replaces the default
     one when the result is not what the method's name promises (the file is renamed to match).
     """
-    from medlite.recipe import FineTune
+    from medlite.compress.builtin import FineTune
 
     spec = registry.get(method)
     cfg = getattr(ctx.recipe.compress, spec.config) if spec.config else None
