@@ -19,6 +19,7 @@ from medlite.models.registry import (
     count_params,
     create,
     is_model,
+    kinds,
     known_names,
     list_models,
     parse_arch,
@@ -30,6 +31,6 @@ from medlite.models.registry import (
 )
 
 __all__ = [
-    "IMAGENET", "Arch", "check_arch", "count_params", "create", "is_model", "known_names", "list_models",
+    "IMAGENET", "Arch", "check_arch", "count_params", "create", "is_model", "kinds", "known_names", "list_models",
     "parse_arch", "register_composite", "register_family", "register_model", "unknown_arch", "unregister",
 ]

@@ -343,9 +343,10 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(set(fnmatch.filter(known_names(), pattern)))
 
 
-def composite_kinds() -> list[str]:
+def kinds() -> dict[str, list[str]]:
+    """What is registered: the model names, the family names and the composite kinds."""
     _load_builtins()
-    return sorted(_COMPOSITES)
+    return {"models": list(_MODELS), "families": list(_FAMILIES), "composites": list(_COMPOSITES)}
 
 
 def unknown_arch(arch: str) -> UsageError:
