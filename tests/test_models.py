@@ -1,8 +1,26 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from medlite.errors import UsageError
-from medlite.models import check_arch, count_params, create
+from medlite.models import (
+    check_arch,
+    count_params,
+    create,
+    is_model,
+    kinds,
+    known_names,
+    list_models,
+    parse_arch,
+    register_composite,
+    register_family,
+    register_model,
+    unregister,
+)
+from medlite.models.compact import DSConvNet
+from medlite.models.composite import Ensemble, FusedStages, ensemble_arch, fused_arch
 from medlite.models.weights import load_pretrained, save_state
 
 
@@ -76,23 +94,6 @@ def test_pretrained_loads_matching_tensors_and_rejects_foreign(tmp_path):
 
 
 # -- the registry (issue 15: one front door, one parser, a kind = one registration) ------------------------
-
-import subprocess
-import sys
-
-from medlite.models import (
-    is_model,
-    kinds,
-    known_names,
-    list_models,
-    parse_arch,
-    register_composite,
-    register_family,
-    register_model,
-    unregister,
-)
-from medlite.models.compact import DSConvNet
-from medlite.models.composite import Ensemble, FusedStages, ensemble_arch, fused_arch
 
 # One example of every registered family and composite kind; a new kind must add one here.
 KIND_EXAMPLES = {

@@ -229,12 +229,11 @@ def _load_builtins() -> None:
     if _loaded:
         return
     _loaded = True  # set first: a module that looks something up while importing must not recurse
-    import medlite.models as package
-
     try:
-        for info in pkgutil.iter_modules(package.__path__):
+        # The modules beside this one, found on disk (no hand-kept list): a new kind's module is found too.
+        for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
             if not info.name.startswith("_") and info.name != "registry":
-                importlib.import_module(f"{package.__name__}.{info.name}")
+                importlib.import_module(f"{__package__}.{info.name}")
     except BaseException:
         _loaded = False
         raise
