@@ -143,16 +143,25 @@ def test_run_dir_selection_rule(tmp_path, model):
     big.write_bytes(model.read_bytes() + b"")
     small = tmp_path / "models" / "student.onnx"
     small.write_bytes(model.read_bytes())
+    # Test AUCs that would choose otherwise: the rule must look at validation only (issue 21).
     variants = [
-        {"name": "teacher", "file": "models/teacher.onnx", "runtime": "onnxruntime", "file_bytes": 9000, "metrics": {"auc": 0.90}},
-        {"name": "student", "file": "models/student.onnx", "runtime": "onnxruntime", "file_bytes": 3000, "metrics": {"auc": 0.895}},
-        {"name": "tiny", "file": "models/student.onnx", "runtime": "onnxruntime", "file_bytes": 1000, "metrics": {"auc": 0.85}},
-        {"name": "gone", "file": "models/gone.onnx", "runtime": "onnxruntime", "file_bytes": 10, "metrics": {"auc": 0.99}},
+        {"name": "teacher", "file": "models/teacher.onnx", "runtime": "onnxruntime", "file_bytes": 9000,
+         "metrics": {"auc": 0.99}, "val_metrics": {"auc": 0.90}},
+        {"name": "student", "file": "models/student.onnx", "runtime": "onnxruntime", "file_bytes": 3000,
+         "metrics": {"auc": 0.70}, "val_metrics": {"auc": 0.895}},
+        {"name": "tiny", "file": "models/student.onnx", "runtime": "onnxruntime", "file_bytes": 1000,
+         "metrics": {"auc": 0.99}, "val_metrics": {"auc": 0.85}},
+        {"name": "gone", "file": "models/gone.onnx", "runtime": "onnxruntime", "file_bytes": 10,
+         "metrics": {"auc": 0.99}, "val_metrics": {"auc": 0.99}},
+        {"name": "untested", "file": "models/student.onnx", "runtime": "onnxruntime", "file_bytes": 10,
+         "metrics": {"auc": 0.99}},
     ]
     (tmp_path / "results.json").write_text(json.dumps({"variants": variants}))
     path, chosen, rule = choose_variant(tmp_path)
     assert chosen["name"] == "student" and path == small
-    assert "within 0.01 AUC" in rule and "gone (file missing)" in rule
+    assert rule.startswith("chosen on the validation split") and "within 0.01 of the best validation AUC (0.900)" in rule
+    assert "AUC 0.700 is reported after the choice" in rule  # no resolved recipe here: the split is "recorded"
+    assert "gone (file missing)" in rule and "untested (no validation AUC recorded)" in rule
 
 
 def bomb_png() -> bytes:
