@@ -37,6 +37,9 @@ UNDERSTOOD_EXPORT_WARNINGS = (
     ("TracerWarning", r"Converting a tensor to a Python boolean", r"timm\.layers\.patch_embed$"),
     # timm ViT's optional attention-mask branch: no mask is ever passed.
     ("TracerWarning", r"Converting a tensor to a Python boolean", r"timm\.models\.vision_transformer$"),
+    # QAT's fake-quantizers test their `initialized` buffer: model state, fixed once calibrated, so
+    # the trace keeps the calibrated branch, which is the one to deploy.
+    ("TracerWarning", r"Converting a tensor to a Python boolean", r"medlite\.compress\.qat$"),
 )
 
 # The clinical decision threshold chosen on the validation split (medlite.evaluate.operating_point):
