@@ -138,8 +138,8 @@ def test_explain_runs_a_variant_in_its_own_runtime(tmp_path, monkeypatch):
     opened = []
 
     class FakeArtifact:
-        def run(self, x):
-            return np.zeros((len(x), 2), np.float32)
+        def probabilities(self, x):
+            return np.full((len(x), 2), 0.5)
 
     monkeypatch.setattr(runtime, "open_artifact", lambda path, runtime=None, threads=0: opened.append(runtime) or FakeArtifact())
     predict = explain_stage.deployed_predictor(tmp_path / "m.tflite", "litert")

@@ -175,21 +175,10 @@ def run_onnx(args: argparse.Namespace) -> dict:
 
 
 def load_weights(model, checkpoint: Path):
-    """`model` (fresh from `create`) with the checkpoint's weights, as the pipeline loads a variant.
+    """`model` (fresh from `create`) with the checkpoint's weights, exactly as the pipeline loads a variant."""
+    from medlite.models.weights import load_checkpoint
 
-    A structured-pruned checkpoint (safetensors metadata `structure: pruned`) has narrower layers
-    than `create()` builds: they are rebuilt at the saved widths (`load_pruned_state`, tensors
-    only, no pickle); any other checkpoint must fit exactly.
-    """
-    from medlite.models.weights import load_exact, read_metadata
-
-    if read_metadata(checkpoint).get("structure") == "pruned":
-        from safetensors.torch import load_file
-
-        from medlite.compress.prune import load_pruned_state
-
-        return load_pruned_state(model, load_file(str(checkpoint)))
-    return load_exact(model, checkpoint)
+    return load_checkpoint(model, checkpoint)
 
 
 def run_torch(args: argparse.Namespace) -> dict:
@@ -204,7 +193,9 @@ def run_torch(args: argparse.Namespace) -> dict:
         import timm  # noqa: F401
 
         import medlite.compress.prune  # noqa: F401
-        import medlite.models.compact  # noqa: F401
+        from medlite.models import kinds
+
+        kinds()  # every registered model kind's module
     except ImportError:  # pragma: no cover - timm is a dependency of the training install
         pass
     import_ms = (time.perf_counter() - t0) * 1000
