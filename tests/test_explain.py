@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from medlite.explain import EXPLAINERS, METHODS, get_explainer
+from medlite.explain import EXPLAINERS, get_explainer, registered
 from medlite.explain.config import ExplainConfig
 from medlite.explain.methods import Subject, find_target_layer, grid_segments
 from medlite.explain.scores import agreement, deletion_insertion, random_maps, spearman, top_iou
@@ -76,11 +76,27 @@ def test_planted_model_decides_by_the_patch(subject):
 
 def test_registry_matches_the_recipe_schema():
     get_explainer("gradcam")  # imports the methods
-    assert set(EXPLAINERS) == set(METHODS)
+    assert set(EXPLAINERS) == set(registered()) >= {"gradcam", "occlusion", "lime"}
     with pytest.raises(KeyError):
         get_explainer("nope")
     with pytest.raises(ValueError, match="did you mean 'gradcam'"):
         ExplainConfig(methods=["gradcan"])
+
+
+def test_a_registered_explainer_is_accepted_by_recipes_without_a_list_to_edit():
+    from medlite.explain import register
+    from medlite.explain.methods import Explainer
+
+    @register
+    class Blank(Explainer):
+        name, kind = "blank_for_test", "blackbox"
+
+    try:
+        assert ExplainConfig(methods=["blank_for_test"]).methods == ["blank_for_test"]
+    finally:
+        EXPLAINERS.pop("blank_for_test")
+    with pytest.raises(ValueError, match="blank_for_test"):
+        ExplainConfig(methods=["blank_for_test"])
 
 
 def test_target_layer_is_the_deepest_wide_stage():

@@ -11,7 +11,7 @@ This module imports nothing heavy (the recipe schema imports `medlite.explain.co
 
 from __future__ import annotations
 
-from medlite.explain.config import METHODS, ExplainConfig
+from medlite.explain.config import ExplainConfig
 
 EXPLAINERS: dict[str, type] = {}
 
@@ -24,13 +24,18 @@ def register(cls: type) -> type:
     return cls
 
 
-def get_explainer(name: str, cfg: ExplainConfig | None = None, seed: int = 0):
-    """An explainer instance by name (imports the methods, and torch, on first use)."""
-    import medlite.explain.methods  # noqa: F401 - registers the built-in explainers
+def registered() -> list[str]:
+    """The names of every registered explainer (the built-in ones register when their module loads)."""
+    import medlite.explain.methods  # noqa: F401 - registers the built-in explainers (numpy, no torch)
 
-    if name not in EXPLAINERS:
+    return list(EXPLAINERS)
+
+
+def get_explainer(name: str, cfg: ExplainConfig | None = None, seed: int = 0):
+    """An explainer instance by name (torch is imported when a gradient method runs)."""
+    if name not in registered():
         raise KeyError(f"unknown explainer {name!r}; registered: {', '.join(sorted(EXPLAINERS))}")
     return EXPLAINERS[name](cfg or ExplainConfig(), seed)
 
 
-__all__ = ["EXPLAINERS", "METHODS", "ExplainConfig", "get_explainer", "register"]
+__all__ = ["EXPLAINERS", "ExplainConfig", "get_explainer", "register", "registered"]
