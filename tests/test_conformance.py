@@ -142,8 +142,10 @@ def test_predict_on_the_run_samples(grid_run, name, method, fmt):
 
 @pytest.mark.parametrize("name,method,fmt", CELLS, ids=IDS)
 def test_serve_answers_with_the_deployed_file(grid_run, name, method, fmt):
+    """The server's probabilities are the deployed file's, as `predict` computes them."""
     from fastapi.testclient import TestClient
 
+    from medlite.deploy.predict import predict_files
     from medlite.deploy.serve import create_app
 
     out, _, _ = grid_run
@@ -152,8 +154,10 @@ def test_serve_answers_with_the_deployed_file(grid_run, name, method, fmt):
     client = TestClient(create_app(out / v["file"], runtime=v["runtime"], threads=1))
     reply = client.post("/predict", files={"file": (sample.name, sample.read_bytes(), "image/png")})
     assert reply.status_code == 200, reply.text
-    body = reply.json()
-    assert set(body["probabilities"]) == set(json.loads(client.get("/model").text)["classes"])
+    served = reply.json()["results"][0]["probabilities"]
+    expected = predict_files(out / v["file"], [sample], runtime=v["runtime"], threads=1)["predictions"][0]
+    classes = sorted(served)
+    np.testing.assert_allclose([served[c] for c in classes], [expected["probabilities"][c] for c in classes], atol=2e-6)
 
 
 @pytest.mark.parametrize("name,method,fmt", CELLS, ids=IDS)
