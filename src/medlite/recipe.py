@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # The data section: keys every source shares (DataConfig), validated against the model of the source
 # it names (medlite.data.registry). FoldConfig and SplitRatios are re-exported for older imports.
-from medlite.data.config import DataConfig, DataSection, FoldConfig, SplitRatios, all_source_keys  # noqa: F401
+from medlite.data.config import (  # noqa: F401
+    DataConfig, DataSection, FoldConfig, SplitRatios, all_source_keys, source_keys_owner,
+)
 from medlite.distill.config import CONFIGS as DISTILL_CONFIGS, KDConfig, DistillConfig as _DistillConfig
 from medlite.errors import UsageError
 from medlite.export.config import ExportConfig
@@ -383,6 +385,8 @@ def _describe(err: dict) -> str:
         return (f"{key}.method: unknown method {tag!r}"
                 + (f" (did you mean {hint[0]!r}?)" if hint else f"; choose from {expected}"))
     if kind == "extra_forbidden":
+        if len(loc) == 2 and loc[0] == "data" and source_keys_owner(str(loc[1])):  # another source's key
+            return f"unknown key {key!r} for this data source (a key of source {source_keys_owner(str(loc[1]))})"
         hint = difflib.get_close_matches(str(loc[-1]), _section_fields(loc[:-1]), n=1)
         return f"unknown key {key!r}" + (f" (did you mean {_error_key((*loc[:-1], hint[0]))!r}?)" if hint else "")
     if kind == "invalid_key":

@@ -90,11 +90,11 @@ def _split(parts: dict[str, Part], source: Source, cfg: DataConfig, seed: int) -
     by = f" by {source.group_column or 'group'}" if grouped else ""
     warnings = list(source.warnings)
     if grouped and len(parts) > 1:
-        crossing = crossing_groups({name: part.groups for name, part in parts.items()})
+        crossing = crossing_groups({name: parts[name].groups for name in SPLITS if name in parts})
         if crossing:
             example = min(crossing)
             text = (
-                f"{source.origin}: {len(crossing)} {source.group_column or 'group'} groups are in more than one split "
+                f"{source.origin}: {len(crossing)} groups ({source.group_column or 'group'}) are in more than one split "
                 f"(e.g. {example!r} in {' and '.join(crossing[example])})"
             )
             if not cfg.allow_group_leakage:

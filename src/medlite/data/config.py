@@ -155,3 +155,11 @@ def all_source_keys() -> list[str]:
 
     known_sources()
     return sorted({key for spec in SOURCES.values() for key in spec.config.model_fields})
+
+
+def source_keys_owner(key: str) -> str:
+    """The sources that have `key` ('medmnist', 'folder or table'); empty when none has it."""
+    from medlite.data.registry import SOURCES, known_sources
+
+    owners = [name for name in known_sources() if key in SOURCES[name].config.model_fields and key not in DataConfig.model_fields]
+    return " or ".join(owners)
