@@ -163,3 +163,17 @@ def source_keys_owner(key: str) -> str:
 
     owners = [name for name in known_sources() if key in SOURCES[name].config.model_fields and key not in DataConfig.model_fields]
     return " or ".join(owners)
+
+
+def canonical_data(section: Any) -> dict | None:
+    """A recorded data section (e.g. a run marker's, possibly written before sources had models of
+    their own) as the current schema dumps it; None when it no longer validates. Two records name
+    the same data when their canonical forms are equal."""
+    from pydantic import TypeAdapter
+
+    if not isinstance(section, dict):
+        return None
+    try:
+        return TypeAdapter(DataSection).validate_python(section).model_dump(mode="json")
+    except (ValidationError, ValueError):
+        return None
