@@ -354,5 +354,7 @@ def test_data_config_builds_the_named_sources_model():
     from medlite.data.medmnist import MedMNISTData
 
     assert type(DataConfig()) is MedMNISTData and type(DataConfig(source="folder", root="x")) is FolderData
+    assert DataConfig.model_validate({"source": "folder", "root": "x"}) == FolderData(root="x")
+    assert type(DataConfig.model_validate({})) is MedMNISTData
     with pytest.raises(DataError, match=r"unknown data source 'dicom'; known: arrays, folder, medmnist, table"):
         DataConfig(source="dicom")

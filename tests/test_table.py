@@ -285,3 +285,35 @@ def test_a_new_source_registers_in_its_own_module_only(tmp_path):
             _data({"source": "noise", "root": "x"})
     finally:
         del SOURCES["noise"]
+
+
+# -- from the command line: exit 2, one line ----------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["multi-label", "bad table"])
+def test_medlite_run_refuses_with_exit_2_and_one_line(shared_root, tmp_path, case):
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    if case == "multi-label":
+        section, fragments = NIH, ["labels.csv", "multi-label data (14 labels", "not supported yet"]
+    else:
+        _images(tmp_path, [f"{i}.png" for i in range(24)])
+        rows = [list(r) for r in GOOD]
+        rows[4][1] = "c"
+        path = _table(tmp_path, ["image", "label", "group"], rows)
+        section = {"source": "table", "table": str(path), "label": "label", "classes": ["a", "b"], "group": "group"}
+        fragments = [str(path), "row 5 (line 6), column 'label': 'c' is not a class (a, b)"]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"data": section}))
+    env = {**os.environ, "MEDLITE_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "medlite.cli", "run", str(recipe), "--data-root", str(shared_root),
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

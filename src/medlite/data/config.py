@@ -101,6 +101,15 @@ class DataConfig(Section):
             cls = source_config(data.get("source", DEFAULT_SOURCE))
         return super().__new__(cls)
 
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> "DataConfig":
+        """On DataConfig itself: validate against the model of the source `obj` names."""
+        if cls is DataConfig:
+            from pydantic import TypeAdapter
+
+            return TypeAdapter(DataSection).validate_python(obj, **kwargs)
+        return super().model_validate(obj, **kwargs)
+
     @model_validator(mode="before")
     @classmethod
     def _drop_legacy_defaults(cls, data: Any) -> Any:
@@ -169,11 +178,9 @@ def canonical_data(section: Any) -> dict | None:
     """A recorded data section (e.g. a run marker's, possibly written before sources had models of
     their own) as the current schema dumps it; None when it no longer validates. Two records name
     the same data when their canonical forms are equal."""
-    from pydantic import TypeAdapter
-
     if not isinstance(section, dict):
         return None
     try:
-        return TypeAdapter(DataSection).validate_python(section).model_dump(mode="json")
+        return DataConfig.model_validate(section).model_dump(mode="json")
     except (ValidationError, ValueError):
         return None
