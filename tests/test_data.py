@@ -358,3 +358,12 @@ def test_data_config_builds_the_named_sources_model():
     assert type(DataConfig.model_validate({})) is MedMNISTData
     with pytest.raises(DataError, match=r"unknown data source 'dicom'; known: arrays, folder, medmnist, table"):
         DataConfig(source="dicom")
+
+
+def test_split_origin_says_how_each_source_was_split(tmp_path, data_root):
+    assert load_dataset(DataConfig(flag="breastmnist", limit=10), data_root, seed=0).split_origin == "official"
+    _save_arrays(tmp_path / "arrays", _grey(), np.arange(40) % 2)
+    assert _load_arrays(tmp_path / "arrays").split_origin == "seeded stratified 70/10/20"
+    _write_folder(tmp_path / "folder", {"train/a": 6, "train/b": 6, "test/a": 3, "test/b": 3})
+    ds = load_dataset(DataConfig(source="folder", root=str(tmp_path / "folder")), tmp_path, seed=0)
+    assert ds.split_origin == "folders" and len(ds.splits["val"]) > 0  # val carved from train

@@ -1,6 +1,6 @@
 """The recipe's `data` section: keys every source shares, and the dispatch to a source's own model.
 
-Light on purpose (pydantic only): `medlite.recipe` imports this module. A data source subclasses
+pydantic only (no torch, no scikit-learn): `medlite.recipe` imports this module. A data source subclasses
 `DataConfig` with its own keys and `source: Literal["<name>"]`, and registers that model with its
 loader in `medlite.data.registry`. Validating a `data` section looks `source` up in the registry
 and validates the section against that source's model, so a new source adds its keys in its own
@@ -12,8 +12,10 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, WrapValidator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, TypeAdapter, ValidationError, WrapValidator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from medlite.data.registry import SOURCES, known_sources, source_spec
 
 DEFAULT_SOURCE = "medmnist"
 
@@ -105,9 +107,7 @@ class DataConfig(Section):
     def model_validate(cls, obj: Any, **kwargs: Any) -> "DataConfig":
         """On DataConfig itself: validate against the model of the source `obj` names."""
         if cls is DataConfig:
-            from pydantic import TypeAdapter
-
-            return TypeAdapter(DataSection).validate_python(obj, **kwargs)
+            return _SECTION.validate_python(obj, **kwargs)
         return super().model_validate(obj, **kwargs)
 
     @model_validator(mode="before")
@@ -122,8 +122,6 @@ class DataConfig(Section):
 
 def source_config(name: str) -> type[DataConfig]:
     """The registered config model of data source `name` (a DataError lists the known ones)."""
-    from medlite.data.registry import source_spec  # the registry imports this module
-
     return source_spec(name).config
 
 
@@ -139,8 +137,6 @@ def _validate_section(value: Any, handler: Any) -> DataConfig:
         return value
     if not isinstance(value, dict):
         return handler(value)  # pydantic's own "must be a mapping" error
-    from medlite.data.registry import known_sources
-
     name = value.get("source", DEFAULT_SOURCE)
     if not isinstance(name, str):
         raise _source_error(f"must be text naming a data source ({', '.join(known_sources())})", name)
@@ -156,20 +152,17 @@ def _validate_section(value: Any, handler: Any) -> DataConfig:
 # The annotation of `Recipe.data`: introspection sees the shared keys (DataConfig), validation
 # dispatches on `source`, and dumping writes every key of the source's own model.
 DataSection = Annotated[SerializeAsAny[DataConfig], WrapValidator(_validate_section)]
+_SECTION = TypeAdapter(DataSection)
 
 
 def all_source_keys() -> list[str]:
     """Every key any registered source accepts (for did-you-mean hints)."""
-    from medlite.data.registry import SOURCES, known_sources
-
-    known_sources()
+    known_sources()  # the built-in sources registered
     return sorted({key for spec in SOURCES.values() for key in spec.config.model_fields})
 
 
 def source_keys_owner(key: str) -> str:
     """The sources that have `key` ('medmnist', 'folder or table'); empty when none has it."""
-    from medlite.data.registry import SOURCES, known_sources
-
     owners = [name for name in known_sources() if key in SOURCES[name].config.model_fields and key not in DataConfig.model_fields]
     return " or ".join(owners)
 

@@ -77,7 +77,10 @@ class Source:
     parts: dict[str, Part]  # 'train', plus 'val' / 'test' where the source has them
     native_channels: int
     native_size: int
-    given_split: str = "official"  # how the parts were split, e.g. "folders", "table column 'split'"
+    # How the source split the parts when that is not an official release ("folders", "table column
+    # 'split'"): the split origin then, even where val or test had to be filled. None: "official"
+    # where the source has all three splits, else the seeded split that filled them.
+    given_split: str | None = None
     task: str = MULTICLASS
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)

@@ -56,10 +56,8 @@ def _discover() -> None:
     if _discovered:
         return
     _discovered = True  # before importing: a module that looks a source up while loading must not recurse
-    import medlite.data as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        import_module(f"{package.__name__}.{module.name}")
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        import_module(f"{__package__}.{module.name}")
 
 
 def known_sources() -> list[str]:

@@ -56,6 +56,10 @@ class TableData(DataConfig):
             raise ValueError("give exactly one of label (a class column) or labels (0/1 columns: a list, or all)")
         if self.label_separator is not None and self.label is None:
             raise ValueError("label_separator splits the label column: give label, not labels")
+        if self.classes is not None and self.labels is not None:
+            raise ValueError("classes lists the values of the label column; with labels the classes are those columns")
+        if "no_finding" in self.model_fields_set and self.label_separator is None:
+            raise ValueError("no_finding applies to a separated label column: give label_separator too")
         return self
 
 
@@ -164,7 +168,7 @@ def _labels(cfg: TableData, path: Path, columns: list[str], rows: list, used: se
         for r, ln, values in rows:
             tokens = [rename.get(t.strip(), t.strip()) for t in values[column].split(cfg.label_separator)]
             found.append([t for t in tokens if t and t != cfg.no_finding])
-        names = list(cfg.classes) if cfg.classes else sorted({t for ts in found for t in ts})
+        names = list(cfg.classes) if cfg.classes else _ordered({t for ts in found for t in ts})
         index = {n: i for i, n in enumerate(names)}
         hot = np.zeros((len(rows), len(names)), np.uint8)
         for i, ((r, ln, _), tokens) in enumerate(zip(rows, found)):
@@ -178,12 +182,19 @@ def _labels(cfg: TableData, path: Path, columns: list[str], rows: list, used: se
         if not values[column]:
             raise _fault(path, r, ln, column, "empty label")
         raw.append(rename.get(values[column], values[column]))
-    names = list(cfg.classes) if cfg.classes else sorted(set(raw))
+    names = list(cfg.classes) if cfg.classes else _ordered(set(raw))
     index = {n: i for i, n in enumerate(names)}
     for (r, ln, _), value in zip(rows, raw):
         if value not in index:
             raise _fault(path, r, ln, column, f"{value!r} is not a class ({', '.join(names)})")
     return np.array([index[v] for v in raw], np.int64), names, MULTICLASS
+
+
+def _ordered(names: set[str]) -> list[str]:
+    """Class names sorted; numbered classes by number (2 before 10)."""
+    if names and all(n.lstrip("-").isdigit() for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
 
 
 def _column_values(path: Path, rows: list, column: str, what: str) -> list[str]:
@@ -214,7 +225,10 @@ def load(cfg: TableData, data_root: Path) -> Source:
     image_column = cfg.image if fields is None else f"{cfg.image} (data.image)"
     ids, files, first_row = [], [], {}
     for r, ln, values in rows:
-        rel = cfg.image.format_map(values) if fields else values[cfg.image]
+        try:
+            rel = cfg.image.format_map(values) if fields else values[cfg.image]
+        except (ValueError, KeyError, IndexError) as err:  # e.g. a format spec such as {id:05d} on text
+            raise _fault(path, r, ln, image_column, f"the pattern cannot be filled ({err})") from None
         if not rel or (fields and any(not values[f] for f in fields)):
             raise _fault(path, r, ln, fields[0] if fields else cfg.image, "empty image path")
         if rel in first_row:
