@@ -54,7 +54,8 @@ def test_pruned_then_qat_on_the_default_residual_teacher(chain_run):
     assert list(variants) == ["teacher", "student_kd", "teacher_pruned", "teacher_pruned_int8_qat"]
     teacher, pruned, qat = variants["teacher"], variants["teacher_pruned"], variants["teacher_pruned_int8_qat"]
     assert teacher["arch"] == Recipe().teacher.arch == "small_pooled_resnet18"
-    assert teacher["train_section"] == "teacher" and variants["student_kd"]["train_section"] == "student"
+    assert teacher["train_section"] == {"field": "teacher", "index": None}
+    assert variants["student_kd"]["train_section"] == {"field": "student", "index": None}
     # lineage as data: the chain's steps, and what each fine-tune distilled from
     assert pruned["parent"] == "teacher" and qat["parent"] == "teacher_pruned"
     assert pruned["teachers"] == qat["teachers"] == ["teacher"]
@@ -78,15 +79,16 @@ def test_pruned_checkpoint_reloads_at_its_pruned_widths(chain_run, data_root):
     from medlite.data import load_dataset
     from medlite.data.preprocess import normalize
     from medlite.export.onnx import run_onnx
+    from medlite.context import Context
     from medlite.runstate import RunDir
-    from medlite.variant import Context, Variant
+    from medlite.variant import Variant
 
     out, results, _ = chain_run
     recipe = load_recipe("breastmnist", CHAIN)
     ctx = Context(recipe, RunDir(out), data_root, say=lambda line: None, progress=False)
     ctx.dataset = load_dataset(recipe.data, data_root, recipe.seed)
     pruned = Variant.from_dict(next(v for v in results["variants"] if v["name"] == "teacher_pruned"))
-    model = ctx.load_variant_model(pruned).eval()
+    model = ctx.models.load(pruned).eval()
     x = normalize(ctx.dataset.splits["test"].images[:8], ctx.dataset.preprocess)
     with torch.no_grad():
         got = model(torch.from_numpy(x)).numpy()
@@ -118,7 +120,7 @@ def test_fully_reused_rerun_keeps_stage_timings(chain_run, data_root):
 
 
 def test_schema_version_bump_redoes_only_that_stage(chain_run, data_root, monkeypatch):
-    from medlite import variant
+    from medlite import stage as variant
 
     out, _, _ = chain_run
     monkeypatch.setitem(variant.STAGE_SCHEMAS, "evaluate", variant.STAGE_SCHEMAS["evaluate"] + 100)
@@ -134,8 +136,9 @@ def test_dense_only_dynamic_int8_is_renamed_and_warned(chain_run, data_root, mon
 
     from medlite.compress import stages
     from medlite.data import load_dataset
+    from medlite.context import Context
     from medlite.runstate import RunDir
-    from medlite.variant import Context, Variant
+    from medlite.variant import Variant
 
     real = ortq.quantize_dynamic
 
@@ -152,11 +155,11 @@ def test_dense_only_dynamic_int8_is_renamed_and_warned(chain_run, data_root, mon
     ctx.dataset = load_dataset(recipe.data, data_root, recipe.seed)
     for v in results["variants"]:
         ctx.add(Variant.from_dict(v))
-    made = stages.dynamic(ctx, ctx.variants["student_kd"])
+    made = ctx.ledger.run_stage(stages.dynamic(ctx, ctx.variants["student_kd"]))
     assert made.name == "student_kd_int8_dynamic_dense" and made.file == "models/student_kd_int8_dynamic_dense.onnx"
     assert (out / made.file).is_file() and not (out / "models" / "student_kd_int8_dynamic.onnx").exists()
     assert made.compress["dense_only"] and made.warnings
     assert any("warning: only the dense layers are int8" in line for line in said)
     # reused as it was made: same name, same warning
-    again = stages.dynamic(ctx, ctx.variants["student_kd"])
+    again = ctx.ledger.run_stage(stages.dynamic(ctx, ctx.variants["student_kd"]))
     assert again.name == made.name and again.warnings == made.warnings

@@ -101,7 +101,7 @@ def test_old_quantize_pruned_key_points_to_chains(tmp_path):
 
 def test_stage_keys_change_with_schema_and_version(monkeypatch):
     import medlite
-    from medlite import variant
+    from medlite import stage as variant
 
     parts = ("abc", {"lr": 0.1})
     before = variant.stage_key("export", *parts)
@@ -123,9 +123,9 @@ def test_warnings_are_kept_printed_and_reported():
     from rich.console import Console
 
     from medlite.report import print_table, render_html
-    from medlite.variant import Variant
+    from medlite.variant import TrainSection, Variant
 
-    ok = Variant(name="student_kd", parent="teacher", stage="distill", arch="a", train_section="student")
+    ok = Variant(name="student_kd", parent="teacher", stage="distill", arch="a", train_section=TrainSection("student"))
     odd = Variant(name="student_kd_int8_dynamic_dense", parent="student_kd", stage="int8_dynamic", arch="a",
                   warnings=["only the dense layers are int8: 5 Conv node(s) stay float"])
     assert Variant.from_dict(odd.to_dict()) == odd
@@ -149,9 +149,9 @@ def test_warnings_are_kept_printed_and_reported():
 def test_bench_results_are_keyed_by_the_machine(tmp_path, monkeypatch):
     """A run directory copied to another machine re-benches: the bench record names its machine."""
     from medlite.bench import runner
-    from medlite.pipeline import stage_bench
+    from medlite.bench.stage import bench_stage
+    from medlite.context import Context
     from medlite.runstate import RunDir
-    from medlite.variant import Context
 
     here = {"cpu": "CPU A", "cores": 4, "platform": "Linux-x", "python": "3.11"}
     calls = []
@@ -161,8 +161,8 @@ def test_bench_results_are_keyed_by_the_machine(tmp_path, monkeypatch):
 
     def bench_once():
         ctx = Context(load_recipe("breastmnist"), RunDir(tmp_path), tmp_path, say=lambda line: None, progress=False)
-        stage_bench(ctx)
-        return ctx.cached_stages
+        ctx.ledger.run_stage(bench_stage(ctx))
+        return ctx.ledger.cached_stages
 
     assert bench_once() == [] and len(calls) == 1
     assert bench_once() == ["bench"] and len(calls) == 1  # same machine: reused

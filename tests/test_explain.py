@@ -181,7 +181,7 @@ def test_vit_methods_run_on_a_timm_vit(tmp_path):
 
 
 def test_lineage_follows_parents_and_teachers_not_names():
-    from medlite.explain.stage import lineage
+    from medlite.variant import lineage
     from medlite.variant import Variant
 
     def v(name, parent=None, teachers=()):

@@ -15,7 +15,7 @@ HAVE_LITERT = all(importlib.util.find_spec(m) for m in ("litert_torch", "ai_edge
 
 def test_litert_requested_but_missing_is_a_clear_error(monkeypatch):
     from medlite.export import litert
-    from medlite.export.stages import check_export_formats
+    from medlite.pipeline import check_recipe as check_export_formats
     from medlite.recipe import load_recipe
 
     monkeypatch.setattr(litert, "missing_packages", lambda: ["litert-torch"])
@@ -79,10 +79,11 @@ def test_converter_failure_is_recorded_not_raised(tmp_path, monkeypatch):
 
     from medlite.data.preprocess import PreprocessSpec
     from medlite.export import litert
-    from medlite.export.stages import stage_litert_exports
+    from medlite.export.litert_stage import export_trained as stage_litert_exports
     from medlite.recipe import load_recipe
     from medlite.runstate import RunDir
-    from medlite.variant import Context, Variant
+    from medlite.context import Context
+    from medlite.variant import TrainSection, Variant
 
     def fail(*args, **kwargs):
         raise RuntimeError("Lowering not found: aten::grid_sampler_3d\nlong traceback follows")
@@ -95,10 +96,10 @@ def test_converter_failure_is_recorded_not_raised(tmp_path, monkeypatch):
     ctx.dataset = SimpleNamespace(preprocess=PreprocessSpec(28, 1, 0.5, 0.5, ("a", "b")), fingerprint=lambda: "d")
     (run.models / "teacher.onnx").write_bytes(b"onnx bytes")
     ctx.add(Variant(name="teacher", parent=None, stage="train", arch="resnet18", file="models/teacher.onnx",
-                    checkpoint="checkpoints/teacher.safetensors"))
-    monkeypatch.setattr(ctx, "load_variant_model", lambda v: None)
-    made = stage_litert_exports(ctx)
-    assert made == [] and list(ctx.variants) == ["teacher"]
+                    checkpoint="checkpoints/teacher.safetensors", train_section=TrainSection("teacher")))
+    monkeypatch.setattr(ctx.models, "load", lambda v: None)
+    stage_litert_exports(ctx)
+    assert list(ctx.variants) == ["teacher"]
     assert ctx.skipped == [{"name": "teacher_tflite_fp32", "parent": "teacher", "format": "tflite-fp32",
                             "reason": "RuntimeError: Lowering not found: aten::grid_sampler_3d"}]
     assert any("teacher_tflite_fp32: skipped" in line for line in said)

@@ -41,7 +41,7 @@ def test_fine_tuning_never_ends_worse_than_its_start(data_root, tmp_path):
 
 def test_same_seed_same_weights(data_root, tmp_path):
     """The recipe seed fixes initialisation (as the pipeline creates models) and sampling."""
-    from medlite.variant import Context
+    from medlite.context import Context
 
     recipe, ds = _tiny(data_root)
     cfg = recipe.student.model_copy(update={"epochs": 1, "arch": "medlite_dsconv_tiny"})
@@ -50,7 +50,7 @@ def test_same_seed_same_weights(data_root, tmp_path):
         torch.manual_seed(100 + run)  # whatever the global RNG state was before
         ctx = Context(recipe, run=None, data_root=data_root, say=print, progress=False)
         ctx.dataset = ds
-        model = ctx.build_model(cfg.arch)
+        model = ctx.models.build(cfg.arch)
         fit(model, ds, cfg, data_cfg=recipe.data, seed=recipe.seed, log_dir=Path(tmp_path) / str(run))
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -14,40 +14,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
+from medlite.config_base import SECTION_ANNOTATIONS, Strict, is_section
 # The data section: keys every source shares (DataConfig), validated against the model of the source
 # it names (medlite.data.registry). FoldConfig and SplitRatios are re-exported for older imports.
 from medlite.data.config import (  # noqa: F401
     DataConfig, DataSection, FoldConfig, SplitRatios, all_source_keys, source_keys_owner,
 )
 from medlite.distill.config import CONFIGS as DISTILL_CONFIGS, KDConfig, DistillConfig as _DistillConfig
+from medlite.compress import registry as compress_registry
 from medlite.errors import UsageError
 from medlite.export.config import ExportConfig
 from medlite.explain.config import ExplainConfig
 
 
-class _Strict(BaseModel):
-    """Unknown keys are errors: a typo must never silently fall back to a default.
-
-    A section left empty in YAML (`teacher:` with every key commented out) reads as None:
-    it means "all defaults", like an absent section. NaN and infinity are never a valid setting.
-    """
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_sections_are_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key, field in cls.model_fields.items():
-                if key in data and data[key] is None and _is_section(field.annotation):
-                    data = {k: v for k, v in data.items() if k != key}
-        return data
-
-
-def _is_section(annotation: Any) -> bool:
-    return (isinstance(annotation, type) and issubclass(annotation, (_Strict, DataConfig))) or annotation is _DistillConfig
+_Strict = Strict  # the base of every section (medlite.config_base)
+SECTION_ANNOTATIONS.append(_DistillConfig)
 
 
 class TrainConfig(_Strict):
@@ -118,50 +101,12 @@ class EvaluateConfig(_Strict):
 
 
 # -- compression (pruning, quantization) -------------------------------------------------
-
-class FineTune(_Strict):
-    epochs: int = Field(3, ge=0)
-    lr: float = Field(5e-4, gt=0)
-    distill: bool = Field(True, description="fine-tune with the teacher's distillation loss (the teacher's own variants distil from the uncompressed teacher)")
+# Each method's section is its own config model, registered with the method (medlite.compress.registry).
 
 
-class PruneStructuredConfig(FineTune):
-    # 30% of the channels of every layer: about half the MACs (they scale with in x out channels).
-    ratio: float = Field(0.3, gt=0, lt=1, description="fraction of channels removed")
-    epochs: int = Field(15, ge=0)
-    lr: float = Field(1e-3, gt=0)
-    importance: Literal["l1", "l2", "random", "taylor"] = "l1"
-    ignore_layers: list[str] = Field(default_factory=list, description="module names never pruned")
-    global_pruning: bool = False
-
-
-class PruneUnstructuredConfig(FineTune):
-    initial_sparsity: float = Field(0.0, ge=0, lt=1)
-    final_sparsity: float = Field(0.5, gt=0, lt=1)
-    scope: Literal["global", "layer"] = "global"
-
-    @model_validator(mode="after")
-    def _ramp_up(self) -> "PruneUnstructuredConfig":
-        if self.initial_sparsity > self.final_sparsity:
-            raise ValueError("initial_sparsity must not exceed final_sparsity")
-        return self
-
-
-class Int8StaticConfig(_Strict):
-    calibration_images: int = Field(256, ge=1)
-    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    per_channel: bool = True
-    percentile: float = Field(99.999, gt=90, le=100)
-
-
-class Int8QatConfig(FineTune):
-    # QAT starts from a trained network: a small learning rate keeps it near the float optimum.
-    lr: float = Field(1e-4, gt=0)
-    calibration_images: int = Field(256, ge=1)
-
-
-class CompressConfig(_Strict):
-    """Methods are registered in `medlite.compress.registry` (each with its section below)."""
+class CompressBase(_Strict):
+    """Which methods run on which variants; each registered method's own section is added to this
+    model from the registry (`compress_config_model`), so a method's settings live with the method."""
 
     targets: list[str] = Field(default_factory=lambda: ["teacher", "student_kd"])
     methods: list[str] = Field(default_factory=list, description="methods applied to each target")
@@ -170,10 +115,6 @@ class CompressConfig(_Strict):
         description="methods applied in sequence to each target, e.g. [[prune_structured, int8_qat]]; "
         "default: [[prune_structured, int8_static]] when both are in methods",
     )
-    prune_structured: PruneStructuredConfig = PruneStructuredConfig()
-    prune_unstructured: PruneUnstructuredConfig = PruneUnstructuredConfig()
-    int8_static: Int8StaticConfig = Int8StaticConfig()
-    int8_qat: Int8QatConfig = Int8QatConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -192,21 +133,36 @@ class CompressConfig(_Strict):
     @field_validator("methods")
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
-        from medlite.compress import registry  # light: no torch
-
         for method in methods:
-            if method not in registry.METHODS:
-                raise ValueError(registry.unknown_message(method))
+            if method not in compress_registry.METHODS:
+                raise ValueError(compress_registry.unknown_message(method))
         return methods
 
     @field_validator("chains")
     @classmethod
     def _valid_chains(cls, chains: list[list[str]]) -> list[list[str]]:
-        from medlite.compress import registry
-
         for chain in chains:
-            registry.check_chain(chain)
+            compress_registry.check_chain(chain)
         return chains
+
+
+def compress_config_model() -> type[CompressBase]:
+    """The `compress` section's model: CompressBase plus one field per registered method's config."""
+    sections = {spec.config: (spec.config_model, spec.config_model())
+                for spec in compress_registry.METHODS.values() if spec.config_model is not None}
+    return create_model("CompressConfig", __base__=CompressBase, **sections)
+
+
+CompressConfig = compress_config_model()
+
+
+def _rebuild_compress_section() -> None:
+    """Called by the compression registry when a method registers after this module was imported."""
+    global CompressConfig
+    CompressConfig = compress_config_model()
+    Recipe.model_fields["compress"].annotation = CompressConfig
+    Recipe.model_fields["compress"].default = CompressConfig()
+    Recipe.model_rebuild(force=True)
 
 
 class BenchConfig(_Strict):
@@ -358,7 +314,7 @@ def _section_fields(loc: tuple) -> list[str]:
     model: Any = Recipe
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not _is_section(field.annotation):
+        if field is None or not is_section(field.annotation):
             return []
         if field.annotation is _DistillConfig:  # a union: every method's keys
             return sorted({k for c in DISTILL_CONFIGS.values() for k in c.model_fields})

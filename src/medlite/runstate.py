@@ -360,7 +360,7 @@ class RunDir:
 
     def cached(self, stage: str, key: str) -> dict | None:
         """The stage's recorded facts when its inputs are unchanged and its outputs intact, else None."""
-        facts = self._cached_here(stage, key)
+        facts = self.cached_here(stage, key)
         if facts is None and self.shared is not None:
             record = self.shared.fetch(stage, key, self.root)
             if record is not None:
@@ -368,7 +368,7 @@ class RunDir:
                 facts = record.get("facts", {})
         return facts
 
-    def _cached_here(self, stage: str, key: str) -> dict | None:
+    def cached_here(self, stage: str, key: str) -> dict | None:
         record_path = self._record(stage)
         if not record_path.is_file():
             return None

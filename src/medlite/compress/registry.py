@@ -14,8 +14,10 @@ A trained variant (teacher, students) offers `pytorch` and `onnx-fp32`. A chain 
 `[prune_structured, int8_qat]` is valid when each method accepts one of the formats the previous
 one emits.
 
-Adding a method: a config model (a field of the same name in `recipe.CompressConfig`), a stage
-function, and one `register(MethodSpec(...))` call below (or in the module that defines it).
+Adding a method: its stage function (`stage(ctx, parent) -> medlite.stage.Stage`) in a module of
+its own, and its config model with one `register(MethodSpec(...))` call (the built-in ones in
+`medlite.compress.builtin`; a plugin's anywhere imported before its recipe is loaded). The recipe's
+`compress` section gains the method's config section from the registry; nothing else changes.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ class MethodSpec:
     accepts: frozenset[str]  # formats it can start from (one is enough)
     emits: frozenset[str]  # formats its variant offers the next method
     stage: str  # "module:function", the stage function, imported on first use
-    config: str | None = None  # name of its section in `compress` (a pydantic model), None: no settings
+    config: str | None = None  # name of its section in the recipe's `compress`; None: no settings
+    config_model: type | None = None  # that section's pydantic model (a medlite.config_base.Strict)
     schema: int = 1  # bump when the method's output changes for the same inputs: old artifacts are redone
     doc: str = ""
 
@@ -54,10 +57,29 @@ METHODS: dict[str, MethodSpec] = {}
 
 
 def register(spec: MethodSpec) -> MethodSpec:
+    """Add a method; a recipe validated after this call knows its name and its config section."""
     if spec.name in METHODS and METHODS[spec.name] != spec:
         raise ValueError(f"compression method {spec.name!r} is already registered")
+    if (spec.config is None) != (spec.config_model is None):
+        raise ValueError(f"compression method {spec.name!r}: give both config (section name) and config_model, or neither")
     METHODS[spec.name] = spec
+    _recipe_changed()
     return spec
+
+
+def unregister(name: str) -> None:
+    """Remove a method (tests, plugins that unload)."""
+    METHODS.pop(name, None)
+    _recipe_changed()
+
+
+def _recipe_changed() -> None:
+    # The recipe's `compress` model is built from this registry; rebuild it when it was built already.
+    import sys
+
+    recipe = sys.modules.get("medlite.recipe")
+    if recipe is not None and hasattr(recipe, "_rebuild_compress_section"):
+        recipe._rebuild_compress_section()
 
 
 def get(name: str) -> MethodSpec:
@@ -97,33 +119,5 @@ def chain_name(base: str, chain: list[str]) -> str:
     return base + "".join(METHODS[name].suffix for name in chain)
 
 
-# -- the built-in methods ---------------------------------------------------------------------
-
-_STAGES = "medlite.compress.stages"
-register(MethodSpec(
-    "prune_structured", "_pruned", frozenset({PYTORCH}), frozenset({PYTORCH, ONNX_FP32}),
-    f"{_STAGES}:structured", config="prune_structured", schema=2,
-    doc="remove whole channels (Torch-Pruning dependency graph), fine-tune; keeps a reloadable checkpoint",
-))
-register(MethodSpec(
-    # The masks are baked into a dense file: only the ONNX file carries on (a PyTorch fine-tune
-    # after it would refill the zeros).
-    "prune_unstructured", "_sparse", frozenset({PYTORCH}), frozenset({ONNX_FP32}),
-    f"{_STAGES}:unstructured", config="prune_unstructured",
-    doc="gradual magnitude pruning during fine-tuning (Zhu & Gupta, 2017)",
-))
-register(MethodSpec(
-    "int8_dynamic", "_int8_dynamic", frozenset({ONNX_FP32}), frozenset({ONNX_INT8_DYNAMIC}),
-    f"{_STAGES}:dynamic", config=None, schema=2,
-    doc="ONNX Runtime weight-only int8 (ConvInteger/MatMulInteger), no calibration",
-))
-register(MethodSpec(
-    "int8_static", "_int8_static", frozenset({ONNX_FP32}), frozenset({ONNX_INT8_QDQ}),
-    f"{_STAGES}:static", config="int8_static",
-    doc="ONNX Runtime static QDQ int8, calibrated on training images",
-))
-register(MethodSpec(
-    "int8_qat", "_int8_qat", frozenset({PYTORCH}), frozenset({ONNX_INT8_QDQ}),
-    f"{_STAGES}:qat", config="int8_qat", schema=2,
-    doc="quantization-aware fine-tuning (fake quant, BN folded), exported as static QDQ with the learned ranges",
-))
+# The built-in methods register themselves (config model and spec) in one light module.
+from medlite.compress import builtin  # noqa: E402,F401  (imported for its registrations)

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medlite.compress import registry
+from medlite.context import Context
 from medlite.errors import UsageError
+from medlite.stage import Output, Stage
+from medlite.variant import Variant, trained_root
 
 
 def check_targets(recipe, available: list[str]) -> None:
@@ -36,18 +40,14 @@ def _lineage(ctx, parent):
     few hundred images, soft targets recover a pruned or fake-quantized network without the
     overfitting that labels alone cause.
     """
-    root = ctx.variant_root(parent)
-    section = root.train_section
-    if section is None or not hasattr(ctx.recipe, section):
+    root = trained_root(parent, ctx.variants)
+    if root.train_section is None:
         raise UsageError(f"compress: cannot fine-tune {parent.name}: its lineage records no training section")
     sources = list(root.teachers) if root.teachers else [root.name]
     missing = [s for s in sources if s not in ctx.variants]
     if missing:
         raise UsageError(f"compress: cannot fine-tune {parent.name}: its distillation source {missing[0]!r} is not in this run")
-    cfg = ctx.recipe
-    for part in section.split("."):  # "student", or a list entry such as "teachers.0" / "assistants.1"
-        cfg = cfg[int(part)] if part.isdigit() else getattr(cfg, part)
-    return cfg, [ctx.variants[s] for s in sources]
+    return root.train_section.resolve(ctx.recipe), [ctx.variants[s] for s in sources]
 
 
 def _teachers_for(ctx, parent, finetune_cfg) -> list:
@@ -75,7 +75,7 @@ def _finetune(ctx, name: str, model, parent, finetune_cfg, *, callbacks=(), sele
     )
     how = f", distilling from {' + '.join(t.name for t in teachers)}" if teachers else ""
     ctx.say(f"{name}: fine-tuning {cfg.epochs} epochs at lr {cfg.lr:g}{how}")
-    teacher_models = [ctx.load_variant_model(t) for t in teachers]
+    teacher_models = [ctx.models.load(t) for t in teachers]
     result = fit(
         model, ctx.dataset, cfg, data_cfg=ctx.recipe.data, seed=ctx.recipe.seed, log_dir=ctx.run.stage_logs(name),
         label=name, teacher=teacher_models or None,
@@ -87,52 +87,52 @@ def _finetune(ctx, name: str, model, parent, finetune_cfg, *, callbacks=(), sele
     return result
 
 
-def _stage(ctx, method: str, parent, make):
-    """Run `make(path) -> facts` unless an identical earlier run left its artifact intact.
+def variant_name(method: str, parent: Variant) -> str:
+    """`<parent><suffix>`: the registry's suffix is the one place a compressed variant's name is made."""
+    return parent.name + registry.get(method).suffix
+
+
+def _stage(ctx: Context, method: str, parent: Variant, make) -> Stage[Variant]:
+    """The Stage of one compression method applied to `parent`: `make(path) -> facts` writes the file.
 
     The key covers the method's recipe section, its schema version, the parent artifact and,
     for methods that fine-tune, the distillation source and the family's training settings.
     `make` may return `warnings` (kept on the variant) and a `name` that replaces the default
     one when the result is not what the method's name promises (the file is renamed to match).
     """
-    from medlite.compress import registry
-    from medlite.recipe import FineTune
-    from medlite.variant import Variant, stage_key
+    from medlite.compress.builtin import FineTune
 
     spec = registry.get(method)
     cfg = getattr(ctx.recipe.compress, spec.config) if spec.config else None
-    name = parent.name + spec.suffix
+    name = variant_name(method, parent)
     finetunes = isinstance(cfg, FineTune)
     teachers = _teachers_for(ctx, parent, cfg) if finetunes else []
-    # One teacher keys as before (a bare hash), so existing runs keep their compressed variants.
-    teacher_hashes = [ctx.artifact_hash(t) for t in teachers]
-    key = stage_key(
-        method, cfg.model_dump() if cfg is not None else None, ctx.artifact_hash(parent),
-        (teacher_hashes[0] if len(teacher_hashes) == 1 else teacher_hashes) or None, ctx.dataset.fingerprint(), ctx.recipe.seed,
-        _lineage(ctx, parent)[0].model_dump() if finetunes else None, schema=spec.schema,
-    )
+    config = [cfg.model_dump() if cfg is not None else None, ctx.dataset.fingerprint(), ctx.recipe.seed,
+              _lineage(ctx, parent)[0].model_dump() if finetunes else None]
     path = ctx.run.models / f"{name}.onnx"
-    facts = ctx.reuse(name, key, announce=ctx.run.rel(path))
-    if facts is not None:
-        variant = ctx.add(Variant.from_dict(facts))
-        for warning in variant.warnings:
-            ctx.say(f"{variant.name}: warning: {warning}")
-        return variant
-    with ctx.timed(f"compress.{method}"):
-        facts = make(path)
-    warnings = facts.pop("warnings", [])
-    final = facts.pop("name", name)
-    if final != name:  # the result is not what the name says: the variant (and its file) say so
-        renamed = path.with_name(f"{final}.onnx")
-        path.replace(renamed)
-        path = renamed
-    variant = Variant(name=final, parent=parent.name, stage=method, arch=parent.arch, file=ctx.run.rel(path),
-                      teachers=[t.name for t in teachers], **facts)
-    for warning in warnings:
-        ctx.warn(variant, warning)
-    outputs = [path] + ([ctx.run.root / variant.checkpoint] if variant.checkpoint else [])
-    ctx.store(name, key, outputs, variant.to_dict())
-    return ctx.add(variant)
+
+    def compute() -> Output:
+        target = path
+        facts = make(target)
+        warnings = facts.pop("warnings", [])
+        final = facts.pop("name", name)
+        if final != name:  # the result is not what the name says: the variant (and its file) say so
+            renamed = target.with_name(f"{final}.onnx")
+            target.replace(renamed)
+            target = renamed
+        variant = Variant(name=final, parent=parent.name, stage=method, arch=parent.arch, file=ctx.run.rel(target),
+                          teachers=[t.name for t in teachers], **facts)
+        for warning in warnings:
+            ctx.warn(variant, warning)
+        files = [target] + ([ctx.run.root / variant.checkpoint] if variant.checkpoint else [])
+        return Output(variant.to_record(), files)
+
+    def plan() -> Variant:
+        return ctx.add(Variant(name=name, parent=parent.name, stage=method, arch=parent.arch,
+                               teachers=[t.name for t in teachers], file=ctx.run.rel(path), planned=True))
+
+    return Stage(name=name, kind=method, schema=spec.schema, inputs=[parent, *teachers], config=config,
+                 compute=compute, emit=lambda facts: ctx.add(Variant.from_dict(facts)), plan=plan, bucket=f"compress.{method}", announce=ctx.run.rel(path))
 
 
 def _quantized_facts(ctx, parent, path: Path, facts: dict) -> dict:
@@ -163,17 +163,17 @@ def structured(ctx, parent):
     from medlite.models.weights import save_state
 
     cfg = ctx.recipe.compress.prune_structured
-    name = f"{parent.name}_pruned"
+    name = variant_name("prune_structured", parent)
 
     def make(path: Path) -> dict:
         import torch
 
-        model = ctx.load_variant_model(parent)
+        model = ctx.models.load(parent)
         batch = None
         if cfg.importance == "taylor":  # Taylor importance needs gradients from a labelled batch
             images, labels = _calibration(ctx, 64)
             batch = (torch.from_numpy(images), torch.from_numpy(labels))
-        pruned = prune_structured(model, ctx.example_input(), cfg.ratio, cfg.importance, cfg.ignore_layers,
+        pruned = prune_structured(model, ctx.models.example_input(), cfg.ratio, cfg.importance, cfg.ignore_layers,
                                   cfg.global_pruning, batch=batch)
         ctx.say(f"{name}: removed {cfg.ratio:.0%} of the channels ({cfg.importance} importance)")
         result = _finetune(ctx, name, pruned, parent, cfg)
@@ -182,7 +182,7 @@ def structured(ctx, parent):
         save_state(pruned, weights, metadata={"arch": parent.arch, "variant": name, "structure": "pruned"})
         _check_reload(ctx, parent, pruned, weights)
         check = export_onnx(pruned, ctx.dataset.preprocess, path, {"medlite.variant": name})
-        facts = describe_model(pruned, ctx.example_input(), path)
+        facts = describe_model(pruned, ctx.models.example_input(), path)
         facts["compress"] = {
             "method": "prune_structured", "ratio": cfg.ratio, "importance": cfg.importance,
             "params_vs_parent": round(facts["params"] / parent.params, 4),
@@ -200,15 +200,15 @@ def unstructured(ctx, parent):
     from medlite.models.complexity import describe_model
 
     cfg = ctx.recipe.compress.prune_unstructured
-    name = f"{parent.name}_sparse"
+    name = variant_name("prune_unstructured", parent)
 
     def make(path: Path) -> dict:
-        model = ctx.load_variant_model(parent)
+        model = ctx.models.load(parent)
         schedule = GradualMagnitudePruning(cfg.initial_sparsity, cfg.final_sparsity, cfg.scope)
         # The last epoch, not the best one: earlier epochs have not reached the final sparsity.
         result = _finetune(ctx, name, model, parent, cfg, callbacks=(schedule,), select_best=False)
         check = export_onnx(model, ctx.dataset.preprocess, path, {"medlite.variant": name})
-        facts = describe_model(model, ctx.example_input(), path)
+        facts = describe_model(model, ctx.models.example_input(), path)
         facts["compress"] = {
             "method": "prune_unstructured", "target_sparsity": cfg.final_sparsity, "scope": cfg.scope,
             "note": "dense ONNX stores zeros: file_bytes does not shrink; gzip_bytes shows the saving",
@@ -224,7 +224,7 @@ def unstructured(ctx, parent):
 def dynamic(ctx, parent):
     from medlite.compress.quantize import quantize_dynamic
 
-    name = f"{parent.name}_int8_dynamic"
+    name = variant_name("int8_dynamic", parent)
 
     def make(path: Path) -> dict:
         facts = quantize_dynamic(ctx.run.root / parent.file, path)
@@ -241,7 +241,7 @@ def static(ctx, parent):
     from medlite.compress.quantize import quantize_static
 
     cfg = ctx.recipe.compress.int8_static
-    name = f"{parent.name}_int8_static"
+    name = variant_name("int8_static", parent)
 
     def make(path: Path) -> dict:
         calibration, _ = _calibration(ctx, cfg.calibration_images)
@@ -259,11 +259,11 @@ def qat(ctx, parent):
     from medlite.compress.qat import export_qat, prepare_qat
 
     cfg = ctx.recipe.compress.int8_qat
-    name = f"{parent.name}_int8_qat"
+    name = variant_name("int8_qat", parent)
 
     def make(path: Path) -> dict:
         calibration, _ = _calibration(ctx, cfg.calibration_images)
-        model = prepare_qat(ctx.load_variant_model(parent), torch.from_numpy(calibration[:64]))
+        model = prepare_qat(ctx.models.load(parent), torch.from_numpy(calibration[:64]))
         result = _finetune(ctx, name, model, parent, cfg)
         facts = export_qat(model, ctx.dataset.preprocess, path, calibration)
         out = _quantized_facts(ctx, parent, path, {**facts, "method": "int8_qat"})
@@ -279,21 +279,19 @@ def _check_reload(ctx, parent, pruned, weights: Path) -> None:
     from medlite.variant import Variant
 
     probe = Variant(name="probe", parent=None, stage="probe", arch=parent.arch, checkpoint=ctx.run.rel(weights))
-    restored = ctx.load_variant_model(probe).eval()
-    x = ctx.example_input()
+    restored = ctx.models.load(probe).eval()
+    x = ctx.models.example_input()
     with torch.no_grad():
         if not torch.allclose(restored(x), pruned.eval()(x), atol=1e-5):
             raise UsageError(f"{weights}: the pruned checkpoint does not rebuild the pruned model")
 
 
-def run_compression(ctx) -> None:
+def run_compression(ctx: Context) -> None:
     """Apply each method, then each chain, to each target; a step two paths share runs once.
 
     `compress.methods` are one-step chains; `compress.chains` (validated against the registry's
     formats when the recipe loads) apply their methods in order, each to the previous result.
     """
-    from medlite.compress import registry
-
     cfg = ctx.recipe.compress
     check_targets(ctx.recipe, list(ctx.variants))
     chains = [[method] for method in cfg.methods] + [list(chain) for chain in cfg.chains]
@@ -304,5 +302,5 @@ def run_compression(ctx) -> None:
             for method in chain:
                 step = (variant.name, method)
                 if step not in made:
-                    made[step] = registry.get(method).load()(ctx, variant)
+                    made[step] = ctx.ledger.run_stage(registry.get(method).load()(ctx, variant))
                 variant = made[step]

@@ -12,31 +12,16 @@ from __future__ import annotations
 import difflib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, TypeAdapter, ValidationError, WrapValidator, model_validator
+from pydantic import Field, SerializeAsAny, TypeAdapter, ValidationError, WrapValidator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from medlite.config_base import Strict
 from medlite.data.registry import SOURCES, known_sources, source_spec
 
 DEFAULT_SOURCE = "medmnist"
 
 
-class Section(BaseModel):
-    """Unknown keys are errors; a section left empty in YAML (None) means all its defaults."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_sections_are_defaults(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key, field in cls.model_fields.items():
-                annotation = field.annotation
-                if key in data and data[key] is None and isinstance(annotation, type) and issubclass(annotation, Section):
-                    data = {k: v for k, v in data.items() if k != key}
-        return data
-
-
-class SplitRatios(Section):
+class SplitRatios(Strict):
     """Ratios used when a source has no split of its own (a flat image folder, arrays without val/test)."""
 
     train: float = Field(0.7, gt=0, lt=1)
@@ -51,7 +36,7 @@ class SplitRatios(Section):
         return self
 
 
-class FoldConfig(Section):
+class FoldConfig(Strict):
     """One fold of a seeded stratified k-fold (a study sets `index` per trial).
 
     Sources with a test split (MedMNIST, pre-split folders): the folds cover train+val and fold
@@ -77,7 +62,7 @@ class FoldConfig(Section):
 _LEGACY_DEFAULTS: dict[str, Any] = {"flag": "breastmnist", "size": 28, "root": None, "class_map": None, "skip_bad": False}
 
 
-class DataConfig(Section):
+class DataConfig(Strict):
     """Keys every data source shares. `DataConfig(source=..., ...)` builds that source's model."""
 
     source: str = Field(DEFAULT_SOURCE, min_length=1, description="a registered data source (medlite.data.registry)")

@@ -19,7 +19,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from medlite.data.config import DataConfig, Section
+from medlite.config_base import Strict
+from medlite.data.config import DataConfig
 from medlite.data.dataset import MULTICLASS, MULTILABEL, Part, Source
 from medlite.data.paths import resolve_dir, resolve_file
 from medlite.data.registry import register_source
@@ -63,7 +64,7 @@ class TableData(DataConfig):
         return self
 
 
-class GroupTable(Section):
+class GroupTable(Strict):
     """`data.groups` of an image folder: a table with a file-name column and a group column."""
 
     table: str

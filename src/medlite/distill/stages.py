@@ -1,21 +1,24 @@
-"""The distillation part of the stage graph: teacher(s) -> [ensemble] -> [assistants] -> student.
+"""The distillation part of the stage graph: teacher(s) -> [ensemble] -> [assistants] -> students.
 
     teacher: (one)        teacher ─────────────────────────────▶ student_kd
     teachers: [a, b, c]   teacher_0..2 ─▶ teacher_ensemble ─▶ assistant_1 ─▶ ... ─▶ student_kd
                                            (evaluated too)
 
-Every model here is a variant with its lineage as data (`parent`, `teachers`). The training
-stage itself (`train`, the pipeline's `stage_train`) is passed in, so this module and the
-pipeline never import each other.
+Every model here is a variant with its lineage as data (`parent`, `teachers`, `train_section`),
+made by a `medlite.stage.Stage` (`train_stage`, `ensemble_stage`): keyed, reused, timed and
+stored by `StageLedger.run_stage` like every other stage.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
 
+from medlite.context import Context
 from medlite.errors import UsageError
+from medlite.stage import Stage
+from medlite.variant import TrainSection, Variant
 
-SINGLE_TEACHER, ENSEMBLE, STUDENT = "teacher", "teacher_ensemble", "student_kd"
+SINGLE_TEACHER, ENSEMBLE, STUDENT, SCRATCH = "teacher", "teacher_ensemble", "student_kd", "student_scratch"
 
 
 def teacher_names(recipe) -> list[str]:
@@ -27,7 +30,7 @@ def variant_names(recipe) -> list[str]:
     names = teacher_names(recipe) + ([ENSEMBLE] if recipe.teachers is not None else [])
     names += [f"assistant_{i + 1}" for i in range(len(recipe.assistants))]
     if recipe.distill.scratch_baseline:
-        names.append("student_scratch")
+        names.append(SCRATCH)
     return names + [STUDENT]
 
 
@@ -52,51 +55,114 @@ def check_recipe(recipe) -> None:
                          "use a logit method (kd, dkd, dist) or add an assistant")
 
 
-def stage_ensemble(ctx, members: list, weights: list[float] | None):
-    """The teachers' ensemble as one model (mean of their probabilities), saved as one checkpoint."""
-    from medlite.models.composite import Ensemble
+def _pretrained_identity(cfg):
+    """A weights file keys by its content; `imagenet` or None by name."""
+    from medlite.runstate import sha256
+
+    if cfg.pretrained and Path(cfg.pretrained).is_file():
+        return sha256(Path(cfg.pretrained))
+    return cfg.pretrained
+
+
+def train_stage(ctx: Context, name: str, section: TrainSection, *, cfg=None, teachers: list[Variant] = (),
+                parent: Variant | None = None, stage: str = "train", fixed_views: bool = False) -> Stage[Variant]:
+    """Train one model with the recipe section `section` (or `cfg`, a modified copy of it), or distil
+    it from `teachers` with the recipe's distill method; `parent` is the variant it descends from
+    (default: the first teacher). The checkpoint is the best-validation-AUC epoch."""
+    from medlite.models import count_params
     from medlite.models.weights import save_state
-    from medlite.variant import Variant, stage_key
+    from medlite.train import fit
 
-    arch = "ensemble(" + ",".join(m.arch for m in members) + ")"
-    key = stage_key("ensemble", [ctx.artifact_hash(m) for m in members], weights)
+    recipe = ctx.recipe
+    cfg = cfg if cfg is not None else section.resolve(recipe)
+    teachers = list(teachers)
+    parent = parent or (teachers[0] if teachers else None)
+    distill = recipe.distill if teachers else None
+    ckpt = ctx.run.checkpoints / f"{name}.safetensors"
+    config = [cfg.model_dump(), recipe.data.model_dump(include={"augment", "balance"}), ctx.dataset.fingerprint(),
+              recipe.seed, recipe.device, _pretrained_identity(cfg), distill.model_dump() if distill else None,
+              fixed_views]
+    if recipe.trainer != type(recipe.trainer)():  # devices/strategy/precision change the numbers
+        config.append(recipe.trainer.model_dump())
+
+    def lineage(**facts) -> Variant:
+        return Variant(name=name, parent=parent.name if parent else None, stage=stage, arch=cfg.arch,
+                       teachers=[t.name for t in teachers], train_section=section, **facts)
+
+    def compute() -> dict:
+        if cfg.pretrained and cfg.pretrained != "imagenet" and not Path(cfg.pretrained).is_file():
+            raise UsageError(f"{name}.pretrained: weights file {cfg.pretrained!r} not found")
+        model = ctx.models.build(cfg.arch, cfg.pretrained)
+        teacher_models = [ctx.models.load(t) for t in teachers]
+        what = f"distilling {cfg.arch} from {parent.name} ({distill.method})" if teachers else f"training {cfg.arch}"
+        ctx.say(f"{name}: {what} ({count_params(model):,} parameters, {cfg.epochs} epochs)")
+        result = fit(
+            model, ctx.dataset, cfg, data_cfg=recipe.data, seed=recipe.seed,
+            log_dir=ctx.run.stage_logs(name), label=name, teacher=teacher_models or None, distill=distill,
+            fixed_views=fixed_views, device=ctx.device, say=ctx.say, progress=ctx.progress,
+            trainer_cfg=recipe.trainer,
+        )
+        save_state(model, ckpt, metadata={"arch": cfg.arch, "variant": name})
+        variant = lineage(checkpoint=ctx.run.rel(ckpt), params=count_params(model), train=result.to_dict())
+        for warning in result.warnings:
+            ctx.warn(variant, warning)
+        if result.best_epoch >= 0:
+            score = f"val AUC {result.best_val_auc:.3f}" if result.best_val_auc is not None else f"by {result.selected_by}"
+            ctx.say(f"{name}: best epoch {result.best_epoch + 1} ({score}), {result.seconds:.0f}s")
+        return variant.to_record()
+
+    return Stage(name=name, kind="train", inputs=teachers, config=config, outputs=[ckpt], compute=compute,
+                 emit=lambda facts: ctx.add(Variant.from_dict(facts)), plan=lambda: ctx.add(lineage(checkpoint=ctx.run.rel(ckpt), planned=True)),
+                 bucket=name, announce=ctx.run.rel(ckpt))
+
+
+def ensemble_stage(ctx: Context, members: list[Variant], weights: list[float] | None) -> Stage[Variant]:
+    """The teachers' ensemble as one model (mean of their probabilities), saved as one checkpoint."""
+    from medlite.models.composite import ensemble_arch
+
+    arch = ensemble_arch([m.arch for m in members])
     ckpt = ctx.run.checkpoints / f"{ENSEMBLE}.safetensors"
-    facts = ctx.reuse(ENSEMBLE, key, announce=ctx.run.rel(ckpt))
-    if facts is not None:
-        return ctx.add(Variant.from_dict(facts))
-    model = Ensemble([ctx.load_variant_model(m) for m in members], weights)
-    save_state(model, ckpt, metadata={"arch": arch, "variant": ENSEMBLE})
-    variant = Variant(name=ENSEMBLE, parent=None, stage="ensemble", arch=arch, teachers=[m.name for m in members],
-                      checkpoint=ctx.run.rel(ckpt), params=sum(p.numel() for p in model.parameters()),
-                      train={"weights": [float(w) for w in model.weights]})
-    ctx.say(f"{ENSEMBLE}: mean of the probabilities of {', '.join(m.name for m in members)}")
-    ctx.store(ENSEMBLE, key, [ckpt], variant.to_dict())
-    return ctx.add(variant)
+
+    def lineage(**facts) -> Variant:
+        return Variant(name=ENSEMBLE, parent=None, stage="ensemble", arch=arch, teachers=[m.name for m in members],
+                       **facts)
+
+    def compute() -> dict:
+        from medlite.models.composite import Ensemble
+        from medlite.models.weights import save_state
+
+        model = Ensemble([ctx.models.load(m) for m in members], weights)
+        save_state(model, ckpt, metadata={"arch": arch, "variant": ENSEMBLE})
+        ctx.say(f"{ENSEMBLE}: mean of the probabilities of {', '.join(m.name for m in members)}")
+        return lineage(checkpoint=ctx.run.rel(ckpt), params=sum(p.numel() for p in model.parameters()),
+                       train={"weights": [float(w) for w in model.weights]}).to_record()
+
+    return Stage(name=ENSEMBLE, kind="ensemble", inputs=members, config=weights, outputs=[ckpt], compute=compute,
+                 emit=lambda facts: ctx.add(Variant.from_dict(facts)), plan=lambda: ctx.add(lineage(checkpoint=ctx.run.rel(ckpt), planned=True)),
+                 announce=ctx.run.rel(ckpt))
 
 
-def run_distillation(ctx, train: Callable) -> None:
-    """Train the teacher(s), their ensemble, the assistants, the scratch baseline and the distilled student.
-
-    `train(ctx, name, cfg, *, teachers=[variants], parent=variant, stage=..., fixed_views=..., section=...)` trains one model.
-    """
+def run_distillation(ctx: Context) -> None:
+    """Train the teacher(s), their ensemble, the assistants, the scratch baseline and the distilled student."""
     recipe = ctx.recipe
     d = recipe.distill
+    run = ctx.ledger.run_stage
     check_recipe(recipe)
-    # `section`: the recipe section each model was trained with, recorded on its variant (lineage as data).
     if recipe.teachers is None:
-        teachers = [train(ctx, SINGLE_TEACHER, recipe.teacher, section="teacher")]
+        teachers = [run(train_stage(ctx, SINGLE_TEACHER, TrainSection("teacher")))]
         parent = teachers[0]
     else:
-        teachers = [train(ctx, name, cfg, section=f"teachers.{i}")
-                    for i, (name, cfg) in enumerate(zip(teacher_names(recipe), recipe.teachers))]
-        parent = stage_ensemble(ctx, teachers, d.teacher_weights)
+        teachers = [run(train_stage(ctx, name, TrainSection("teachers", i)))
+                    for i, name in enumerate(teacher_names(recipe))]
+        parent = run(ensemble_stage(ctx, teachers, d.teacher_weights))
     for i, cfg in enumerate(recipe.assistants):
         cfg = cfg.model_copy(update={"arch": d.student_arch(cfg.arch)})
-        teachers = [train(ctx, f"assistant_{i + 1}", cfg, teachers=teachers, parent=parent, stage="distill",
-                          section=f"assistants.{i}")]
+        teachers = [run(train_stage(ctx, f"assistant_{i + 1}", TrainSection("assistants", i), cfg=cfg,
+                                    teachers=teachers, parent=parent, stage="distill"))]
         parent = teachers[0]
     if d.scratch_baseline:
         # Logit methods distil on a bank of fixed views: the baseline trains on the very same views.
-        train(ctx, "student_scratch", recipe.student, fixed_views=not type(d).uses_teacher_features, section="student")
+        run(train_stage(ctx, SCRATCH, TrainSection("student"), fixed_views=not type(d).uses_teacher_features))
     student = recipe.student.model_copy(update={"arch": d.student_arch(recipe.student.arch)})
-    train(ctx, STUDENT, student, teachers=teachers, parent=parent, stage="distill", section="student")
+    run(train_stage(ctx, STUDENT, TrainSection("student"), cfg=student, teachers=teachers, parent=parent,
+                    stage="distill"))

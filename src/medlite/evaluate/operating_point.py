@@ -24,7 +24,7 @@ import numpy as np
 from medlite.errors import UsageError
 from medlite.runstate import sha256, write_json
 
-PREDICT_SCHEMA = 1  # bump when the predictions file or the operating-point facts change
+PREDICT_SCHEMA = 2  # bump when the predictions file or the operating-point facts change
 
 
 def positive_index(cfg, class_names: list[str]) -> int:
@@ -164,46 +164,51 @@ def check_config(recipe, class_names: list[str]) -> None:
         positive_index(recipe.evaluate.operating_point, class_names)
 
 
-def stage_predict(ctx, variant) -> None:
-    """Predictions file and operating point of one variant, from its deployed file."""
-    from medlite.variant import stage_key
+def predict_stage(ctx, variant) -> "Stage":
+    """Predictions file and operating point of one variant, from its deployed file (its own record,
+    `variant.prediction`, beside the evaluate stage's metrics)."""
     from medlite.evaluate.predictions import write_predictions
-    from medlite.export.onnx import OPERATING_POINT_KEY, write_metadata
+    from medlite.runtime import get_runtime
+    from medlite.stage import Stage
 
     cfg = ctx.recipe.evaluate
-    stage = f"{variant.name}.predict"
     model_path = ctx.run.root / variant.file
-    key = stage_key("predict", ctx.artifact_hash(variant), cfg.model_dump(), ctx.dataset.fingerprint(), ctx.recipe.seed,
-                    schema=PREDICT_SCHEMA)
     csv_path = ctx.run.root / "predictions" / f"{variant.name}.csv"
-    facts = ctx.reuse(stage, key)
-    if facts is None:
-        with ctx.timed("predict"):
-            names = list(ctx.dataset.class_names)
-            split = ctx.dataset.splits[cfg.split]
-            probs = ctx.probabilities(variant, cfg.split)
-            op = None
-            if cfg.operating_point is not None:
-                val = ctx.dataset.splits["val"]
-                if len(val) == 0:
-                    raise UsageError("evaluate.operating_point: the data has no validation split to choose the threshold on")
-                val_probs = ctx.probabilities(variant, "val")
-                op = operating_point(val_probs, val.labels, probs, split.labels, names, cfg.operating_point, cfg, ctx.recipe.seed)
-            # Into the deployed ONNX file (or out of it, when the recipe no longer sets one); other
-            # formats carry it in the model card sidecar (medlite.export.card), which every consumer reads.
-            if variant.runtime == "onnxruntime" and write_metadata(
-                    model_path, {OPERATING_POINT_KEY: metadata_value(op) if op else None}):
-                refresh_records(ctx.run, model_path)
-            decided = decide(probs, op["positive_index"], op["threshold"]) if op else None
-            write_predictions(csv_path, probs, split.labels, names, decided)
-        facts = {"predictions": ctx.run.rel(csv_path), "operating_point": op}
-        ctx.store(stage, key, [csv_path, model_path], facts)
-    variant.metrics["predictions"] = facts["predictions"]
-    if facts["operating_point"] is not None:
-        variant.metrics["operating_point"] = facts["operating_point"]
+
+    def compute() -> dict:
+        from medlite.export.onnx import OPERATING_POINT_KEY, write_metadata
+
+        names = list(ctx.dataset.class_names)
+        split = ctx.dataset.splits[cfg.split]
+        probs = ctx.inference.probabilities(variant, cfg.split)
+        op = None
+        if cfg.operating_point is not None:
+            val = ctx.dataset.splits["val"]
+            if len(val) == 0:
+                raise UsageError("evaluate.operating_point: the data has no validation split to choose the threshold on")
+            val_probs = ctx.inference.probabilities(variant, "val")
+            op = operating_point(val_probs, val.labels, probs, split.labels, names, cfg.operating_point, cfg, ctx.recipe.seed)
+        # Into the deployed file's own metadata where its runtime reads it from there (ONNX; or out of it,
+        # when the recipe no longer sets one); other formats carry it in the model card sidecar
+        # (medlite.export.card), which every consumer reads.
+        if get_runtime(variant.runtime).metadata_in_file and write_metadata(
+                model_path, {OPERATING_POINT_KEY: metadata_value(op) if op else None}):
+            refresh_records(ctx.run, model_path)
+        decided = decide(probs, op["positive_index"], op["threshold"]) if op else None
+        write_predictions(csv_path, probs, split.labels, names, decided)
+        return {"predictions": ctx.run.rel(csv_path), "operating_point": op}
+
+    def emit(facts: dict):
+        variant.prediction = facts
         op = facts["operating_point"]
-        ctx.say(
-            f"{variant.name}: {op['positive_class']} threshold {op['threshold']:.3f} ({op['rule']}): "
-            f"{op['split']} sensitivity {op['test']['sensitivity']:.3f}, specificity {op['test']['specificity']:.3f}"
-            f" (argmax {op['argmax']['sensitivity']:.3f} / {op['argmax']['specificity']:.3f})"
-        )
+        if op is not None:
+            ctx.say(
+                f"{variant.name}: {op['positive_class']} threshold {op['threshold']:.3f} ({op['rule']}): "
+                f"{op['split']} sensitivity {op['test']['sensitivity']:.3f}, specificity {op['test']['specificity']:.3f}"
+                f" (argmax {op['argmax']['sensitivity']:.3f} / {op['argmax']['specificity']:.3f})"
+            )
+        return variant
+
+    return Stage(name=f"{variant.name}.predict", kind="predict", schema=PREDICT_SCHEMA, inputs=[variant],
+                 config=[cfg.model_dump(), ctx.dataset.fingerprint(), ctx.recipe.seed],
+                 outputs=[csv_path, model_path], compute=compute, emit=emit, plan=lambda: variant)

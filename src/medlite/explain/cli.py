@@ -28,7 +28,8 @@ def load_run(run_dir: Path, data_root: Path, overrides: list[str], say):
     from medlite.data import load_dataset
     from medlite.recipe import load_recipe
     from medlite.runstate import RunDir
-    from medlite.variant import Context, Variant
+    from medlite.context import Context
+    from medlite.variant import Variant
 
     results = read_json(run_dir / "results.json",
                         missing=f"not found: not a medlite run directory; run `medlite run --out {run_dir}` first")
@@ -117,7 +118,7 @@ def explain(
     for v in results["variants"]:
         if v["name"] in names:
             v["explain"] = ctx.variants[v["name"]].explain
-    results["timings"]["explain"] = ctx.timings.get("explain", 0.0)
+    results["timings"]["explain"] = ctx.ledger.timings.get("explain", 0.0)
     write_json(run_dir / "results.json", results)
     write_report(run_dir, results, ctx.dataset)
-    console.print(f"explained {len(names)} variants in {ctx.timings.get('explain', 0):.1f}s; report: {run_dir / 'report.html'}")
+    console.print(f"explained {len(names)} variants in {ctx.ledger.timings.get('explain', 0):.1f}s; report: {run_dir / 'report.html'}")

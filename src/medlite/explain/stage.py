@@ -13,33 +13,18 @@ explained with the same method. Everything goes into `variant.explain` in result
 
 from __future__ import annotations
 
-from medlite.runstate import temp_path
-
 import time
 from pathlib import Path
 
 import numpy as np
 
+from medlite.context import Context
 from medlite.errors import UsageError
-from medlite.variant import stage_key
+from medlite.runstate import temp_path
+from medlite.stage import PlannedStage, Stage
+from medlite.variant import Variant, lineage
 
-EXPLAIN_SCHEMA = 1  # bump when maps, scores or the files they are written to change
-
-
-def lineage(variant, variants: dict) -> list[str]:
-    """The variants `variant` descends from: its parent chain and the teachers of each link, nearest first.
-
-    Lineage is data (Variant.parent / Variant.teachers), never read from names.
-    """
-    out: list[str] = []
-    frontier = [variant]
-    while frontier:
-        current = frontier.pop(0)
-        for name in [current.parent, *current.teachers]:
-            if name and name not in out and name != variant.name and name in variants:
-                out.append(name)
-                frontier.append(variants[name])
-    return out
+EXPLAIN_SCHEMA = 2  # bump when maps, scores or the files they are written to change
 
 
 def select_images(labels: np.ndarray, wrong_votes: np.ndarray, per_class: int, seed: int) -> np.ndarray:
@@ -61,13 +46,12 @@ def select_images(labels: np.ndarray, wrong_votes: np.ndarray, per_class: int, s
     return np.array(chosen, dtype=int)
 
 
-def onnx_predictor(path: Path):
-    """normalised NCHW float32 -> probabilities, from the deployed file in ONNX Runtime (one session)."""
-    from medlite.evaluate.metrics import softmax
-    from medlite.export.onnx import run_onnx, session
+def deployed_predictor(path: Path, runtime: str):
+    """normalised NCHW float32 -> probabilities, from the deployed file in its own runtime (one session)."""
+    from medlite.runtime import open_artifact, softmax
 
-    sess = session(path)
-    return lambda x: softmax(run_onnx(path, np.ascontiguousarray(x, np.float32), sess=sess).astype(np.float64))
+    artifact = open_artifact(path, runtime=runtime)
+    return lambda x: softmax(artifact.run(np.ascontiguousarray(x, np.float32)))
 
 
 def explain_variant(ctx, variant, images: np.ndarray, targets: np.ndarray, cfg) -> tuple[dict, dict[str, np.ndarray]]:
@@ -76,8 +60,8 @@ def explain_variant(ctx, variant, images: np.ndarray, targets: np.ndarray, cfg) 
     from medlite.explain.methods import Subject
     from medlite.explain.scores import deletion_insertion, random_maps
 
-    predict = onnx_predictor(ctx.run.root / variant.file)
-    module = ctx.load_variant_model(variant) if variant.checkpoint else None
+    predict = deployed_predictor(ctx.run.root / variant.file, variant.runtime)
+    module = ctx.models.load(variant) if variant.checkpoint else None
     subject = Subject(variant.name, predict, module=module, format=variant.format)
     facts: dict = {"methods": {}}
     maps: dict[str, np.ndarray] = {}
@@ -116,19 +100,44 @@ def _test_probs(ctx, variant, split_name: str, split) -> np.ndarray:
     predict stage wrote one (same file, same images), else run once through `Context.probabilities`."""
     from medlite.evaluate.predictions import read_predictions
 
-    stored = ctx.run.root / (variant.metrics or {}).get("predictions", "-")
+    stored = ctx.run.root / (variant.prediction or {}).get("predictions", "-")
     if stored.is_file():
         _, labels, probs, _ = read_predictions(stored)
         if len(labels) == len(split) and (labels == split.labels).all():
             return probs
-    return ctx.probabilities(variant, split_name)
+    return ctx.inference.probabilities(variant, split_name)
 
 
 def _test_split(ctx):
     return ctx.recipe.evaluate.split, ctx.dataset.splits[ctx.recipe.evaluate.split]
 
 
-def stage_explain(ctx, names: list[str] | None = None) -> None:
+def explain_stage(ctx: Context, variant: Variant, idx: np.ndarray, images: np.ndarray, targets: np.ndarray,
+                  split_name: str) -> Stage[dict]:
+    """Maps of one variant for the chosen images, and their faithfulness on its deployed file."""
+    cfg = ctx.recipe.explain
+    out = ctx.run.root / "explain" / f"{variant.name}.npz"
+
+    def compute() -> dict:
+        start = time.perf_counter()
+        facts, variant_maps = explain_variant(ctx, variant, images, targets, cfg)
+        facts.update({"split": split_name, "images": idx.tolist(), "targets": targets.tolist(),
+                      "target_rule": "the true class", "seconds": round(time.perf_counter() - start, 2)})
+        _save_maps(out, variant_maps)
+        done = ", ".join(m for m in facts["methods"] if "skipped" not in facts["methods"][m])
+        ctx.say(f"{variant.name}: explained {len(idx)} test images ({done}) in {facts['seconds']:.1f}s")
+        return facts
+
+    def emit(facts: dict) -> dict:
+        variant.explain = {**facts, "maps": ctx.run.rel(out)}
+        return facts
+
+    config = [cfg.model_dump(exclude={"enabled", "variants"}), idx.tolist(), ctx.dataset.fingerprint(), ctx.recipe.seed]
+    return Stage(name=f"{variant.name}.explain", kind="explain", schema=EXPLAIN_SCHEMA, inputs=[variant],
+                 config=config, outputs=[out], compute=compute, emit=emit, plan=lambda: {})
+
+
+def stage_explain(ctx: Context, names: list[str] | None = None) -> None:
     """Explain the chosen variants (recipe `explain.variants`, else all) and record `variant.explain`."""
     from medlite.data.preprocess import normalize
 
@@ -139,7 +148,12 @@ def stage_explain(ctx, names: list[str] | None = None) -> None:
         raise UsageError(f"explain.variants: no variant {unknown[0]!r} in this run (choose from {', '.join(ctx.variants)})")
     split_name, split = _test_split(ctx)
     spec = ctx.dataset.preprocess
-    with ctx.timed("explain"):  # choosing the images: redone on every run (it reads the predictions files)
+    if ctx.planning and any(v.planned for v in ctx.variants.values()):
+        # The images are chosen from every variant's predictions: not known before they all exist.
+        for name in names:
+            ctx.ledger.plan.append(PlannedStage(f"{name}.explain", "explain", [name], "run"))
+        return
+    with ctx.ledger.timed("explain"):  # choosing the images: redone on every run (it reads the predictions files)
         # The same images for every variant: a share of them ones most variants get wrong.
         # Votes from every variant of the run, so explaining a subset later picks the same images.
         wrong = np.zeros(len(split), int)
@@ -148,27 +162,11 @@ def stage_explain(ctx, names: list[str] | None = None) -> None:
         idx = select_images(split.labels, wrong * 2 > len(ctx.variants), cfg.images_per_class, ctx.recipe.seed)
         images = normalize(split.images[idx], spec)
         targets = split.labels[idx].astype(int)
-    settings = cfg.model_dump(exclude={"enabled", "variants"})
     maps: dict[str, dict[str, np.ndarray]] = {}
     for name in names:
         variant = ctx.variants[name]
-        stage = f"{name}.explain"
-        key = stage_key("explain", settings, ctx.artifact_hash(variant), idx.tolist(), ctx.dataset.fingerprint(), ctx.recipe.seed,
-                        schema=EXPLAIN_SCHEMA)
-        out = ctx.run.root / "explain" / f"{name}.npz"
-        facts = ctx.reuse(stage, key)
-        if facts is None or not out.is_file():
-            start = time.perf_counter()
-            with ctx.timed("explain"):  # per variant, so a rerun that reuses it keeps these seconds
-                facts, variant_maps = explain_variant(ctx, variant, images, targets, cfg)
-                facts.update({"split": split_name, "images": idx.tolist(), "targets": targets.tolist(),
-                              "target_rule": "the true class", "seconds": round(time.perf_counter() - start, 2)})
-                _save_maps(out, variant_maps)
-            ctx.store(stage, key, [out], facts)
-            done = ", ".join(m for m in facts["methods"] if "skipped" not in facts["methods"][m])
-            ctx.say(f"{name}: explained {len(idx)} test images ({done}) in {facts['seconds']:.1f}s")
-        maps[name] = _load_maps(out)
-        variant.explain = {**facts, "maps": ctx.run.rel(out)}
+        ctx.ledger.run_stage(explain_stage(ctx, variant, idx, images, targets, split_name))
+        maps[name] = _load_maps(ctx.run.root / variant.explain["maps"])
     # Lineage members explained earlier (e.g. by `medlite explain --variants`) on the same images count too.
     for variant in ctx.variants.values():
         stored = variant.explain or {}

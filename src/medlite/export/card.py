@@ -40,7 +40,7 @@ def lineage(variants: dict, name: str) -> list[str]:
 def build_card(ctx, variant, version: str | None) -> dict[str, Any]:
     d = ctx.dataset.summary()
     cfg = ctx.recipe.evaluate
-    m = variant.metrics or {}
+    m = variant.reported_metrics()
     classes = list(d["classes"])
     card: dict[str, Any] = {
         "model": variant.name,

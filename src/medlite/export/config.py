@@ -15,7 +15,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-EXPORT_FORMATS = ("onnx", "litert")
 LITERT_MODES = ("fp32", "int8_dynamic", "int8_static")
 
 
@@ -45,14 +44,20 @@ class LiteRTConfig(_Strict):
 
 
 class ExportConfig(_Strict):
-    formats: list[Literal["onnx", "litert"]] = Field(
-        default_factory=lambda: ["onnx"], description="deployment formats; litert needs `pip install medlite[litert]`"
+    formats: list[str] = Field(
+        default_factory=lambda: ["onnx"],
+        description="deployment formats (medlite.export.registry); litert needs `pip install medlite[litert]`",
     )
     litert: LiteRTConfig = LiteRTConfig()
 
     @field_validator("formats")
     @classmethod
     def _onnx_first(cls, formats: list[str]) -> list[str]:
+        from medlite.export import registry  # light: no torch, no onnx
+
+        for name in formats:
+            if name not in registry.FORMATS:
+                raise ValueError(registry.unknown_message(name))
         if "onnx" not in formats:
             # Compression, explanations and the benchmark reference all start from the ONNX file.
             raise ValueError("onnx must stay in the list (every variant is exported to ONNX first)")

@@ -71,6 +71,11 @@ class FusedStages(nn.Module):
         return self.head(self.dropout(torch.cat(pooled, dim=1)))
 
 
+def ensemble_arch(members: list[str]) -> str:
+    """The architecture name of an ensemble of `members` (what `create` builds back)."""
+    return "ensemble(" + ",".join(members) + ")"
+
+
 def split_composite(arch: str) -> tuple[str, list[str]] | None:
     """'ensemble(a,fused(b))' -> ('ensemble', ['a', 'fused(b)']); other names -> None."""
     for kind in ("ensemble", "fused"):

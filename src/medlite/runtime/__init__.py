@@ -384,3 +384,15 @@ class Artifact:
             "card": self.card,
             "operating_point": self.operating_point,
         }
+
+
+class _RuntimeInfo:  # placeholder until the runtime registry holds Runtime objects (branch `runtime`)
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.metadata_in_file = name == "onnxruntime"
+
+
+def get_runtime(name: str) -> _RuntimeInfo:
+    if name not in _REGISTRY:
+        raise ArtifactError(f"unknown runtime {name!r}; registered: {', '.join(_REGISTRY)}")
+    return _RuntimeInfo(name)

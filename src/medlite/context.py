@@ -1,0 +1,119 @@
+"""What a stage is given: the run's `Context`, made of the few objects it really is.
+
+- `StageLedger` (medlite.stage): the cache protocol, timings, the dry-run plan;
+- `ModelLoader`: fresh models from the recipe seed, and the PyTorch module behind a variant;
+- `Inference`: a variant's deployed file run once per split in its runtime, shared by the stages
+  that read its probabilities (evaluate, predict, explain);
+- the run directory, the recipe, the dataset and the variants made so far.
+
+Stages and the pipeline both import this module (and `medlite.variant`), never each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from medlite.recipe import Recipe
+from medlite.runstate import RunDir
+from medlite.stage import StageLedger
+from medlite.variant import Variant
+
+
+class ModelLoader:
+    """Builds models for the run's dataset and loads variants' checkpoints (tensors only, no pickle)."""
+
+    def __init__(self, ctx: "Context") -> None:
+        self._ctx = ctx
+
+    def example_input(self):
+        import torch  # the pipeline's stages need torch; the context module itself does not
+
+        spec = self._ctx.dataset.preprocess
+        return torch.randn(1, spec.channels, spec.image_size, spec.image_size)
+
+    def build(self, arch: str, pretrained: str | None = None):
+        """A fresh model, initialised from the recipe seed (the scratch and KD students start identical)."""
+        import torch
+
+        from medlite.models import create
+
+        torch.manual_seed(self._ctx.recipe.seed)
+        d = self._ctx.dataset
+        return create(arch, d.num_classes, d.channels, d.image_size, pretrained=pretrained)
+
+    def load(self, variant: Variant):
+        """The PyTorch module behind a variant, from its safetensors checkpoint.
+
+        A structured-pruned checkpoint (metadata `structure: pruned`) is rebuilt at its saved
+        layer widths (`medlite.compress.prune.load_pruned_state`).
+        """
+        from medlite.models.weights import load_exact, read_metadata
+
+        if variant.checkpoint is None:
+            raise ValueError(f"variant {variant.name!r} has no PyTorch checkpoint (format {variant.format})")
+        path = self._ctx.run.root / variant.checkpoint
+        model = self.build(variant.arch)
+        if read_metadata(path).get("structure") == "pruned":
+            from safetensors.torch import load_file
+
+            from medlite.compress.prune import load_pruned_state
+
+            return load_pruned_state(model, load_file(str(path)))
+        return load_exact(model, path)
+
+
+class Inference:
+    """Class probabilities of a variant's deployed file on a split, run in its runtime once per process.
+
+    Keyed by the artifact's content hash, which writing the operating point into the file does not change.
+    """
+
+    def __init__(self, ctx: "Context") -> None:
+        self._ctx = ctx
+        self._cache: dict[tuple, Any] = {}
+
+    def probabilities(self, variant: Variant, split_name: str):
+        ctx = self._ctx
+        key = (ctx.ledger.artifact_hash(variant), variant.runtime, split_name)
+        if key not in self._cache:
+            from medlite.evaluate import predict_artifact
+
+            split = ctx.dataset.splits[split_name]
+            self._cache[key] = predict_artifact(ctx.run.root / variant.file, split.images, ctx.dataset.preprocess,
+                                                ctx.recipe.evaluate.batch_size, variant.runtime)
+        return self._cache[key]
+
+
+class Context:
+    """The run a stage belongs to: recipe, run directory, data, the variants so far, and its helpers."""
+
+    def __init__(self, recipe: Recipe, run: RunDir, data_root: Path, say: Callable[[str], None],
+                 progress: bool | None, *, planning: bool = False) -> None:
+        self.recipe = recipe
+        self.run = run
+        self.data_root = data_root
+        self.say = say
+        self.progress = progress
+        self.dataset = None
+        self.device = "cpu"
+        self.variants: dict[str, Variant] = {}
+        self.skipped: list[dict] = []  # variants a stage could not make: {"name", "reason", ...}
+        self.ledger = StageLedger(run, say, planning=planning)
+        self.models = ModelLoader(self)
+        self.inference = Inference(self)
+
+    @property
+    def planning(self) -> bool:
+        """A dry run: stages are looked up, nothing is computed or written."""
+        return self.ledger.planning
+
+    def add(self, variant: Variant) -> Variant:
+        self.variants[variant.name] = variant
+        return variant
+
+    def warn(self, variant: Variant, message: str) -> None:
+        """Say it now and keep it with the variant (results.json, the table, the report)."""
+        if message not in variant.warnings:
+            variant.warnings.append(message)
+        self.say(f"{variant.name}: warning: {message}")

@@ -1,0 +1,195 @@
+"""Conformance grid generated from the registries (scikit-learn's `estimator_checks` style).
+
+One tiny run applies every registered compression method to the teacher and the distilled student
+and exports to every registered format; then every consumer (evaluate, predict, bench with its
+eager reference, explain, serve, the edge runner) is checked on every variant. A newly registered
+method or format is checked everywhere by registering it: the parameters below come from the
+registries, not from a hand-kept list.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medlite.compress import registry as compress_registry
+from medlite.export import registry as export_registry
+from medlite.recipe import load_recipe
+
+pytestmark = pytest.mark.slow
+
+TARGETS = ["teacher", "student_kd"]
+
+
+def _ready_formats() -> list[str]:
+    """Every registered format whose packages are installed (a missing one is reported, see below)."""
+    return [name for name, fmt in export_registry.FORMATS.items() if not fmt.missing_packages()]
+
+
+FORMATS = _ready_formats()
+METHODS = list(compress_registry.METHODS)
+
+
+def grid_recipe():
+    return load_recipe("breastmnist", [
+        "data.limit=48", "teacher.arch=medlite_cnn_tiny", "teacher.epochs=1", "student.arch=medlite_dsconv_tiny",
+        "student.epochs=1", "evaluate.bootstrap=20", f"compress.targets=[{','.join(TARGETS)}]",
+        f"compress.methods=[{','.join(METHODS)}]", "compress.chains=[]",
+        "compress.prune_structured.epochs=1", "compress.prune_unstructured.epochs=1", "compress.int8_qat.epochs=1",
+        "compress.int8_static.calibration_images=16", "compress.int8_qat.calibration_images=16",
+        f"export.formats=[{','.join(FORMATS)}]", "export.litert.calibration_images=16",
+        "bench.enabled=true", "bench.threads=[1]", "bench.warmup=1", "bench.iterations=3", "bench.time_budget_s=0.2",
+        "bench.throughput_batch=2", "explain.images_per_class=1", "explain.methods=[occlusion,gradcam]",
+    ])
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory, data_root):
+    from medlite.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("grid")
+    results = run_pipeline(grid_recipe(), out, data_root, say=lambda line: None, progress=False)
+    return out, results, {v["name"]: v for v in results["variants"]}
+
+
+def expected_variants() -> list[tuple[str, str, str]]:
+    """(variant name, method or '-', format) for every cell of the grid, from the registries."""
+    cells = [(target, "-", "onnx") for target in TARGETS]
+    for target in TARGETS:
+        for method in compress_registry.METHODS:
+            cells.append((target + compress_registry.METHODS[method].suffix, method, "onnx"))
+        if "litert" in FORMATS:
+            cells += [(f"{target}_tflite_{mode}", "-", "litert") for mode in ("fp32", "int8_dynamic", "int8_static")]
+    return cells
+
+
+CELLS = expected_variants()
+IDS = [f"{name}[{fmt}]" for name, _, fmt in CELLS]
+
+
+def _variant(grid_run, name: str) -> dict:
+    out, results, variants = grid_run
+    if name not in variants:
+        # A method may rename what it made when it is not what its name promises (int8_dynamic_dense).
+        renamed = [v for v in variants if v.startswith(name + "_")]
+        skipped = [s for s in results["skipped"] if s["name"] == name]
+        assert renamed or skipped, f"{name}: neither made nor skipped with a reason"
+        if skipped:
+            pytest.fail(f"{name}: skipped: {skipped[0]['reason']}")
+        return variants[renamed[0]]
+    return variants[name]
+
+
+def test_every_registered_format_is_ready():
+    """LiteRT and every other registered format must be installed where the suite runs (make test installs them)."""
+    missing = {name: fmt.missing_packages() for name, fmt in export_registry.FORMATS.items() if fmt.missing_packages()}
+    if missing:
+        pytest.skip(f"formats not installed here, their cells are not checked: {missing}")
+
+
+@pytest.mark.parametrize("name,method,fmt", CELLS, ids=IDS)
+def test_evaluate_measures_the_deployed_file(grid_run, name, method, fmt):
+    from medlite.evaluate.predictions import read_predictions
+    from medlite.runtime import open_artifact
+
+    out, _, _ = grid_run
+    v = _variant(grid_run, name)
+    assert v["runtime"] == export_registry.get(fmt).runtime
+    assert np.isfinite(v["metrics"]["auc"]) and v["file_bytes"] > 0
+    _, labels, probs, _ = read_predictions(out / v["metrics"]["predictions"])
+    art = open_artifact(out / v["file"], runtime=v["runtime"])
+    samples = sorted((out / "samples").glob("*.png"))
+    assert samples
+    assert probs.shape == (len(labels), len(art.class_names))
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,method,fmt", CELLS, ids=IDS)
+def test_bench_times_every_variant_and_the_eager_reference(grid_run, name, method, fmt):
+    v = _variant(grid_run, name)
+    bench = v["bench"]
+    assert bench and "error" not in bench and "skipped" not in bench, f"{v['name']}: {bench}"
+    assert bench["primary"] in bench
+    if v.get("checkpoint"):  # a PyTorch model behind it: the eager reference is timed too (pruned ones included)
+        reference = bench.get("reference")
+        assert reference and "error" not in reference, f"{v['name']}: no PyTorch eager reference: {reference}"
+
+
+@pytest.mark.parametrize("name,method,fmt", CELLS, ids=IDS)
+def test_explain_runs_in_the_variants_own_runtime(grid_run, name, method, fmt):
+    v = _variant(grid_run, name)
+    occlusion = v["explain"]["methods"]["occlusion"]
+    assert "skipped" not in occlusion, occlusion
+    assert occlusion["runs_on"] == v["runtime"]
+    assert 0.0 <= occlusion["deletion_auc"] <= 1.0
+
+
+@pytest.mark.parametrize("name,method,fmt", CELLS, ids=IDS)
+def test_predict_on_the_run_samples(grid_run, name, method, fmt):
+    from medlite.deploy.predict import predict_files
+
+    out, _, _ = grid_run
+    v = _variant(grid_run, name)
+    samples = sorted((out / "samples").glob("*.png"))
+    result = predict_files(out / v["file"], samples, runtime=v["runtime"], threads=1)
+    assert len(result["predictions"]) == len(samples) and not result["unreadable"]
+
+
+@pytest.mark.parametrize("name,method,fmt", CELLS, ids=IDS)
+def test_serve_answers_with_the_deployed_file(grid_run, name, method, fmt):
+    from fastapi.testclient import TestClient
+
+    from medlite.deploy.serve import create_app
+
+    out, _, _ = grid_run
+    v = _variant(grid_run, name)
+    sample = sorted((out / "samples").glob("*.png"))[0]
+    client = TestClient(create_app(out / v["file"], runtime=v["runtime"], threads=1))
+    reply = client.post("/predict", files={"file": (sample.name, sample.read_bytes(), "image/png")})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert set(body["probabilities"]) == set(json.loads(client.get("/model").text)["classes"])
+
+
+@pytest.mark.parametrize("name,method,fmt", CELLS, ids=IDS)
+def test_edge_runner_classifies_the_samples(grid_run, name, method, fmt):
+    from medlite import edge
+
+    out, _, _ = grid_run
+    v = _variant(grid_run, name)
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        code = edge.main([str(out / v["file"]), str(out / "samples"), "--threads", "1"])
+    assert code == 0
+    report = json.loads(buffer.getvalue())
+    assert report["summary"]["count"] == len(list((out / "samples").glob("*.png")))
+
+
+def test_a_registered_method_is_checked_by_the_grid_without_other_changes(monkeypatch):
+    """Registering a method (config model + spec) is all it takes for recipes to accept it and for
+    this grid to include it."""
+    from pydantic import Field
+
+    from medlite.compress.registry import ONNX_FP32, MethodSpec
+    from medlite.config_base import Strict
+
+    class CopyConfig(Strict):
+        note: str = Field("x")
+
+    spec = MethodSpec("copy_test", "_copy", frozenset({ONNX_FP32}), frozenset({ONNX_FP32}), "tests.plugin:stage",
+                      config="copy_test", config_model=CopyConfig)
+    compress_registry.register(spec)
+    try:
+        recipe = load_recipe("breastmnist", ["compress.methods=[copy_test]", "compress.copy_test.note=y"])
+        assert recipe.compress.copy_test.note == "y"
+        names = [c[0] for c in expected_variants()]
+        assert "student_kd_copy" in names and "teacher_copy" in names
+    finally:
+        compress_registry.unregister("copy_test")
+    with pytest.raises(Exception, match="copy_test"):
+        load_recipe("breastmnist", ["compress.methods=[copy_test]"])
