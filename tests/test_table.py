@@ -291,12 +291,12 @@ def test_a_new_source_registers_in_its_own_module_only(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["multi-label", "bad table"])
-def test_medlite_run_refuses_with_exit_2_and_one_line(shared_root, tmp_path, case):
-    import os
-    import subprocess
+def test_medlite_run_refuses_with_exit_2_and_one_line(shared_root, tmp_path, monkeypatch, capsys, case):
     import sys
 
     import yaml
+
+    from medlite import cli
 
     if case == "multi-label":
         section, fragments = NIH, ["labels.csv", "multi-label data (14 labels", "not supported yet"]
@@ -309,11 +309,13 @@ def test_medlite_run_refuses_with_exit_2_and_one_line(shared_root, tmp_path, cas
         fragments = [str(path), "row 5 (line 6), column 'label': 'c' is not a class (a, b)"]
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"data": section}))
-    env = {**os.environ, "MEDLITE_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "medlite.cli", "run", str(recipe), "--data-root", str(shared_root),
-                             "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    monkeypatch.setattr(sys, "argv", ["medlite", "run", str(recipe), "--data-root", str(shared_root), "--out", str(tmp_path / "run")])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    _, err = capsys.readouterr()
+    assert info.value.code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]

@@ -230,8 +230,9 @@ def load(cfg: TableData, data_root: Path) -> Source:
             rel = cfg.image.format_map(values) if fields else values[cfg.image]
         except (ValueError, KeyError, IndexError) as err:  # e.g. a format spec such as {id:05d} on text
             raise _fault(path, r, ln, image_column, f"the pattern cannot be filled ({err})") from None
-        if not rel or (fields and any(not values[f] for f in fields)):
-            raise _fault(path, r, ln, fields[0] if fields else cfg.image, "empty image path")
+        empty = [f for f in fields or [cfg.image] if not values[f]]
+        if empty or not rel:
+            raise _fault(path, r, ln, (empty or [cfg.image])[0], "empty image path" if fields is None else "empty (the image pattern needs it)")
         if rel in first_row:
             raise _fault(path, r, ln, image_column, f"image {rel!r} is already in row {first_row[rel]}")
         first_row[rel] = r
