@@ -15,10 +15,11 @@ import pytest
 
 from medlite.bench import bench_file, bench_run_dir, load_bench, merge_into_results, print_bench_table
 from medlite.bench.cli import bench as bench_command
-from medlite.bench.measure import cpu_count, summarize
+from medlite.bench.measure import summarize
 from medlite.data.preprocess import PreprocessSpec
 from medlite.errors import UsageError
 from medlite.export.onnx import export_onnx
+from medlite.runtime import cpu_count
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(warmup=1, iterations=15, time_budget_s=0.5, throughput_batch=4)
@@ -130,6 +131,29 @@ def test_onnx_worker_imports_only_edge_packages(tiny):
     check_measurement(json.loads(proc.stdout.strip().splitlines()[-1]))
     third = json.loads([line for line in proc.stderr.splitlines() if line.startswith("THIRD ")][-1][6:])
     assert set(third) <= {"numpy", "onnxruntime", "PIL", "medlite", "_distutils_hack", "psutil", "cython_runtime"}, third
+
+
+def test_pruned_variant_gets_an_eager_reference(tmp_path):
+    """Before: the eager worker built the unpruned architecture and `load_exact` refused the narrower
+    checkpoint, so pruned rows never had a reference."""
+    import torch
+
+    from medlite.compress.prune import prune_structured
+    from medlite.models import create
+    from medlite.models.weights import save_state
+
+    torch.manual_seed(0)
+    spec = PreprocessSpec(28, 1, 0.5, 0.5, ("benign", "malignant"))
+    model = create("medlite_cnn_tiny", num_classes=2, in_chans=1, img_size=28).eval()
+    pruned = prune_structured(model, torch.zeros(1, 1, 28, 28), ratio=0.5).eval()
+    export_onnx(pruned, spec, tmp_path / "pruned.onnx")
+    save_state(pruned, tmp_path / "pruned.safetensors", metadata={"arch": "medlite_cnn_tiny", "structure": "pruned"})
+    reference = {"arch": "medlite_cnn_tiny", "checkpoint": tmp_path / "pruned.safetensors", "num_classes": 2,
+                 "in_chans": 1, "img_size": 28}
+    result = bench_file(tmp_path / "pruned.onnx", threads=[1], reference=reference, **FAST)
+    assert "error" not in result["reference"], result["reference"]
+    check_measurement(result["reference"]["threads_1"])
+    assert result["speedup_vs_eager"] > 0
 
 
 def make_run_dir(tiny, root: Path) -> Path:

@@ -52,17 +52,107 @@ def test_registry_picks_runtime_and_reads_card(model):
     assert art.operating_point is None
 
 
-def test_operating_point_reader_tolerates_every_shape():
+def test_operating_point_reader_reads_every_shape_medlite_writes():
     names = ["benign", "malignant"]
     assert read_operating_point({}, None, names) is None
-    assert read_operating_point({"medlite.operating_point": "not json"}, None, names) is None
-    assert read_operating_point({"medlite.operating_point": "1.7"}, None, names) is None  # out of range
     assert read_operating_point({"medlite.operating_point": "0.3"}, None, names)["threshold"] == 0.3
     op = read_operating_point({"medlite.operating_point": json.dumps({"threshold": 0.2, "positive_class": "benign"})},
                               None, names)
     assert op["threshold"] == 0.2 and op["positive_index"] == 0
     assert read_operating_point({}, {"operating_point": {"threshold": 0.4}}, names)["source"] == "card.operating_point"
-    assert read_operating_point({"medlite.operating_point": "0.3"}, None, ["a", "b", "c"]) is None  # binary only
+    # More than two classes: the operating point names its class (the evaluation requires one).
+    three = ["a", "b", "c"]
+    op = read_operating_point({"medlite.operating_point": json.dumps({"threshold": 0.3, "positive_class": "c"})},
+                              None, three)
+    assert op["positive_index"] == 2 and op["positive_class"] == "c"
+
+
+@pytest.mark.parametrize("stored, names, why", [
+    ("not json", ["benign", "malignant"], "neither a threshold"),
+    ("1.7", ["benign", "malignant"], "not between 0 and 1"),
+    ("true", ["benign", "malignant"], "neither a threshold"),
+    (json.dumps({"positive_class": "malignant"}), ["benign", "malignant"], "no numeric `threshold`"),
+    (json.dumps({"threshold": "0.3"}), ["benign", "malignant"], "no numeric `threshold`"),
+    (json.dumps({"threshold": 0.3, "positive_class": "tumour"}), ["benign", "malignant"], "names class 'tumour'"),
+    (json.dumps({"threshold": 0.3, "positive_index": 2}), ["benign", "malignant"], "not a class index"),
+    (json.dumps({"threshold": 0.3, "positive_class": "benign", "positive_index": 1}), ["benign", "malignant"],
+     "does not match"),
+    ("0.3", ["a", "b", "c"], "names no positive_class"),
+])
+def test_malformed_operating_point_is_refused_naming_the_file(stored, names, why):
+    """Before: silently dropped, and the device fell back to the argmax."""
+    with pytest.raises(ArtifactError, match=why) as err:
+        read_operating_point({"medlite.operating_point": stored}, None, names, {"medlite.operating_point": "m.onnx"})
+    assert str(err.value).startswith("m.onnx (medlite.operating_point): ")
+
+
+def test_malformed_operating_point_in_a_file_refuses_to_open(tmp_path):
+    from medlite.export.onnx import write_metadata
+
+    path = make_model(tmp_path)
+    write_metadata(path, {"medlite.operating_point": "0.3 or so"})
+    with pytest.raises(ArtifactError, match=f"{path}.*operating point '0.3 or so'"):
+        open_artifact(path)
+    proc = subprocess.run([sys.executable, "-m", "medlite.edge", str(path), str(path)], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert proc.returncode == 2 and str(path) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_operating_point_from_the_sidecar_card_names_the_sidecar(tmp_path):
+    from medlite.runtime import write_sidecar
+
+    path = make_model(tmp_path)
+    sidecar = write_sidecar(path, {"medlite.card": {"operating_point": {"threshold": 2}}})
+    with pytest.raises(ArtifactError, match=f"{sidecar} \\(card.operating_point\\)"):
+        open_artifact(path)
+
+
+def test_multiclass_operating_point_decides_at_its_class():
+    """Before: a three-class file's operating point was ignored (argmax), unlike the evaluation's predictions."""
+    from medlite.runtime import Artifact, decide
+
+    probs = np.array([[0.5, 0.2, 0.3], [0.1, 0.6, 0.3], [0.6, 0.3, 0.1]])
+    assert decide(probs, 2, 0.25).tolist() == [2, 2, 0]
+    assert decide(probs, 1, 0.5).tolist() == [0, 1, 0]  # below the threshold: the most probable other class
+    art = Artifact.__new__(Artifact)  # only the decision: no file needed
+    art.path = Path("m.onnx")
+    art.operating_point = read_operating_point(
+        {"medlite.operating_point": json.dumps({"threshold": 0.25, "positive_class": "c"})}, None, ["a", "b", "c"])
+    assert art.decide(probs).tolist() == [2, 2, 0]
+    art.operating_point = None
+    assert art.decide(probs).tolist() == [0, 1, 0]
+    with pytest.raises(ArtifactError, match="needs a positive class"):
+        art.decide(probs, threshold=0.3)
+
+
+def test_write_sidecar_refuses_a_malformed_sidecar(tmp_path):
+    """Before: a sidecar that was not JSON was silently replaced (its preprocessing and card lost)."""
+    from medlite.runtime import write_sidecar
+
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"x")
+    sidecar = tmp_path / "m.tflite.json"
+    for bad in ("{not json", "[1, 2]"):
+        sidecar.write_text(bad)
+        with pytest.raises(ArtifactError, match=str(sidecar)):
+            write_sidecar(model, {"medlite.card": {}})
+        assert sidecar.read_text() == bad
+    sidecar.write_text(json.dumps({"medlite.preprocess": {"a": 1}}))
+    assert write_sidecar(model, {"medlite.card": {"b": 2}}) == sidecar
+    assert json.loads(sidecar.read_text()) == {"medlite.preprocess": {"a": 1}, "medlite.card": {"b": 2}}
+
+
+def test_runtimes_are_registered_objects_with_capabilities():
+    from medlite.runtime import get_runtime, resolve_runtime, runtimes
+
+    onnx, litert = get_runtime("onnxruntime"), get_runtime("litert")
+    assert onnx.metadata_in_file and not onnx.sidecar_required and onnx.primary
+    assert not litert.metadata_in_file and litert.sidecar_required and not litert.primary
+    assert resolve_runtime("m.tflite") is litert and set(runtimes()) >= {"onnxruntime", "litert"}
+    with pytest.raises(ArtifactError, match="unknown runtime 'tensorrt'; registered: onnxruntime, litert"):
+        get_runtime("tensorrt")
+    with pytest.raises(AttributeError):
+        onnx.name = "other"  # frozen
 
 
 def test_operating_point_in_file_changes_decisions(tmp_path, images):
@@ -143,16 +233,25 @@ def test_run_dir_selection_rule(tmp_path, model):
     big.write_bytes(model.read_bytes() + b"")
     small = tmp_path / "models" / "student.onnx"
     small.write_bytes(model.read_bytes())
+    # Test AUCs that would choose otherwise: the rule must look at validation only (issue 21).
     variants = [
-        {"name": "teacher", "file": "models/teacher.onnx", "runtime": "onnxruntime", "file_bytes": 9000, "metrics": {"auc": 0.90}},
-        {"name": "student", "file": "models/student.onnx", "runtime": "onnxruntime", "file_bytes": 3000, "metrics": {"auc": 0.895}},
-        {"name": "tiny", "file": "models/student.onnx", "runtime": "onnxruntime", "file_bytes": 1000, "metrics": {"auc": 0.85}},
-        {"name": "gone", "file": "models/gone.onnx", "runtime": "onnxruntime", "file_bytes": 10, "metrics": {"auc": 0.99}},
+        {"name": "teacher", "file": "models/teacher.onnx", "runtime": "onnxruntime", "file_bytes": 9000,
+         "metrics": {"auc": 0.99}, "val_metrics": {"auc": 0.90}},
+        {"name": "student", "file": "models/student.onnx", "runtime": "onnxruntime", "file_bytes": 3000,
+         "metrics": {"auc": 0.70}, "val_metrics": {"auc": 0.895}},
+        {"name": "tiny", "file": "models/student.onnx", "runtime": "onnxruntime", "file_bytes": 1000,
+         "metrics": {"auc": 0.99}, "val_metrics": {"auc": 0.85}},
+        {"name": "gone", "file": "models/gone.onnx", "runtime": "onnxruntime", "file_bytes": 10,
+         "metrics": {"auc": 0.99}, "val_metrics": {"auc": 0.99}},
+        {"name": "untested", "file": "models/student.onnx", "runtime": "onnxruntime", "file_bytes": 10,
+         "metrics": {"auc": 0.99}},
     ]
     (tmp_path / "results.json").write_text(json.dumps({"variants": variants}))
     path, chosen, rule = choose_variant(tmp_path)
     assert chosen["name"] == "student" and path == small
-    assert "within 0.01 AUC" in rule and "gone (file missing)" in rule
+    assert rule.startswith("chosen on the validation split") and "within 0.01 of the best validation AUC (0.900)" in rule
+    assert "AUC 0.700 is reported after the choice" in rule  # no resolved recipe here: the split is "recorded"
+    assert "gone (file missing)" in rule and "untested (no validation AUC recorded)" in rule
 
 
 def bomb_png() -> bytes:

@@ -68,7 +68,8 @@ def test_small_vit_trains_a_step_and_exports(tmp_path, size):
 def test_taps_name_unknown_modules():
     model = create("medlite_dsconv_tiny", 2, 1, 28)
     # Our students describe their stages the way timm models do.
-    assert model.feature_info == [{"module": f"stages.{i}", "num_chs": c} for i, c in enumerate((32, 64, 128))]
+    assert model.feature_info == [{"module": f"stages.{i}", "num_chs": c, "reduction": r}
+                                  for i, (c, r) in enumerate(((32, 1), (64, 2), (128, 4)))]
     taps = FeatureTaps(model, ["stages.1"])
     model(torch.randn(2, 1, 28, 28))
     assert taps.take()["stages.1"].shape[1] == 64

@@ -208,3 +208,34 @@ def test_image_selection_is_seeded_per_class_and_includes_mistakes():
     assert wrong[picks[:3]].sum() == 1 and wrong[picks[3:]].sum() == 1
     assert (picks == select_images(labels, wrong, 3, seed=0)).all()
     assert len(select_images(labels, wrong, 1, seed=0)) == 2 and not wrong[select_images(labels, wrong, 1, seed=0)].any()
+
+
+def test_occlusion_is_the_mean_drop_over_covering_windows(subject):
+    """captum's Occlusion around the deployed file, against the definition computed by hand."""
+    images, _ = planted_images(2, seed=4)
+    targets = np.array([1, 0])
+    explainer = get_explainer("occlusion", ExplainConfig(occlusion={"window": 7, "stride": 7}))
+    maps = explainer.explain(subject, images, targets)
+    base = subject.predict(images)[np.arange(2), targets]
+    for i in range(2):
+        for y in range(0, SIZE, 7):
+            for x in range(0, SIZE, 7):
+                hidden = images[i : i + 1].copy()
+                hidden[:, :, y : y + 7, x : x + 7] = 0.0
+                drop = base[i] - subject.predict(hidden)[0, targets[i]]
+                assert maps[i, y : y + 7, x : x + 7] == pytest.approx(np.full((7, 7), drop), abs=1e-5)
+    assert explainer.info["window"] == 7 and explainer.info["stride"] == 7
+
+
+def test_occlusion_windows_reach_the_border(subject):
+    from medlite.errors import UsageError
+    from medlite.explain.methods import covering_stride
+
+    assert covering_stride(28, 4, 4, configured=False) == 4
+    assert covering_stride(64, 9, 9, configured=False) == 5  # 55 px of travel: 9 does not divide it, 5 does
+    with pytest.raises(UsageError, match="explain.occlusion.stride: windows of 6 px every 4 px leave the last 2 px"):
+        get_explainer("occlusion", ExplainConfig(occlusion={"window": 6, "stride": 4})).explain(
+            subject, planted_images(1)[0], np.ones(1, int))
+    maps = get_explainer("occlusion", ExplainConfig(occlusion={"window": 6})).explain(
+        subject, planted_images(1)[0], np.ones(1, int))
+    assert np.isfinite(maps).all()  # the default stride narrowed to one that covers every pixel

@@ -48,19 +48,11 @@ class ModelLoader:
         A structured-pruned checkpoint (metadata `structure: pruned`) is rebuilt at its saved
         layer widths (`medlite.compress.prune.load_pruned_state`).
         """
-        from medlite.models.weights import load_exact, read_metadata
+        from medlite.models.weights import load_checkpoint
 
         if variant.checkpoint is None:
             raise ValueError(f"variant {variant.name!r} has no PyTorch checkpoint (format {variant.format})")
-        path = self._ctx.run.root / variant.checkpoint
-        model = self.build(variant.arch)
-        if read_metadata(path).get("structure") == "pruned":
-            from safetensors.torch import load_file
-
-            from medlite.compress.prune import load_pruned_state
-
-            return load_pruned_state(model, load_file(str(path)))
-        return load_exact(model, path)
+        return load_checkpoint(self.build(variant.arch), self._ctx.run.root / variant.checkpoint)
 
 
 class Inference:

@@ -10,6 +10,7 @@ outputs are intact. `dry_run` walks the same graph and says which stages would b
 from __future__ import annotations
 
 import platform
+from importlib.metadata import PackageNotFoundError, version
 import sys
 import time
 from dataclasses import dataclass
@@ -17,18 +18,29 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from PIL import Image
 
 from medlite.errors import UsageError
 from medlite.recipe import Recipe, dump_recipe
 from medlite.runstate import RESOLVED_RECIPE, RunDir, atomic_path, data_identity, write_atomic, write_error, write_json
+from medlite.bench.stage import bench_stage
+from medlite.compress.stages import check_targets, run_compression
 from medlite.context import Context
+from medlite.data import load_dataset
+from medlite.distill.stages import check_recipe as check_distillation, run_distillation, variant_names
+from medlite.evaluate.operating_point import check_config, predict_stage
+from medlite.evaluate.stage import evaluate_stage
+from medlite.explain.stage import stage_explain
+from medlite.export import registry as export_registry
+from medlite.export.card import write_model_cards
+from medlite.report import write_report
+from medlite.runtime import artifact_bytes
 from medlite.stage import PlannedStage, Stage
+from medlite.train import resolve_device
 from medlite.variant import Variant
 
 
 def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     names = ["medlite", "torch", "torchvision", "timm", "lightning", "onnx", "onnxruntime", "torch-pruning",
              "numpy", "scikit-learn", "medmnist", "pillow", "pydantic"]
     out = {"python": platform.python_version(), "platform": platform.platform()}
@@ -44,15 +56,11 @@ def library_versions() -> dict[str, str]:
 
 
 def load_data(ctx: Context) -> None:
-    from medlite.data import load_dataset
-
     with ctx.ledger.timed("data"):
         ctx.dataset = load_dataset(ctx.recipe.data, ctx.data_root, ctx.recipe.seed)
         if not ctx.planning:
             _write_samples(ctx)
     d = ctx.dataset
-    from medlite.evaluate.operating_point import check_config
-
     check_config(ctx.recipe, d.class_names)
     sizes = ", ".join(f"{k} {len(s)}" for k, s in d.splits.items())
     ctx.say(f"data: {d.name} ({d.source}), {d.num_classes} classes, {sizes}; {d.image_size}px x {d.channels}ch")
@@ -63,7 +71,6 @@ def _write_samples(ctx: Context, per_class: int = 2) -> None:
 
     Named `<class>_<index in the test split>.png`, so their predictions can be checked against the run's.
     """
-    from PIL import Image
 
     test = ctx.dataset.splits["test"]
     for cls, name in enumerate(ctx.dataset.class_names):
@@ -78,8 +85,6 @@ def _write_samples(ctx: Context, per_class: int = 2) -> None:
 
 def _measure_deployed_files(ctx: Context) -> None:
     """`file_bytes` of every variant as deployed: after the operating point and model card were written."""
-    from medlite.runtime import artifact_bytes
-
     for variant in ctx.variants.values():
         if variant.file:
             variant.file_bytes = artifact_bytes(ctx.run.root / variant.file, variant.runtime)
@@ -104,8 +109,6 @@ def write_results(ctx: Context, wall_seconds: float, report: bool = True) -> dic
     results = results_document(ctx, wall_seconds)
     write_json(ctx.run.root / "results.json", results)
     if report:  # the report with its figures and tables (medlite.report)
-        from medlite.report import write_report
-
         with ctx.ledger.timed("report"):
             write_report(ctx.run.root, results, ctx.dataset)
     return results
@@ -122,68 +125,30 @@ def _every_variant(make: Callable[[Context, Variant], Stage]) -> Callable[[Conte
 
 
 def _export_base(ctx: Context) -> None:
-    from medlite.export import registry
-
-    registry.base_format().load()(ctx)
+    export_registry.base_format().load()(ctx)
 
 
 def _export_other_formats(ctx: Context) -> None:
-    from medlite.export import registry
-
     for name in ctx.recipe.export.formats:
-        fmt = registry.get(name)
+        fmt = export_registry.get(name)
         if not fmt.base:
             fmt.load()(ctx)
-
-
-def _compress(ctx: Context) -> None:
-    from medlite.compress.stages import run_compression
-
-    run_compression(ctx)
-
-
-def _evaluate(ctx: Context, variant: Variant) -> Stage:
-    from medlite.evaluate.stage import evaluate_stage
-
-    return evaluate_stage(ctx, variant)
-
-
-def _predict(ctx: Context, variant: Variant) -> Stage:
-    from medlite.evaluate.operating_point import predict_stage
-
-    return predict_stage(ctx, variant)
 
 
 def _deployed_files(ctx: Context) -> None:
     """The model card beside every deployed file, then every file's size as deployed; results.json
     is written before benchmarking (the bench reads it, and a failure later keeps it)."""
-    from medlite.export.card import write_model_cards
-
     write_model_cards(ctx, library_versions()["medlite"])
     _measure_deployed_files(ctx)
     write_results(ctx, time.perf_counter() - ctx.started, report=False)
 
 
 def _bench(ctx: Context) -> None:
-    from medlite.bench.stage import bench_stage
-
     ctx.ledger.run_stage(bench_stage(ctx))
-
-
-def _explain(ctx: Context) -> None:
-    from medlite.explain.stage import stage_explain
-
-    stage_explain(ctx)
 
 
 def _report(ctx: Context) -> None:
     ctx.results = write_results(ctx, time.perf_counter() - ctx.started)
-
-
-def _distill(ctx: Context) -> None:
-    from medlite.distill.stages import run_distillation
-
-    run_distillation(ctx)
 
 
 @dataclass(frozen=True)
@@ -202,34 +167,29 @@ class Step:
 # `StageLedger.run_stage`; `medlite run --dry-run` walks the same list without computing anything.
 GRAPH: tuple[Step, ...] = (
     Step("data", load_data, "read the dataset, split it, check the recipe against its classes"),
-    Step("train", _distill, "teacher(s), ensemble, assistants, scratch baseline, distilled student"),
+    Step("train", run_distillation, "teacher(s), ensemble, assistants, scratch baseline, distilled student"),
     Step("export", _export_base, "every trained variant to the base format (ONNX), checked against PyTorch"),
-    Step("compress", _compress, "each compression method and chain on each target",
+    Step("compress", run_compression, "each compression method and chain on each target",
          when=lambda r: bool(r.compress.methods or r.compress.chains), keep_on_failure=True),
     Step("export_formats", _export_other_formats, "the other deployment formats (LiteRT)",
          when=lambda r: len(r.export.formats) > 1),
-    Step("evaluate", _every_variant(_evaluate), "metrics of every deployed file, in its runtime"),
-    Step("predict", _every_variant(_predict), "predictions files and the operating point chosen on validation"),
+    Step("evaluate", _every_variant(evaluate_stage), "metrics of every deployed file, in its runtime"),
+    Step("predict", _every_variant(predict_stage), "predictions files and the operating point chosen on validation"),
     Step("deploy", _deployed_files, "model cards, deployed sizes, results.json", writes_only=True),
     Step("bench", _bench, "latency, memory and load time per variant, each in a fresh process",
          when=lambda r: r.bench.enabled),
-    Step("explain", _explain, "maps, faithfulness and lineage agreement", when=lambda r: r.explain.enabled),
+    Step("explain", stage_explain, "maps, faithfulness and lineage agreement", when=lambda r: r.explain.enabled),
     Step("report", _report, "results.json and report.html", writes_only=True),
 )
 
 
 def check_recipe(recipe: Recipe) -> None:
     """Everything that can be checked before the data is read or anything is written."""
-    from medlite.distill.stages import check_recipe as check_distillation, variant_names
-    from medlite.export import registry
-
     check_distillation(recipe)  # every architecture, and the distillation setup
     if recipe.compress.methods or recipe.compress.chains:
-        from medlite.compress.stages import check_targets
-
         check_targets(recipe, variant_names(recipe))
     for name in recipe.export.formats:  # a missing converter fails now, never as a silent skip later
-        fmt = registry.get(name)
+        fmt = export_registry.get(name)
         missing = fmt.missing_packages()
         if missing:
             raise UsageError(f"export.formats: {name} needs {', '.join(missing)}, not installed ({fmt.install_hint})")
@@ -267,8 +227,6 @@ def run_pipeline(
 
 
 def _context(recipe: Recipe, run: RunDir, data_root: Path, say, progress, planning: bool = False) -> Context:
-    from medlite.train import resolve_device
-
     ctx = Context(recipe, run, data_root, say, progress, planning=planning)
     ctx.device = resolve_device(recipe.device)
     ctx.started = time.perf_counter()
@@ -290,7 +248,7 @@ def _carry_out(recipe: Recipe, run: RunDir, data_root: Path, say: Callable[[str]
             if not step.keep_on_failure:
                 raise
             # Keep (and report) every variant made so far, then say what went wrong.
-            _every_variant(_evaluate)(ctx)
+            _every_variant(evaluate_stage)(ctx)
             write_results(ctx, time.perf_counter() - ctx.started)
             raise
     return ctx.results

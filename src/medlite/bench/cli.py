@@ -77,9 +77,10 @@ def bench(
     """Measure latency, throughput, load time, memory and CPU of exported models, each in a fresh process."""
     from rich.console import Console
 
-    from medlite.bench.runner import bench_file, bench_run_dir, write_json_atomic
+    from medlite.bench.runner import bench_file, bench_run_dir
     from medlite.bench.table import print_bench_table
     from medlite.errors import UsageError
+    from medlite.runstate import write_json
 
     console = Console()
     if soak is not None:
@@ -134,16 +135,15 @@ def bench(
     else:
         raise UsageError(f"{target}: no such file or directory")
     if json_out is not None:
-        write_json_atomic(json_out, result)
+        write_json(json_out, result)
         console.print(f"wrote {json_out}")
 
 
 def _soak(target: Path, seconds: float, out: Optional[Path], threads: Optional[str], console) -> None:
-    import json
-
     from medlite.bench.soak import soak, write_soak
     from medlite.deploy.select import resolve_model
     from medlite.errors import UsageError
+    from medlite.runstate import write_json
     from medlite.runtime import ArtifactError
 
     if seconds <= 0:
@@ -163,7 +163,7 @@ def _soak(target: Path, seconds: float, out: Optional[Path], threads: Optional[s
         except ArtifactError as err:
             raise UsageError(str(err)) from None
     files = write_soak(result, out)
-    (out.with_suffix(".json")).write_text(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+    write_json(out.with_suffix(".json"), {k: v for k, v in result.items() if k != "rows"})
     s = result["summary"]
     console.print(
         f"{s['inferences']} inferences, {s['inferences_per_s_mean']}/s (first half {s['inferences_per_s_first_half']}, "

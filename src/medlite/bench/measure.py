@@ -1,23 +1,24 @@
 """The timing loop, its statistics and the optional machine sensors (temperature, RAPL energy).
 
-Standard library only: the ONNX worker runs on edge devices under the same import rule as
-`medlite.edge`, and the PyTorch worker must time eager models with exactly the same loop.
+Standard library, plus psutil for the temperature sensors when it is installed: the ONNX worker
+runs on edge devices under the same import rule as `medlite.edge` (psutil is in the `edge`
+extra), and the PyTorch worker must time eager models with exactly the same loop.
 """
 
 from __future__ import annotations
 
-import glob
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 RAPL_DIR = Path("/sys/class/powercap/intel-rapl:0")
-THERMAL_GLOB = "/sys/class/thermal/thermal_zone*"
-# Zone types that measure the CPU itself (x86 package sensor, ARM SoCs such as the Raspberry Pi).
-CPU_ZONE_TYPES = ("x86_pkg_temp", "cpu-thermal", "cpu_thermal", "soc_thermal", "cpu", "coretemp", "k10temp")
+# Sensors that measure the CPU itself (psutil's names: the hwmon driver, or the thermal zone type
+# on ARM SoCs such as the Raspberry Pi).
+CPU_SENSORS = ("coretemp", "k10temp", "zenpower", "x86_pkg_temp", "cpu_thermal", "cpu-thermal", "soc_thermal", "cpu")
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -44,34 +45,25 @@ def summarize(samples_ms: list[float]) -> dict[str, float | int]:
 
 
 def read_temperature() -> tuple[float | None, str | None]:
-    """CPU temperature in °C and None, or None and why not.
+    """CPU temperature in °C and None, or None and why not (psutil's sensors: hwmon, then thermal zones).
 
-    sysfs thermal zones first (CPU-type zones preferred, else the hottest zone), then psutil if it
-    happens to be installed (it is not a medlite dependency).
+    The hottest CPU sensor; the hottest sensor of any kind when none is known to be the CPU's.
     """
-    readings: list[tuple[bool, float]] = []
-    for zone in sorted(glob.glob(THERMAL_GLOB)):
-        try:
-            raw = Path(zone, "temp").read_text().strip()
-            kind = Path(zone, "type").read_text().strip() if Path(zone, "type").exists() else ""
-            readings.append((kind.lower() in CPU_ZONE_TYPES, int(raw) / 1000.0))
-        except (OSError, ValueError):
-            continue
-    if readings:
-        cpu = [t for is_cpu, t in readings if is_cpu]
-        return round(max(cpu or [t for _, t in readings]), 1), None
     try:
-        import psutil  # optional
-
-        sensors = psutil.sensors_temperatures()
-        values = [e.current for entries in sensors.values() for e in entries if e.current]
-        if values:
-            return round(max(values), 1), None
-        return None, "psutil reports no temperature sensors"
+        import psutil
     except ImportError:
-        return None, "no readable /sys/class/thermal/thermal_zone*/temp and psutil is not installed"
-    except (AttributeError, OSError) as err:  # psutil without sensors support (macOS, Windows)
-        return None, f"psutil cannot read temperatures ({type(err).__name__})"
+        return None, "psutil is not installed (pip install psutil), so no temperature sensor is read"
+    try:
+        sensors = psutil.sensors_temperatures()
+    except AttributeError:  # psutil has no temperature sensors on macOS and Windows
+        return None, f"psutil reads no temperature sensors on {sys.platform}"
+    except OSError as err:
+        return None, f"psutil cannot read the temperature sensors ({type(err).__name__}: {err})"
+    cpu = [e.current for name, entries in sensors.items() if name.lower() in CPU_SENSORS for e in entries if e.current]
+    every = [e.current for entries in sensors.values() for e in entries if e.current]
+    if cpu or every:
+        return round(max(cpu or every), 1), None
+    return None, "no temperature sensor readable (psutil found none in /sys/class/hwmon or /sys/class/thermal)"
 
 
 class EnergyMeter:
@@ -183,13 +175,6 @@ def median_ms(fn: Callable[[], object], repeats: int, time_budget_s: float = 1.0
         if time.perf_counter() >= deadline:
             break
     return round(times[0], 4), round(percentile(sorted(times), 50), 4)
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def load_average() -> float | None:

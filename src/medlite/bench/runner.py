@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from medlite.data.preprocess import IMAGE_SUFFIXES
 from medlite.errors import UsageError
-from medlite.runstate import read_json
+from medlite.runstate import read_json, write_json
 
 # Figures copied from the primary thread count to the top of a bench object (what the table shows).
 HEADLINE_KEYS = (
@@ -241,13 +241,6 @@ def _reference(ref: dict, onnx: dict, threads: list[int], common: dict[int, list
 # -- run directories --------------------------------------------------------------------------
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Temporary file then os.replace: a reader never sees half a file, a crash never truncates one."""
-    from medlite.runstate import write_atomic
-
-    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
 def machine_info() -> dict:
     """What the figures were measured on; a benchmark without this is not comparable."""
     cpu = platform.processor() or ""
@@ -258,7 +251,7 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    from medlite.bench.measure import cpu_count
+    from medlite.runtime import cpu_count
 
     return {"cpu": cpu or platform.machine(), "cores": cpu_count(), "platform": platform.platform(),
             "python": platform.python_version()}
@@ -330,7 +323,7 @@ def bench_run_dir(run_dir: Path | str, cfg: Any, *, images: Path | str | None = 
         "variants": out,
     }
     if write:
-        write_json_atomic(run_dir / "bench.json", document)
+        write_json(run_dir / "bench.json", document)
     return out
 
 
@@ -363,5 +356,5 @@ def merge_into_results(run_dir: Path | str, bench: dict[str, dict]) -> list[str]
         raise UsageError(f"{path}: no variant named {', '.join(unknown)} (bench results from another run?)")
     for name, figures in bench.items():
         by_name[name]["bench"] = figures
-    write_json_atomic(path, results)
+    write_json(path, results)
     return sorted(bench)

@@ -2,53 +2,28 @@
 
 `soak(model, seconds)` runs batch-1 inference on the deployed file in a loop for `seconds` while a
 sampler records, once a second: this process's CPU % (of one core; 200 = two cores busy), the
-whole machine's CPU %, resident memory, CPU temperature (sysfs thermal zones; None where the
-machine exposes none, with the reason) and inferences completed in that second. Rows go to a CSV
-and a PNG plot, so thermal throttling shows up as falling inferences/s under rising temperature.
-Standard library + numpy (+ matplotlib for the plot, skipped with a note when missing).
+whole machine's CPU %, resident memory (all three from psutil), CPU temperature (psutil's sensors;
+None where the machine exposes none, with the reason) and inferences completed in that second.
+Rows go to a CSV and a PNG plot, so thermal throttling shows up as falling inferences/s under
+rising temperature. numpy + psutil (+ matplotlib for the plot, skipped with a note when missing).
 """
 
 from __future__ import annotations
 
 import csv
-import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from medlite.bench.measure import read_temperature
-from medlite.runstate import atomic_path, temp_path
+from medlite.runstate import atomic_path
 from medlite.runtime import open_artifact
+from medlite.runtime.host import MB
 
 FIELDS = ("t_s", "inferences", "inferences_per_s", "process_cpu_pct", "system_cpu_pct", "rss_mb", "temperature_c")
-
-
-def _process_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def _system_cpu() -> tuple[float, float] | None:
-    """(busy, total) jiffies from /proc/stat (Linux), or None."""
-    try:
-        parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        values = [float(v) for v in parts]
-    except (OSError, ValueError, IndexError):
-        return None
-    idle = values[3] + (values[4] if len(values) > 4 else 0.0)
-    return sum(values) - idle, sum(values)
-
-
-def _rss_mb() -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 2)
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def soak(model: Path, seconds: float, *, runtime: str | None = None, threads: int = 0, interval: float = 1.0) -> dict:
@@ -70,8 +45,12 @@ def soak(model: Path, seconds: float, *, runtime: str | None = None, threads: in
     worker = threading.Thread(target=work, daemon=True)
     rows: list[dict] = []
     temp_reason = None
+    process = psutil.Process()
+    # psutil's CPU percentages are "since the previous call": prime both, then one call per row.
+    process.cpu_percent(None)
+    psutil.cpu_percent(None)
     start = time.perf_counter()
-    last_t, last_cpu, last_sys, last_n = start, _process_cpu_s(), _system_cpu(), 0
+    last_t, last_n = start, 0
     worker.start()
     try:
         while True:
@@ -79,20 +58,18 @@ def soak(model: Path, seconds: float, *, runtime: str | None = None, threads: in
             wait = min(interval * (len(rows) + 1), seconds) - elapsed
             if wait > 0:
                 time.sleep(wait)
-            now, cpu, sys_now, n = time.perf_counter(), _process_cpu_s(), _system_cpu(), count["n"]
+            now, n = time.perf_counter(), count["n"]
+            process_pct, system_pct = process.cpu_percent(None), psutil.cpu_percent(None)
             dt = now - last_t
             temp, reason = read_temperature()
             temp_reason = temp_reason or reason
-            system_pct = None
-            if sys_now and last_sys and sys_now[1] > last_sys[1]:
-                system_pct = round(100 * (sys_now[0] - last_sys[0]) / (sys_now[1] - last_sys[1]), 1)
             rows.append({
                 "t_s": round(now - start, 3), "inferences": n - last_n,
                 "inferences_per_s": round((n - last_n) / dt, 2) if dt > 0 else None,
-                "process_cpu_pct": round(100 * (cpu - last_cpu) / dt, 1) if dt > 0 else None,
-                "system_cpu_pct": system_pct, "rss_mb": _rss_mb(), "temperature_c": temp,
+                "process_cpu_pct": round(process_pct, 1), "system_cpu_pct": round(system_pct, 1),
+                "rss_mb": round(process.memory_info().rss / MB, 2), "temperature_c": temp,
             })
-            last_t, last_cpu, last_sys, last_n = now, cpu, sys_now, n
+            last_t, last_n = now, n
             if now - start >= seconds:
                 break
     finally:
@@ -121,14 +98,11 @@ def soak(model: Path, seconds: float, *, runtime: str | None = None, threads: in
 
 def write_soak(result: dict, csv_path: Path) -> list[Path]:
     """CSV (atomically) and, where matplotlib is installed, a PNG beside it; returns the files written."""
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(csv_path)
-    with tmp.open("w", newline="") as f:
+    with atomic_path(csv_path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         for row in result["rows"]:
             writer.writerow({k: "" if row[k] is None else row[k] for k in FIELDS})
-    os.replace(tmp, csv_path)
     written = [csv_path]
     try:
         import matplotlib

@@ -19,6 +19,7 @@ On failure it prints {"error": "..."} and exits 2 (bad input) or 1 (anything els
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import json
 import platform
@@ -111,21 +112,24 @@ def run_onnx(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     import numpy as np
 
-    from medlite.runtime import ArtifactError, open_artifact, resolve_threads, runtime_for
+    from medlite.runtime import ArtifactError, open_artifact, resolve_runtime, resolve_threads
 
     import_ms = (time.perf_counter() - t0) * 1000
     if not args.model.is_file():
         raise WorkerError(f"{args.model}: model file not found")
     try:
-        runtime = runtime_for(args.model, args.runtime)
+        runtime = resolve_runtime(args.model, args.runtime)
         # Import the runtime library before timing the load: import time is reported on its own.
         t0 = time.perf_counter()
-        __import__({"onnxruntime": "onnxruntime", "litert": "ai_edge_litert.interpreter"}.get(runtime, "numpy"))
+        try:
+            importlib.import_module(runtime.library)
+        except ImportError:
+            raise WorkerError(f"{args.model}: {runtime.name} is not installed ({runtime.install_hint})") from None
         import_ms += (time.perf_counter() - t0) * 1000
         import_rss = measure_rss()
         threads = resolve_threads(args.threads)
         t0 = time.perf_counter()
-        art = open_artifact(args.model, runtime=runtime, threads=threads)
+        art = open_artifact(args.model, runtime=runtime.name, threads=threads)
     except ArtifactError as err:
         raise WorkerError(str(err)) from None
     load_ms = (time.perf_counter() - t0) * 1000
@@ -164,24 +168,17 @@ def run_onnx(args: argparse.Namespace) -> dict:
     facts = _measure(one, many, tp_batch, args)
     if fixed and tp_batch != args.throughput_batch:
         notes.append(f"the model's batch size is fixed at {tp_batch}; throughput measured at that batch")
-    return {
-        "mode": art.runtime,
-        "runtime": art.version(),
-        "model": str(args.model),
-        "files": [str(f) for f in art.files()],
-        "file_bytes": art.file_bytes(),
-        "spec_source": spec_source if spec is not None else None,
-        "preprocess": spec.to_dict() if spec is not None else None,
-        "input_shape": list(x1.shape),
-        "threads": threads,
-        "threads_requested": args.threads,
-        "import_ms": round(import_ms, 3),
-        "import_rss_mb": import_rss,
-        "load_ms": round(load_ms, 3),
-        **prep,
-        **facts,
-        "notes": notes,
-    }
+    return _result(art.runtime, art.version(), str(args.model), x1.shape, threads, args, import_ms, import_rss,
+                   load_ms, prep, facts, notes, files=[str(f) for f in art.files()], file_bytes=art.file_bytes(),
+                   spec_source=spec_source if spec is not None else None,
+                   preprocess=spec.to_dict() if spec is not None else None)
+
+
+def load_weights(model, checkpoint: Path):
+    """`model` (fresh from `create`) with the checkpoint's weights, exactly as the pipeline loads a variant."""
+    from medlite.models.weights import load_checkpoint
+
+    return load_checkpoint(model, checkpoint)
 
 
 def run_torch(args: argparse.Namespace) -> dict:
@@ -189,14 +186,16 @@ def run_torch(args: argparse.Namespace) -> dict:
     import torch
 
     from medlite.errors import UsageError
-    from medlite.runtime import resolve_threads
     from medlite.models import create
-    from medlite.models.weights import load_exact
+    from medlite.runtime import resolve_threads
 
     try:  # create() imports these lazily; import them here so load_ms is model build + weights only
         import timm  # noqa: F401
 
-        import medlite.models.compact  # noqa: F401
+        import medlite.compress.prune  # noqa: F401
+        from medlite.models import kinds
+
+        kinds()  # every registered model kind's module
     except ImportError:  # pragma: no cover - timm is a dependency of the training install
         pass
     import_ms = (time.perf_counter() - t0) * 1000
@@ -211,7 +210,7 @@ def run_torch(args: argparse.Namespace) -> dict:
     except UsageError as err:
         raise WorkerError(str(err)) from None
     try:
-        load_exact(model, args.checkpoint)
+        load_weights(model, args.checkpoint)
     except Exception as err:  # noqa: BLE001 - safetensors/torch raise many types for a wrong file
         raise WorkerError(f"{args.checkpoint}: does not fit {args.arch} ({type(err).__name__}: {str(err)[:160]})") from None
     model.eval()
@@ -234,11 +233,20 @@ def run_torch(args: argparse.Namespace) -> dict:
             return model(xb)
 
     facts = _measure(one, many, args.throughput_batch, args)
+    return _result("torch", f"torch {torch.__version__} eager fp32", f"{args.arch} <- {args.checkpoint}", x1.shape,
+                   threads, args, import_ms, import_rss, load_ms, prep, facts, [])
+
+
+def _result(mode: str, runtime: str, model: str, input_shape, threads: int, args: argparse.Namespace,
+            import_ms: float, import_rss: float, load_ms: float, prep: dict, facts: dict, notes: list[str],
+            **extra) -> dict:
+    """The worker's JSON object, the same keys in both modes."""
     return {
-        "mode": "torch",
-        "runtime": f"torch {torch.__version__} eager fp32",
-        "model": f"{args.arch} <- {args.checkpoint}",
-        "input_shape": list(x1.shape),
+        "mode": mode,
+        "runtime": runtime,
+        "model": model,
+        **extra,
+        "input_shape": list(input_shape),
         "threads": threads,
         "threads_requested": args.threads,
         "import_ms": round(import_ms, 3),
@@ -246,7 +254,7 @@ def run_torch(args: argparse.Namespace) -> dict:
         "load_ms": round(load_ms, 3),
         **prep,
         **facts,
-        "notes": [],
+        "notes": notes,
     }
 
 
@@ -274,6 +282,8 @@ def _artifact_shape(declared: tuple, spec, input_shape: str | None) -> tuple[int
 
 def _measure(one: Callable[[], object], many: Callable[[], object], batch: int, args: argparse.Namespace) -> dict:
     """Latency loop, throughput loop and sensors; the same for ONNX Runtime and PyTorch."""
+    from medlite.runtime import cpu_count  # imported by both modes already (not timed twice)
+
     energy = measure.EnergyMeter()
     temp_start, _ = measure.read_temperature()
     load_before = measure.load_average()
@@ -299,7 +309,7 @@ def _measure(one: Callable[[], object], many: Callable[[], object], batch: int, 
         "energy_scope": energy.scope if joules is not None else None,
         # Other work on the machine inflates latency; a load above the core count means noisy figures.
         "system_load_1m": load_before,
-        "machine": {"platform": platform.platform(), "machine": platform.machine(), "cores": measure.cpu_count()},
+        "machine": {"platform": platform.platform(), "machine": platform.machine(), "cores": cpu_count()},
     }
 
 

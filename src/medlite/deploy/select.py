@@ -34,21 +34,29 @@ def _evaluate_split(run_dir: Path) -> str:
         return "recorded"
 
 
+def _selection_auc(variant: dict, split: str) -> float | None:
+    """The AUC that may choose: measured on the validation split (never the test split it is reported on)."""
+    source = variant.get("metrics") if split == "val" else variant.get("val_metrics")
+    auc = (source or {}).get("auc")
+    return float(auc) if isinstance(auc, (int, float)) and auc == auc else None
+
+
 def choose_variant(run_dir: Path, margin: float = AUC_MARGIN) -> tuple[Path, dict, str]:
     """(file, variant entry, rule text) for the run's best deployable variant.
 
     Rule: among variants whose file exists and whose runtime is installed here, take the best
-    recorded AUC; deploy the smallest file (bytes the runtime needs) whose AUC is within `margin`
-    of it; ties go to the higher AUC. The AUC is the one the run recorded (its `evaluate.split`,
-    the test split by default), so the chosen file's figure is slightly optimistic: it took part
-    in the choice. The rule and the passed-over variants are printed, never applied silently.
+    validation AUC; deploy the smallest file (bytes the runtime needs) whose validation AUC is
+    within `margin` of it; ties go to the higher AUC. The test split takes no part in the choice:
+    the chosen file's test figures are reported after it. The rule and the passed-over variants
+    are printed, never applied silently.
     """
     run_dir = Path(run_dir)
     results = _load_results(run_dir)
+    split = _evaluate_split(run_dir)
     candidates, passed = [], []
     for v in results["variants"]:
         rel, name = v.get("file"), v.get("name", "?")
-        auc = (v.get("metrics") or {}).get("auc")
+        auc = _selection_auc(v, split)
         if not rel or not (run_dir / rel).is_file():
             passed.append(f"{name} (file missing)")
             continue
@@ -61,18 +69,21 @@ def choose_variant(run_dir: Path, margin: float = AUC_MARGIN) -> tuple[Path, dic
         if not ok:
             passed.append(f"{name} ({runtime} not installed: {hint})")
             continue
-        if not isinstance(auc, (int, float)) or auc != auc:
-            passed.append(f"{name} (no recorded AUC)")
+        if auc is None:
+            passed.append(f"{name} (no validation AUC recorded)")
             continue
-        candidates.append((v, float(auc), int(v.get("file_bytes") or (run_dir / rel).stat().st_size)))
+        candidates.append((v, auc, int(v.get("file_bytes") or (run_dir / rel).stat().st_size)))
     if not candidates:
-        raise ArtifactError(f"{run_dir}: no deployable variant with a recorded AUC" + (f" ({'; '.join(passed)})" if passed else ""))
+        raise ArtifactError(f"{run_dir}: no deployable variant with a validation AUC" + (f" ({'; '.join(passed)})" if passed else ""))
     best = max(auc for _, auc, _ in candidates)
     near = [c for c in candidates if c[1] >= best - margin]
     chosen, auc, size = min(near, key=lambda c: (c[2], -c[1]))
-    split = _evaluate_split(run_dir)
-    rule = (f"smallest file within {margin:g} AUC of the best recorded AUC ({best:.3f}, {split} split) among "
-            f"{len(candidates)} deployable variants: {chosen['name']} (AUC {auc:.3f}, {size / 1024:.0f} KiB, {chosen.get('runtime')})")
+    reported = (chosen.get("metrics") or {}).get("auc")
+    after = (f"; its {split} AUC {reported:.3f} is reported after the choice" if split != "val"
+             and isinstance(reported, (int, float)) else "")
+    rule = (f"chosen on the validation split: smallest file within {margin:g} of the best validation AUC "
+            f"({best:.3f}) among {len(candidates)} deployable variants: {chosen['name']} (validation AUC "
+            f"{auc:.3f}, {size / 1024:.0f} KiB, {chosen.get('runtime')}){after}")
     if passed:
         rule += f"; passed over: {', '.join(passed)}"
     return run_dir / chosen["file"], chosen, rule

@@ -111,7 +111,9 @@ class MultiStageConfig(MethodConfig):
     exit_labels: bool = Field(False, description="also train each exit on the labels (within the intermediate weight)")
 
     def student_arch(self, arch: str) -> str:
-        return arch if arch.startswith("fused(") else f"fused({arch})"
+        from medlite.models.composite import fused_arch  # here, not at the top: composite loads torch (see above)
+
+        return fused_arch(arch)
 
 
 class SPConfig(MethodConfig):

@@ -1,35 +1,61 @@
 """Classification metrics computed from real predictions (probabilities and labels).
 
-numpy + scikit-learn only. Every function takes `probs` (N x K, rows sum to 1) and
+numpy, scipy and scikit-learn. Every function takes `probs` (N x K, rows sum to 1) and
 integer `labels` (N,), so the same code scores a PyTorch module during training and an
 ONNX file in ONNX Runtime during evaluation.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn import metrics as skm
 
+from medlite.runtime import softmax  # noqa: F401 - the one softmax, re-exported for training and tests
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+
+def auc_rows(probs: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """ROC AUC of every row of resampled indices `idx` (B x n; -1 = a unit not in this row's test
+    set) at once, via the Mann-Whitney U statistic on mid-ranks (scipy.stats.rankdata): binary on
+    the positive class, else the macro one-vs-rest mean over the classes present in the row (as
+    `auc`). NaN where a row lacks a class."""
+    from scipy.stats import rankdata
+
+    idx = np.atleast_2d(idx)
+    valid = idx >= 0
+    k = probs.shape[1]
+    classes = [1] if k == 2 else list(range(k))
+    safe = np.where(valid, idx, 0)
+    per_class = []
+    for c in classes:
+        # Absent units go to the bottom of the ranking with neither label: a score below every real
+        # one, and excluded from both class counts.
+        scores = np.where(valid, probs[:, c][safe], -np.inf)
+        positive = (labels[safe] == c) & valid
+        negative = (labels[safe] != c) & valid
+        n1 = positive.sum(axis=1).astype(float)
+        n0 = negative.sum(axis=1).astype(float)
+        ranks = rankdata(scores, axis=1) - (~valid).sum(axis=1, keepdims=True)  # ranks among valid units
+        u = (ranks * positive).sum(axis=1) - n1 * (n1 + 1) / 2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class.append(np.where((n1 > 0) & (n0 > 0), u / (n1 * n0), np.nan))
+    stacked = np.vstack(per_class)
+    if k == 2:
+        return stacked[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row where no class has both labels: NaN
+        return np.nanmean(stacked, axis=0)
 
 
 def auc(probs: np.ndarray, labels: np.ndarray) -> float:
-    """ROC AUC: binary on the positive class, else macro one-vs-rest. NaN when a class is absent."""
-    k = probs.shape[1]
-    present = np.unique(labels)
-    if len(present) < 2:
+    """ROC AUC: binary on the positive class, else macro one-vs-rest over the classes present
+    (absent classes have no ROC curve). NaN when fewer than two classes occur. `auc_rows` on
+    the images themselves: the value scikit-learn's roc_auc_score gives."""
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
         return float("nan")
-    if k == 2:
-        return float(skm.roc_auc_score(labels, probs[:, 1]))
-    if len(present) < k:
-        # One-vs-rest over the classes that occur; absent classes have no ROC curve.
-        scores = [skm.roc_auc_score(labels == c, probs[:, c]) for c in present]
-        return float(np.mean(scores))
-    return float(skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+    return float(auc_rows(np.asarray(probs), labels, np.arange(len(labels)))[0])
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:

@@ -22,6 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from medlite.errors import UsageError
+from medlite.evaluate.predictions import write_predictions
+from medlite.runtime import decide, get_runtime  # one decision rule, for the evaluation and every device
+from medlite.stage import Stage
 from medlite.runstate import sha256, write_json
 
 PREDICT_SCHEMA = 2  # bump when the predictions file or the operating-point facts change
@@ -66,16 +69,6 @@ def choose_threshold(scores: np.ndarray, positive: np.ndarray, cfg) -> tuple[flo
     spec = (scores[~positive][None, :] < candidates[:, None]).mean(1)
     best = int(np.argmax(sens + spec - 1))  # ties: the lowest such threshold (first in ascending order)
     return float(candidates[best]), "youden on val"
-
-
-def decide(probs: np.ndarray, index: int, threshold: float) -> np.ndarray:
-    """Class per row: `index` when its probability >= threshold, else the most probable other class.
-
-    Every deployed-file consumer applies the same rule (medlite.runtime.Artifact.decide).
-    """
-    others = probs.copy()
-    others[:, index] = -np.inf
-    return np.where(probs[:, index] >= threshold, index, others.argmax(1))
 
 
 def sens_spec(predicted_positive: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
@@ -164,13 +157,9 @@ def check_config(recipe, class_names: list[str]) -> None:
         positive_index(recipe.evaluate.operating_point, class_names)
 
 
-def predict_stage(ctx, variant) -> "Stage":
+def predict_stage(ctx, variant) -> Stage:
     """Predictions file and operating point of one variant, from its deployed file (its own record,
     `variant.prediction`, beside the evaluate stage's metrics)."""
-    from medlite.evaluate.predictions import write_predictions
-    from medlite.runtime import get_runtime
-    from medlite.stage import Stage
-
     cfg = ctx.recipe.evaluate
     model_path = ctx.run.root / variant.file
     csv_path = ctx.run.root / "predictions" / f"{variant.name}.csv"

@@ -12,6 +12,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
+from medlite.errors import UsageError
 from medlite.explain import register
 from medlite.explain.config import ExplainConfig
 
@@ -226,41 +227,57 @@ def default_cell(size: int) -> int:
     return max(2, size // 7)
 
 
+def covering_stride(size: int, window: int, stride: int, configured: bool) -> int:
+    """A stride whose windows end exactly at the border: captum's grid has no extra last window, so
+    with any other stride the last pixels would never be occluded (and get no score). A default
+    stride that does not reach is narrowed to the largest one that does; a configured one is an error."""
+    span = size - window
+    if span <= 0 or span % stride == 0:
+        return stride
+    if configured:
+        fits = [d for d in range(1, span + 1) if span % d == 0]
+        raise UsageError(f"explain.occlusion.stride: windows of {window} px every {stride} px leave the last "
+                         f"{span % stride} px of the {size} px image uncovered; choose a stride in {fits}")
+    return max(d for d in range(1, stride + 1) if span % d == 0)
+
+
+def torch_forward(subject: Subject) -> Callable:
+    """The deployed file's probabilities as a torch function, for captum's black-box attributions."""
+    import torch
+
+    def forward(x: "torch.Tensor") -> "torch.Tensor":
+        return torch.from_numpy(subject.predict(x.detach().numpy().astype(np.float32)))
+
+    return forward
+
+
 @register
 class Occlusion(Explainer):
-    """Occlusion sensitivity (Zeiler & Fergus, ECCV 2014): slide a grey square over the image; a
-    pixel's score is the mean drop in the target probability over the windows that cover it.
-    Runs the deployed file, so it explains int8 and pruned variants exactly as shipped."""
+    """Occlusion sensitivity (Zeiler & Fergus, ECCV 2014) through captum: slide a grey square over
+    the image; a pixel's score is the mean drop in the target probability over the windows that
+    cover it. Runs the deployed file, so it explains int8 and pruned variants exactly as shipped."""
 
     name, kind = "occlusion", "blackbox"
     cite = "Zeiler & Fergus 2014, Visualizing and Understanding Convolutional Networks, ECCV"
+    batch_images = 512  # images per call of the deployed file (windows x images)
 
     def explain(self, subject, images, targets):
+        import torch
+        from captum.attr import Occlusion as CaptumOcclusion
+
         n, c, h, w = images.shape
-        win = self.cfg.occlusion.window or default_cell(min(h, w))
+        win = min(self.cfg.occlusion.window or default_cell(min(h, w)), h, w)
         stride = self.cfg.occlusion.stride or win
-        self.info = {"window": win, "stride": stride, "fill": "dataset mean (0 after normalisation)"}
-
-        def starts(size: int) -> list[int]:
-            out = list(range(0, max(size - win, 0) + 1, stride))
-            if out[-1] + win < size:  # the last window reaches the border
-                out.append(size - win)
-            return out
-
-        windows = [(y, x) for y in starts(h) for x in starts(w)]
-        maps = np.zeros((n, h, w), np.float32)
-        counts = np.zeros((h, w), np.float32)
-        for y, x in windows:
-            counts[y : y + win, x : x + win] += 1
-        base = subject.predict(images)[np.arange(n), targets]
-        for i in range(n):
-            batch = np.repeat(images[i : i + 1], len(windows), axis=0)
-            for j, (y, x) in enumerate(windows):
-                batch[j, :, y : y + win, x : x + win] = 0.0
-            drop = base[i] - subject.predict(batch)[:, targets[i]]
-            for j, (y, x) in enumerate(windows):
-                maps[i, y : y + win, x : x + win] += drop[j]
-        return maps / counts
+        strides = tuple(covering_stride(size, win, stride, self.cfg.occlusion.stride is not None) for size in (h, w))
+        windows = ((h - win) // strides[0] + 1) * ((w - win) // strides[1] + 1)
+        self.info = {"window": win, "stride": strides[0] if strides[0] == strides[1] else list(strides),
+                     "fill": "dataset mean (0 after normalisation)"}
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        attr = CaptumOcclusion(torch_forward(subject)).attribute(
+            x, sliding_window_shapes=(c, win, win), strides=(c, *strides), baselines=0.0,
+            target=torch.as_tensor(np.asarray(targets), dtype=torch.long),
+            perturbations_per_eval=max(1, min(windows, self.batch_images // n)))
+        return attr.mean(dim=1).numpy().astype(np.float32)  # the same score in every channel
 
 
 def grid_segments(h: int, w: int, cell: int) -> np.ndarray:
@@ -289,10 +306,7 @@ class Lime(Explainer):
         mask = segments[None, None].expand(1, c, h, w)
         self.info = {"samples": self.cfg.lime.samples, "superpixel": f"{cell}x{cell} grid", "surrogate": "ridge"}
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(subject.predict(x.detach().numpy().astype(np.float32)))
-
-        lime = CaptumLime(forward, interpretable_model=SkLearnRidge(alpha=1.0))
+        lime = CaptumLime(torch_forward(subject), interpretable_model=SkLearnRidge(alpha=1.0))
         torch.manual_seed(self.seed)  # captum draws the on/off patterns from torch's generator
         maps = []
         for i in range(n):

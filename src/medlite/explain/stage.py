@@ -48,10 +48,10 @@ def select_images(labels: np.ndarray, wrong_votes: np.ndarray, per_class: int, s
 
 def deployed_predictor(path: Path, runtime: str):
     """normalised NCHW float32 -> probabilities, from the deployed file in its own runtime (one session)."""
-    from medlite.runtime import open_artifact, softmax
+    from medlite.runtime import open_artifact
 
     artifact = open_artifact(path, runtime=runtime)
-    return lambda x: softmax(artifact.run(np.ascontiguousarray(x, np.float32)))
+    return lambda x: artifact.probabilities(np.ascontiguousarray(x, np.float32))
 
 
 def explain_variant(ctx, variant, images: np.ndarray, targets: np.ndarray, cfg) -> tuple[dict, dict[str, np.ndarray]]:

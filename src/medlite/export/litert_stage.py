@@ -10,8 +10,12 @@ LiteRT and got no LiteRT file at all says so in every table (see `pipeline`).
 from __future__ import annotations
 
 from medlite.context import Context
+from medlite.export import registry
+from medlite.runtime import artifact_bytes
 from medlite.stage import Stage
 from medlite.variant import Variant
+
+RUNTIME = registry.get("litert").runtime
 
 LITERT_SCHEMA = 2  # bump when the LiteRT conversion or quantization changes what it writes
 
@@ -23,8 +27,6 @@ class ConversionFailed(Exception):
 def _sources(ctx: Context) -> list[Variant]:
     # Lineage as data: a model trained (or composed, an ensemble) in PyTorch, not made by compression,
     # and exported by the base format.
-    from medlite.export import registry
-
     base = registry.base_format().runtime
     return [v for v in list(ctx.variants.values()) if v.checkpoint and not v.compress and v.runtime == base]
 
@@ -43,12 +45,10 @@ def litert_stage(ctx: Context, source: Variant, mode: str, calibration: dict) ->
 
     def lineage(**facts) -> Variant:
         return Variant(name=name, parent=parent, stage="export.litert", arch=source.arch, format=litert.FORMATS[mode],
-                       runtime="litert", params=source.params, macs=source.macs, teachers=list(source.teachers),
+                       runtime=RUNTIME, params=source.params, macs=source.macs, teachers=list(source.teachers),
                        **facts)
 
     def compute() -> dict:
-        from medlite.runtime.litert import LiteRTArtifact
-
         try:
             if mode == "fp32":
                 check = litert.convert_fp32(ctx.models.load(source), spec, path, name)
@@ -60,9 +60,8 @@ def litert_stage(ctx: Context, source: Variant, mode: str, calibration: dict) ->
                 check = litert.quantize(fp32_path, mode, path, spec, name, calibration.get("images"))
         except Exception as err:  # noqa: BLE001 - a converter's failure is recorded, never a crash
             raise ConversionFailed(litert.one_line(err)) from err
-        art = LiteRTArtifact(path, threads=1)
         # The sidecar is rewritten with the card later.
-        return lineage(file=ctx.run.rel(path), file_bytes=art.file_bytes(), export=check).to_record()
+        return lineage(file=ctx.run.rel(path), file_bytes=artifact_bytes(path, RUNTIME), export=check).to_record()
 
     def emit(facts: dict) -> Variant:
         variant = ctx.add(Variant.from_dict(facts))

@@ -16,33 +16,37 @@ from pathlib import Path
 import numpy as np
 
 from medlite.data.preprocess import PreprocessSpec
+# The one external-data finder and size: the runtime seam's (the .onnx and the files it names).
+from medlite.runtime import artifact_bytes, artifact_files  # noqa: F401 - re-exported for the pipeline
+from medlite.runtime import OPERATING_POINT_KEYS, PREPROCESS_KEY
+from medlite.runtime.onnxrt import INPUT_NAME, OUTPUT_NAME, OnnxArtifact
 
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
-PREPROCESS_KEY = "medlite.preprocess"
+# Warnings of the TorchScript exporter that we understand, each with why it is safe to hide; any
+# other warning (a TracerWarning from a model's own data-dependent code above all) is shown.
+# Each entry: (category name, message regex, module regex of where it is raised).
+UNDERSTOOD_EXPORT_WARNINGS = (
+    # We choose the TorchScript exporter on purpose (fast on CPU; maps QAT fake-quantization to
+    # QuantizeLinear/DequantizeLinear), and torch calls its own deprecated helper inside it.
+    ("DeprecationWarning", r"You are using the legacy TorchScript-based ONNX export", r""),
+    ("DeprecationWarning", r"The feature will be removed", r"torch\.onnx\._internal\.torchscript_exporter"),
+    # A tensor formatted into a string (timm's size-check messages): text, never data flow.
+    ("TracerWarning", r"Converting a tensor to a Python number", r"torch\._tensor$"),
+    # torch._assert / timm's patch-embedding size checks: checks of the fixed image size, which the
+    # graph does not keep; only the batch is dynamic, and export_onnx checks a second batch size.
+    ("TracerWarning", r"Converting a tensor to a Python boolean", r"torch$"),
+    ("TracerWarning", r"Converting a tensor to a Python boolean", r"timm\.layers\.patch_embed$"),
+    # timm ViT's optional attention-mask branch: no mask is ever passed.
+    ("TracerWarning", r"Converting a tensor to a Python boolean", r"timm\.models\.vision_transformer$"),
+    # QAT's fake-quantizers test their `initialized` buffer: model state, fixed once calibrated, so
+    # the trace keeps the calibrated branch, which is the one to deploy.
+    ("TracerWarning", r"Converting a tensor to a Python boolean", r"medlite\.compress\.qat$"),
+)
+
 # The clinical decision threshold chosen on the validation split (medlite.evaluate.operating_point):
 # JSON {"positive_class", "positive_index", "threshold", "rule", ...}. Predict `positive_class` when
 # its probability >= threshold, else the most probable other class. Absent: plain argmax.
-OPERATING_POINT_KEY = "medlite.operating_point"
+OPERATING_POINT_KEY = OPERATING_POINT_KEYS[0]
 OPSET = 17
-
-
-def artifact_files(path: Path) -> list[Path]:
-    """Every file the runtime needs for this model: the .onnx and any external-data files it names."""
-    import onnx
-
-    files = [path]
-    model = onnx.load(str(path), load_external_data=False)
-    locations = set()
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                locations.add(entry.value)
-    files += [path.parent / loc for loc in sorted(locations)]
-    return files
-
-
-def artifact_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in artifact_files(path))
 
 
 def set_metadata(model_proto, spec: PreprocessSpec, extra: dict[str, str] | None = None) -> None:
@@ -139,7 +143,7 @@ def export_onnx(model, spec: PreprocessSpec, path: Path, extra_metadata: dict[st
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            filter_export_warnings()
             torch.onnx.export(
                 model,
                 (example,),
@@ -157,24 +161,30 @@ def export_onnx(model, spec: PreprocessSpec, path: Path, extra_metadata: dict[st
     set_metadata(proto, spec, extra_metadata)
     onnx.checker.check_model(proto)
     save_onnx(proto, path)
+    # A batch size other than the traced one: a trace that baked the batch in fails here. The extra
+    # image comes from a private generator, so the global RNG (later training) sees what it did before.
+    extra = torch.randn(1, *example.shape[1:], generator=torch.Generator().manual_seed(0))
+    check = torch.cat([example, extra])
     with torch.no_grad():
-        expected = model(example).numpy()
-    got = run_onnx(path, example.numpy())
+        expected = model(check).numpy()
+    got = run_onnx(path, check.numpy())
     return {"max_abs_diff": float(np.abs(expected - got).max()), "file_bytes": artifact_bytes(path)}
 
 
-def session(path: Path, threads: int = 0):
-    """An ONNX Runtime CPU session (threads=0: all cores), opened through the runtime seam."""
-    from medlite.runtime.onnxrt import OnnxArtifact
+def filter_export_warnings() -> None:
+    """Inside `warnings.catch_warnings()`: hide the understood exporter warnings, show the rest."""
+    from torch.jit import TracerWarning
 
-    return OnnxArtifact(path, threads=threads).session
+    categories = {"DeprecationWarning": DeprecationWarning, "TracerWarning": TracerWarning}
+    for category, message, module in UNDERSTOOD_EXPORT_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=categories[category], module=module)
 
 
-def run_onnx(path: Path, inputs: np.ndarray, batch_size: int = 256, sess=None) -> np.ndarray:
-    """Logits for float32 NCHW inputs, computed by ONNX Runtime in batches (via `medlite.runtime`)."""
-    if sess is None:
-        from medlite.runtime.onnxrt import OnnxArtifact
+def session(path: Path, threads: int = 0) -> OnnxArtifact:
+    """The file loaded in ONNX Runtime (threads=0: all cores), for repeated `run_onnx(..., sess=...)`."""
+    return OnnxArtifact(path, threads=threads)
 
-        return OnnxArtifact(path).run(inputs, batch_size=batch_size)
-    outs = [sess.run([OUTPUT_NAME], {INPUT_NAME: inputs[i : i + batch_size]})[0] for i in range(0, len(inputs), batch_size)]
-    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+def run_onnx(path: Path, inputs: np.ndarray, batch_size: int = 256, sess: OnnxArtifact | None = None) -> np.ndarray:
+    """Logits for float32 NCHW inputs, in batches, by the runtime seam's one batched runner."""
+    return (sess or OnnxArtifact(path)).run(inputs, batch_size=batch_size)

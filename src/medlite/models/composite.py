@@ -1,5 +1,6 @@
 """Models made of models, named by the architecture strings `ensemble(a,b,...)` and `fused(a)`.
 
+Each is a composite kind of the model registry (`register_composite`), parsed by its one grammar.
 Being architectures (plain `nn.Module`s built by `models.create`), they are saved, reloaded,
 exported to ONNX and evaluated like any other model: the teachers' ensemble is one ONNX file,
 and a multi-stage student keeps its fusion in the deployed file.
@@ -7,10 +8,15 @@ and a multi-stage student keeps its fusion in the deployed file.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
+from medlite.models.registry import call_arch, create, parse_arch, register_composite
 from medlite.models.taps import FeatureTaps, stage_paths
+
+ENSEMBLE, FUSED = "ensemble", "fused"
 
 
 class Ensemble(nn.Module):
@@ -73,22 +79,23 @@ class FusedStages(nn.Module):
 
 def ensemble_arch(members: list[str]) -> str:
     """The architecture name of an ensemble of `members` (what `create` builds back)."""
-    return "ensemble(" + ",".join(members) + ")"
+    return call_arch(ENSEMBLE, *members)
 
 
-def split_composite(arch: str) -> tuple[str, list[str]] | None:
-    """'ensemble(a,fused(b))' -> ('ensemble', ['a', 'fused(b)']); other names -> None."""
-    for kind in ("ensemble", "fused"):
-        if arch.startswith(kind + "(") and arch.endswith(")"):
-            inner, parts, depth, current = arch[len(kind) + 1 : -1], [], 0, ""
-            for ch in inner:
-                depth += ch == "("
-                depth -= ch == ")"
-                if ch == "," and depth == 0:
-                    parts.append(current.strip())
-                    current = ""
-                else:
-                    current += ch
-            parts.append(current.strip())
-            return kind, [p for p in parts if p]
-    return None
+def fused_arch(arch: str) -> str:
+    """The architecture name of `arch` with its stages fused (`fused(arch)`); an arch already fused is
+    returned as it is (fusing the fused model again would add nothing but a second head)."""
+    tree = parse_arch(arch)
+    return arch if tree.composite and tree.name == FUSED else call_arch(FUSED, arch)
+
+
+@register_composite(ENSEMBLE, min_args=1)
+def _build_ensemble(members: list[str], num_classes: int, in_chans: int, img_size: int,
+                    pretrained: str | Path | None) -> Ensemble:
+    return Ensemble([create(m, num_classes, in_chans, img_size, pretrained) for m in members])
+
+
+@register_composite(FUSED, min_args=1, max_args=1)
+def _build_fused(members: list[str], num_classes: int, in_chans: int, img_size: int,
+                 pretrained: str | Path | None) -> FusedStages:
+    return FusedStages(create(members[0], num_classes, in_chans, img_size, pretrained), num_classes, in_chans, img_size)

@@ -101,3 +101,20 @@ def read_metadata(path: Path) -> dict[str, str]:
 
     with safe_open(str(path), framework="pt") as handle:
         return dict(handle.metadata() or {})
+
+
+def load_checkpoint(model, path: Path):
+    """`model` (fresh from `create`) with a variant's safetensors weights: the one loader the pipeline
+    and the bench's eager reference share.
+
+    A structured-pruned checkpoint (metadata `structure: pruned`) has narrower layers than `create()`
+    builds: they are rebuilt at the saved widths (`load_pruned_state`, tensors only, no pickle); any
+    other checkpoint must fit exactly.
+    """
+    if read_metadata(path).get("structure") == "pruned":
+        from safetensors.torch import load_file  # torch-only, like this function's callers
+
+        from medlite.compress.prune import load_pruned_state  # pulls in torch-pruning: only for pruned files
+
+        return load_pruned_state(model, load_file(str(path)))
+    return load_exact(model, path)

@@ -12,29 +12,26 @@ from pathlib import Path
 
 import numpy as np
 
-from medlite.runtime import Artifact, ArtifactError, RuntimeMissing, sidecar_paths
+from medlite.runtime.artifact import Artifact
+from medlite.runtime.errors import ArtifactError
+from medlite.runtime.registry import get_runtime
+from medlite.runtime.sidecar import sidecar_paths
 
-INSTALL_HINT = "pip install medlite[litert]"
+INSTALL_HINT = get_runtime("litert").install_hint
 
 
 class LiteRTArtifact(Artifact):
     runtime = "litert"
-    library = "ai_edge_litert"
     file_format = "tflite"
 
     def _load(self) -> None:
-        try:
-            from ai_edge_litert import interpreter as litert
-        except ImportError:
-            raise RuntimeMissing(f"{self.path}: the LiteRT runtime (ai-edge-litert) is not installed ({INSTALL_HINT})") from None
-        self._module = litert
+        self._module = litert = self._import_runtime("the LiteRT runtime (ai-edge-litert)")
         try:
             # The default op resolver applies the XNNPACK delegate to every op it supports (CPU).
             self.interpreter = litert.Interpreter(model_path=str(self.path), num_threads=self.threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ArtifactError(f"{self.path}: not a loadable LiteRT model ({first[:200]})") from None
+            raise self._not_loadable("LiteRT", err) from None
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ArtifactError(f"{self.path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")

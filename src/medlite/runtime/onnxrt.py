@@ -10,22 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
-from medlite.runtime import Artifact, ArtifactError, RuntimeMissing
+from medlite.runtime.artifact import Artifact
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"  # what medlite's exporter writes (medlite.export.onnx)
 
 
 class OnnxArtifact(Artifact):
     runtime = "onnxruntime"
-    library = "onnxruntime"
     file_format = "onnx"
 
     def _load(self) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise RuntimeMissing(f"{self.path}: ONNX Runtime is not installed (pip install onnxruntime)") from None
-        self._ort = ort
+        self._ort = ort = self._import_runtime("ONNX Runtime")
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         # One inter-op thread: our graphs are a single chain, and extra pools only add contention.
@@ -34,8 +29,7 @@ class OnnxArtifact(Artifact):
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as err:  # noqa: BLE001 - ORT raises several private exception types
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ArtifactError(f"{self.path}: not a loadable ONNX model ({first[:200]})") from None
+            raise self._not_loadable("ONNX", err) from None
         self._input = self.session.get_inputs()[0]
         self._output = self.session.get_outputs()[0].name
 

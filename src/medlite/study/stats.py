@@ -10,7 +10,7 @@
   same image indices (when folds have their own test parts, their images are pooled as units).
   The p-value counts the resample itself (+1), so the smallest it can be is 2/(B+1).
 - Holm's step-down correction over all comparisons controls the family-wise error rate
-  (Holm 1979, "A simple sequentially rejective multiple test procedure").
+  (Holm 1979, "A simple sequentially rejective multiple test procedure"; statsmodels' multipletests).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import warnings
 from typing import Any
 
 import numpy as np
+
+from medlite.evaluate.metrics import auc_rows  # the one AUC, vectorised over resamples
 
 
 def describe(values: list[float], confidence: float = 0.95) -> dict[str, Any]:
@@ -47,49 +49,16 @@ def describe(values: list[float], confidence: float = 0.95) -> dict[str, Any]:
 
 
 def holm(pvalues: list[float]) -> list[float]:
-    """Holm-adjusted p-values: sort ascending, multiply the i-th smallest (0-based) by (m - i),
-    keep them non-decreasing, cap at 1. Reject where adjusted p <= alpha."""
+    """Holm-adjusted p-values (statsmodels' `multipletests(method="holm")`); reject where adjusted
+    p <= alpha. A NaN p-value (an untestable comparison) stays NaN and is not counted in the family."""
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(pvalues, dtype=float)
-    m = len(p)
-    adjusted = np.empty(m)
-    running = 0.0
-    for rank, i in enumerate(np.argsort(p, kind="stable")):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        adjusted[i] = running
+    adjusted = np.full(len(p), np.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        adjusted[finite] = multipletests(p[finite], method="holm")[1]
     return adjusted.tolist()
-
-
-def auc_rows(probs: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """ROC AUC of every row of resampled indices `idx` (B x n; -1 = a unit not in this row's test
-    set) at once, via the Mann-Whitney U statistic on mid-ranks (scipy.stats.rankdata): binary on
-    the positive class, else the macro one-vs-rest mean over the classes present in the row (as
-    `evaluate.metrics.auc`). NaN where a row lacks a class."""
-    from scipy.stats import rankdata
-
-    idx = np.atleast_2d(idx)
-    valid = idx >= 0
-    k = probs.shape[1]
-    classes = [1] if k == 2 else list(range(k))
-    safe = np.where(valid, idx, 0)
-    per_class = []
-    for c in classes:
-        # Absent units go to the bottom of the ranking with neither label: a score below every real
-        # one, and excluded from both class counts.
-        scores = np.where(valid, probs[:, c][safe], -np.inf)
-        positive = (labels[safe] == c) & valid
-        negative = (labels[safe] != c) & valid
-        n1 = positive.sum(axis=1).astype(float)
-        n0 = negative.sum(axis=1).astype(float)
-        ranks = rankdata(scores, axis=1) - (~valid).sum(axis=1, keepdims=True)  # ranks among valid units
-        u = (ranks * positive).sum(axis=1) - n1 * (n1 + 1) / 2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_class.append(np.where((n1 > 0) & (n0 > 0), u / (n1 * n0), np.nan))
-    stacked = np.vstack(per_class)
-    if k == 2:
-        return stacked[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a row where no class has both labels: NaN
-        return np.nanmean(stacked, axis=0)
 
 
 def paired_auc_difference(
