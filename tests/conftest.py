@@ -45,6 +45,21 @@ def busi_root(data_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def folders_root(data_root: Path) -> Path:
+    """The shared image folders and label tables (BUSI, HAM10000, NIH_ChestXray14_1000)."""
+    for candidate in (data_root.parent / "folders", data_root / "folders"):
+        if (candidate / "HAM10000_metadata.csv").is_file() and (candidate / "NIH_ChestXray14_1000").is_dir():
+            return candidate
+    _missing("the shared folders/ (HAM10000, NIH_ChestXray14_1000) not found beside the MedMNIST files")
+
+
+@pytest.fixture(scope="session")
+def shared_root(folders_root: Path) -> Path:
+    """The data root that holds folders/: recipes name tables as folders/<table> relative to it."""
+    return folders_root.parent
+
+
+@pytest.fixture(scope="session")
 def breast_npz(data_root: Path):
     with np.load(data_root / "breastmnist.npz") as npz:
         return {k: npz[k] for k in npz.files}

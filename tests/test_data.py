@@ -5,7 +5,7 @@ from PIL import Image
 from medlite.data import load_dataset
 from medlite.data.preprocess import convert_image, match_channels
 from medlite.data.splits import stratified_split
-from medlite.errors import DataError
+from medlite.errors import DataError, UsageError
 from medlite.recipe import DataConfig
 
 
@@ -322,3 +322,48 @@ def test_labels_outside_the_classes_are_refused():
     splits["val"] = Split(np.zeros((2, 8, 8, 1), np.uint8), np.array([0, 2]))
     with pytest.raises(DataError, match="label 2 in the val split is outside the 2 classes"):
         _check(splits, ["a", "b"])
+
+
+# -- the data section: one model per registered source; old resolved recipes still load ----------
+
+
+OLD_FLAT = {  # a resolved recipe's data section from before sources had models of their own
+    "flag": "breastmnist", "size": 28, "root": None, "image_size": None, "channels": None,
+    "split": {"train": 0.7, "val": 0.1, "test": 0.2}, "class_map": None, "skip_bad": False, "limit": None,
+    "fold": None, "augment": "light", "balance": "none", "mean": 0.5, "std": 0.5,
+}
+
+
+@pytest.mark.parametrize("source, extra", [("medmnist", {}), ("folder", {"root": "BUSI"}), ("arrays", {"root": "x"})])
+def test_old_resolved_data_sections_still_load(source, extra):
+    from medlite.data.config import canonical_data
+    from medlite.recipe import validate_tree
+
+    old = {**OLD_FLAT, "source": source, **extra}
+    recipe = validate_tree({"data": old}, "recipe.resolved.yaml")
+    assert type(recipe.data).__module__ == f"medlite.data.{source}" and recipe.data.source == source
+    assert canonical_data(old) == recipe.data.model_dump(mode="json")
+    # a key another source owns, at a value that means something, is refused
+    key, value = ("flag", "dermamnist") if source != "medmnist" else ("skip_bad", True)
+    with pytest.raises(UsageError, match=rf"unknown key 'data\.{key}' for this data source"):
+        validate_tree({"data": {**old, key: value}}, "r.yaml")
+
+
+def test_data_config_builds_the_named_sources_model():
+    from medlite.data.folder import FolderData
+    from medlite.data.medmnist import MedMNISTData
+
+    assert type(DataConfig()) is MedMNISTData and type(DataConfig(source="folder", root="x")) is FolderData
+    assert DataConfig.model_validate({"source": "folder", "root": "x"}) == FolderData(root="x")
+    assert type(DataConfig.model_validate({})) is MedMNISTData
+    with pytest.raises(DataError, match=r"unknown data source 'dicom'; known: arrays, folder, medmnist, table"):
+        DataConfig(source="dicom")
+
+
+def test_split_origin_says_how_each_source_was_split(tmp_path, data_root):
+    assert load_dataset(DataConfig(flag="breastmnist", limit=10), data_root, seed=0).split_origin == "official"
+    _save_arrays(tmp_path / "arrays", _grey(), np.arange(40) % 2)
+    assert _load_arrays(tmp_path / "arrays").split_origin == "seeded stratified 70/10/20"
+    _write_folder(tmp_path / "folder", {"train/a": 6, "train/b": 6, "test/a": 3, "test/b": 3})
+    ds = load_dataset(DataConfig(source="folder", root=str(tmp_path / "folder")), tmp_path, seed=0)
+    assert ds.split_origin == "folders" and len(ds.splits["val"]) > 0  # val carved from train

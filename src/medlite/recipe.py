@@ -17,6 +17,11 @@ import yaml
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from medlite.config_base import SECTION_ANNOTATIONS, Strict, is_section
+# The data section: keys every source shares (DataConfig), validated against the model of the source
+# it names (medlite.data.registry). FoldConfig and SplitRatios are re-exported for older imports.
+from medlite.data.config import (  # noqa: F401
+    DataConfig, DataSection, FoldConfig, SplitRatios, all_source_keys, source_keys_owner,
+)
 from medlite.distill.config import CONFIGS as DISTILL_CONFIGS, KDConfig, DistillConfig as _DistillConfig
 from medlite.compress import registry as compress_registry
 from medlite.errors import UsageError
@@ -26,67 +31,6 @@ from medlite.explain.config import ExplainConfig
 
 _Strict = Strict  # the base of every section (medlite.config_base)
 SECTION_ANNOTATIONS.append(_DistillConfig)
-
-
-class SplitRatios(_Strict):
-    """Ratios used when a source has no split of its own (a flat image folder, arrays without val/test)."""
-
-    train: float = Field(0.7, gt=0, lt=1)
-    val: float = Field(0.1, ge=0, lt=1)
-    test: float = Field(0.2, gt=0, lt=1)
-
-    @model_validator(mode="after")
-    def _sum_to_one(self) -> "SplitRatios":
-        total = self.train + self.val + self.test
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"train + val + test must be 1, got {total:g}")
-        return self
-
-
-class FoldConfig(_Strict):
-    """One fold of a seeded stratified k-fold (a study sets `index` per trial).
-
-    Sources with a test split (MedMNIST, pre-split folders): the folds cover train+val and fold
-    `index` is the validation part; the test split stays held out. A flat image folder: the folds
-    cover every image, fold `index` is the test part, and the rest is split into train/val.
-    """
-
-    k: int = Field(5, ge=2, le=100)
-    index: int = Field(0, ge=0)
-    seed: int = Field(0, description="seed of the partition (the same for every trial, so comparisons are paired)")
-
-    @model_validator(mode="after")
-    def _index_below_k(self) -> "FoldConfig":
-        if self.index >= self.k:
-            raise ValueError(f"index must be below k={self.k}, got {self.index}")
-        return self
-
-
-class DataConfig(_Strict):
-    source: Literal["medmnist", "folder", "arrays"] = "medmnist"
-    flag: str = Field("breastmnist", description="MedMNIST flag, e.g. breastmnist, pneumoniamnist")
-    size: Literal[28, 64, 128, 224] = Field(28, description="MedMNIST image size (the file to read)")
-    root: str | None = Field(None, description="folder (source=folder) or directory of .npy files (source=arrays)")
-    image_size: int | None = Field(None, ge=8, le=1024, description="model input size; default: the data's own size")
-    channels: Literal[1, 3] | None = Field(None, description="model input channels; default: the data's own")
-    split: SplitRatios = SplitRatios()
-    class_map: dict[str, str] | None = Field(
-        None, description="rename classes (folder name -> class name), e.g. to reconcile splits"
-    )
-    skip_bad: bool = Field(False, description="skip unreadable images (counted in the summary) instead of failing")
-    limit: int | None = Field(None, ge=2, description="cap on images per split, stratified (quick experiments, tests)")
-    fold: FoldConfig | None = Field(None, description="use one fold of a stratified k-fold (cross-validation)")
-    augment: Literal["none", "light", "medium"] = "light"
-    balance: Literal["none", "class_weights", "sampler"] = Field(
-        "none", description="class-imbalance handling: weighted loss or balanced sampling"
-    )
-    mean: float = 0.5
-    std: float = Field(0.5, gt=0)
-
-    @field_validator("flag")
-    @classmethod
-    def _lower(cls, value: str) -> str:
-        return value.lower()
 
 
 class TrainConfig(_Strict):
@@ -246,7 +190,7 @@ class Recipe(_Strict):
     name: str = Field("medlite", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    data: DataConfig = DataConfig()
+    data: DataSection = DataConfig()
     # Every default below is its class with no arguments: a partial section given as a dict is
     # validated against the class, so a setting that only a default instance carried would be lost.
     teacher: TeacherConfig = TeacherConfig()
@@ -375,6 +319,8 @@ def _section_fields(loc: tuple) -> list[str]:
         if field.annotation is _DistillConfig:  # a union: every method's keys
             return sorted({k for c in DISTILL_CONFIGS.values() for k in c.model_fields})
         model = field.annotation
+    if model is DataConfig:  # validated by its source's model: every source's keys
+        return all_source_keys()
     return list(model.model_fields)
 
 
@@ -395,6 +341,8 @@ def _describe(err: dict) -> str:
         return (f"{key}.method: unknown method {tag!r}"
                 + (f" (did you mean {hint[0]!r}?)" if hint else f"; choose from {expected}"))
     if kind == "extra_forbidden":
+        if len(loc) == 2 and loc[0] == "data" and source_keys_owner(str(loc[1])):  # another source's key
+            return f"unknown key {key!r} for this data source (a key of source {source_keys_owner(str(loc[1]))})"
         hint = difflib.get_close_matches(str(loc[-1]), _section_fields(loc[:-1]), n=1)
         return f"unknown key {key!r}" + (f" (did you mean {_error_key((*loc[:-1], hint[0]))!r}?)" if hint else "")
     if kind == "invalid_key":

@@ -1,180 +1,188 @@
-"""Datasets: MedMNIST files, image folders and NumPy arrays, loaded into memory as uint8 arrays.
+"""Datasets: every registered source (MedMNIST files, image folders, NumPy arrays, label tables),
+loaded into memory as uint8 arrays.
 
-Everything downstream sees one `Dataset`: class names and train/val/test splits of
-uint8 (N, H, W, C) images already resized to the model's input size and converted
-to its channel count. Normalisation and augmentation happen later, per batch.
+Everything downstream sees one `Dataset`: class names and train/val/test splits of uint8
+(N, H, W, C) images already resized to the model's input size and converted to its channel
+count, with each image's id, group and fold. Normalisation and augmentation happen later, per
+batch. A source only reads its data (`medlite.data.registry`); splitting, k-folds, group
+checks, `data.limit` and the label checks are shared, here.
 """
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from medlite.data.preprocess import PreprocessSpec, match_channels, resize_batch
-from medlite.data.splits import kfold_part, stratified_split, stratified_subset
+from medlite.data.config import DataConfig
+from medlite.data.dataset import MULTILABEL, SPLITS, Dataset, Part, Source, Split
+from medlite.data.preprocess import load_image, match_channels, resize_batch
+from medlite.data.registry import known_sources, register_source, source_spec
+from medlite.data.splits import (
+    crossing_groups,
+    grouped_split,
+    kfold_assign,
+    splits_csv_text,
+    strata,
+    stratified_split,
+    stratified_subset,
+)
 from medlite.errors import DataError
+from medlite.runstate import write_atomic
 
-SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class Split:
-    images: np.ndarray  # uint8 (N, H, W, C)
-    labels: np.ndarray  # int64 (N,)
-
-    def __len__(self) -> int:
-        return len(self.labels)
+__all__ = [
+    "SPLITS", "DataConfig", "Dataset", "Part", "Source", "Split", "known_sources", "load_dataset",
+    "register_source", "source_spec", "write_splits_csv",
+]
 
 
-@dataclass
-class Dataset:
-    name: str
-    source: str
-    origin: str
-    class_names: list[str]
-    splits: dict[str, Split]
-    native_channels: int
-    native_size: int
-    mean: float
-    std: float
-    split_origin: str  # "official", "folders" or "seeded stratified (70/10/20)"
-    skipped: list[str] = field(default_factory=list)
-    _fingerprint: str | None = field(default=None, repr=False, compare=False)
+def load_dataset(cfg: DataConfig, data_root: Path, seed: int, *, multilabel: bool = False) -> Dataset:
+    """Load the data a recipe's `data` section describes.
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def channels(self) -> int:
-        return self.splits["train"].images.shape[3]
-
-    @property
-    def image_size(self) -> int:
-        return self.splits["train"].images.shape[1]
-
-    @property
-    def preprocess(self) -> PreprocessSpec:
-        return PreprocessSpec(self.image_size, self.channels, self.mean, self.std, tuple(self.class_names))
-
-    def fingerprint(self) -> str:
-        """Content hash of every image and label: resume reruns training when the data changes.
-
-        Computed once (every stage key includes it); the splits are not modified after loading.
-        """
-        if self._fingerprint is None:
-            digest = hashlib.sha256(repr((self.class_names, self.mean, self.std)).encode())
-            for split in SPLITS:
-                digest.update(self.splits[split].images.tobytes())
-                digest.update(self.splits[split].labels.tobytes())
-            self._fingerprint = digest.hexdigest()[:16]
-        return self._fingerprint
-
-    def summary(self) -> dict:
-        counts = {
-            split: {name: int((s.labels == i).sum()) for i, name in enumerate(self.class_names)}
-            for split, s in self.splits.items()
-        }
-        return {
-            "name": self.name,
-            "source": self.source,
-            "origin": self.origin,
-            "classes": self.class_names,
-            "num_classes": self.num_classes,
-            "split": self.split_origin,
-            "images": {split: len(s) for split, s in self.splits.items()},
-            "per_class": counts,
-            "native_size": self.native_size,
-            "native_channels": self.native_channels,
-            "image_size": self.image_size,
-            "channels": self.channels,
-            "skipped_images": len(self.skipped),
-            "fingerprint": self.fingerprint(),
-            # per split: studies pair runs evaluated on the very same test images by this
-            "split_fingerprints": {
-                name: hashlib.sha256(s.images.tobytes() + s.labels.tobytes()).hexdigest()[:16] for name, s in self.splits.items()
-            },
-        }
-
-
-def _resolve_folder(root: str | None, data_root: Path, key: str) -> Path:
-    """data.root: absolute, else relative to the working directory, the data root, or its folders/."""
-    if not root:
-        raise DataError(f"{key}: required for this data source (a folder path)")
-    path = Path(root).expanduser()
-    candidates = [path] if path.is_absolute() else [path, data_root / path, data_root / "folders" / path]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    raise DataError(f"{key}: folder {root!r} not found (looked in {', '.join(str(c) for c in candidates)})")
-
-
-def _finish(
-    raw: dict[str, tuple[np.ndarray, np.ndarray]], cfg, class_names: list[str], seed: int
-) -> tuple[dict[str, Split], str]:
-    """Fill missing val/test splits by a seeded stratified split of train; apply data.fold and data.limit."""
-    split_origin = "official"
-    if cfg.fold is not None:
-        raw, split_origin = _apply_fold(raw, cfg)
-    elif "val" not in raw or "test" not in raw:
-        images, labels = raw["train"]
-        want = {"train": cfg.split.train}
-        if "val" not in raw:
-            want["val"] = cfg.split.val
-        if "test" not in raw:
-            want["test"] = cfg.split.test
-        total = sum(want.values())
-        parts = stratified_split(labels, {k: v / total for k, v in want.items()}, seed)
-        for name, idx in parts.items():
-            raw[name] = (images[idx], labels[idx])
-        split_origin = "seeded stratified " + "/".join(f"{int(round(v * 100))}" for v in want.values())
+    Multi-label data (a table with several 0/1 columns, or a separated label column) is refused
+    unless `multilabel=True`: training does not support it yet, `medlite data` can summarise it.
+    """
+    spec = source_spec(cfg.source)
+    source = spec.load(cfg, data_root)
+    if source.task == MULTILABEL and not multilabel:
+        shown = ", ".join(source.class_names[:4]) + (", ..." if len(source.class_names) > 4 else "")
+        raise DataError(
+            f"{source.origin}: multi-label data ({len(source.class_names)} labels: {shown}): training on multi-label "
+            "data is not supported yet (`medlite data` summarises it)"
+        )
+    channels = cfg.channels or source.native_channels
+    size = cfg.image_size or source.native_size
+    parts = {}
+    for name, part in source.parts.items():
+        if part.images is not None:
+            part.images = match_channels(resize_batch(part.images, size), channels)
+        parts[name] = part
+    parts, split_origin, warnings = _split(parts, source, cfg, seed)
     splits = {}
     for name in SPLITS:
-        images, labels = raw[name]
-        if cfg.limit is not None and len(labels) > cfg.limit:
-            idx = stratified_subset(labels, cfg.limit, seed)
-            images, labels = images[idx], labels[idx]
-        splits[name] = Split(images, labels)
-    _check(splits, class_names)
-    return splits, split_origin
+        part = parts[name]
+        if cfg.limit is not None and len(part) > cfg.limit:
+            part = part.take(stratified_subset(strata(part.labels), cfg.limit, seed))
+        splits[name] = _materialise(part, size, channels, source)
+    _check(splits, source.class_names, multilabel=source.task == MULTILABEL)
+    return Dataset(
+        name=source.name,
+        source=cfg.source,
+        origin=source.origin,
+        class_names=source.class_names,
+        splits=splits,
+        native_channels=int(source.native_channels),
+        native_size=int(source.native_size),
+        mean=cfg.mean,
+        std=cfg.std,
+        split_origin=split_origin,
+        skipped=source.skipped,
+        task=source.task,
+        warnings=warnings,
+        group_column=source.group_column,
+    )
 
 
-def _apply_fold(raw: dict[str, tuple[np.ndarray, np.ndarray]], cfg) -> tuple[dict, str]:
+def _split(parts: dict[str, Part], source: Source, cfg: DataConfig, seed: int) -> tuple[dict[str, Part], str, list[str]]:
+    """Check given splits for group leakage, then apply data.fold or fill missing val/test splits."""
+    grouped = all(part.groups is not None for part in parts.values())
+    by = f" by {source.group_column or 'group'}" if grouped else ""
+    warnings = list(source.warnings)
+    if grouped and len(parts) > 1:
+        crossing = crossing_groups({name: parts[name].groups for name in SPLITS if name in parts})
+        if crossing:
+            example = min(crossing)
+            text = (
+                f"{source.origin}: {len(crossing)} groups ({source.group_column or 'group'}) are in more than one split "
+                f"(e.g. {example!r} in {' and '.join(crossing[example])})"
+            )
+            if not cfg.allow_group_leakage:
+                raise DataError(f"{text}; fix the split, or set data.allow_group_leakage: true to accept it")
+            warnings.append(f"{text}: accepted by data.allow_group_leakage, test figures may be optimistic")
+    if cfg.fold is not None:
+        out, origin = _apply_fold(parts, cfg, grouped, by)
+        return out, origin, warnings
+    split_origin = source.given_split or "official"
+    if "val" not in parts or "test" not in parts:
+        train = parts["train"]
+        want = {"train": cfg.split.train}
+        if "val" not in parts:
+            want["val"] = cfg.split.val
+        if "test" not in parts:
+            want["test"] = cfg.split.test
+        total = sum(want.values())
+        ratios = {k: v / total for k, v in want.items()}
+        if grouped:
+            index = grouped_split(train.labels, train.groups, ratios, seed)
+        else:
+            index = stratified_split(strata(train.labels), ratios, seed)
+        for name, idx in index.items():
+            parts[name] = train.take(idx)
+        filled = "seeded stratified " + "/".join(f"{int(round(v * 100))}" for v in want.values())
+        split_origin = source.given_split or (filled + (f"{by} (each group in one split)" if grouped else ""))
+    return parts, split_origin, warnings
+
+
+def _apply_fold(parts: dict[str, Part], cfg: DataConfig, grouped: bool, by: str) -> tuple[dict[str, Part], str]:
     """Cross-validation fold `cfg.fold.index` of `cfg.fold.k`, seeded by `cfg.fold.seed` (not the recipe
     seed: every trial of a study sees the same partition, so comparisons stay paired).
 
     With a test split the folds cover train+val (the fold is validation, the test split is held
     out); without one (a flat folder) they cover every image and the fold is the test part, the
-    rest being split into train/val by the `data.split` ratios.
+    rest being split into train/val by the `data.split` ratios. With groups, whole groups.
     """
     fold = cfg.fold
-    pooled = [raw[name] for name in ("train", "val") if name in raw]
-    images = np.concatenate([x for x, _ in pooled])
-    labels = np.concatenate([y for _, y in pooled])
-    rest, part = kfold_part(labels, fold.k, fold.index, fold.seed)
-    where = f"fold {fold.index + 1}/{fold.k} (stratified, seed {fold.seed})"
-    if "test" in raw:
-        out = {"train": (images[rest], labels[rest]), "val": (images[part], labels[part]), "test": raw["test"]}
+    pooled = Part.concat([parts[name] for name in ("train", "val") if name in parts])
+    pooled.folds = kfold_assign(pooled.labels, fold.k, fold.seed, pooled.groups if grouped else None)
+    rest, part = np.flatnonzero(pooled.folds != fold.index), np.flatnonzero(pooled.folds == fold.index)
+    where = f"fold {fold.index + 1}/{fold.k} (stratified{by}, seed {fold.seed})"
+    if "test" in parts:
+        test = parts["test"]
+        test.folds = np.full(len(test), -1, np.int64)
+        out = {"train": pooled.take(rest), "val": pooled.take(part), "test": test}
         return out, f"k-fold over train+val, {where} as validation; test split held out"
     val_share = cfg.split.val / (cfg.split.train + cfg.split.val)
-    inner = stratified_split(labels[rest], {"train": 1 - val_share, "val": val_share}, fold.seed)
-    out = {
-        "train": (images[rest][inner["train"]], labels[rest][inner["train"]]),
-        "val": (images[rest][inner["val"]], labels[rest][inner["val"]]),
-        "test": (images[part], labels[part]),
-    }
+    inner_ratios = {"train": 1 - val_share, "val": val_share}
+    others = pooled.take(rest)
+    if grouped:
+        inner = grouped_split(others.labels, others.groups, inner_ratios, fold.seed)
+    else:
+        inner = stratified_split(strata(others.labels), inner_ratios, fold.seed)
+    out = {"train": others.take(inner["train"]), "val": others.take(inner["val"]), "test": pooled.take(part)}
     return out, f"k-fold over all images, {where} as test; train/val split of the rest"
 
 
-def _check(splits: dict[str, Split], class_names: list[str]) -> None:
-    if len(class_names) < 2:
+def _materialise(part: Part, size: int, channels: int, source: Source) -> Split:
+    """The split's images: already decoded, or read now from the part's files (only those kept)."""
+    if part.images is not None:
+        return Split(part.images, part.labels, part.ids, part.groups, part.folds)
+    images, keep = [], []
+    for i, path in enumerate(part.files or []):
+        try:
+            images.append(load_image(path, channels, size))
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+            if not source.skip_bad:
+                raise DataError(f"{path}: unreadable image ({type(err).__name__}); fix or remove it, or set data.skip_bad: true") from None
+            source.skipped.append(str(path))
+            continue
+        keep.append(i)
+    kept = part.take(np.asarray(keep, np.int64))
+    stacked = np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8)
+    return Split(stacked, kept.labels, kept.ids, kept.groups, kept.folds)
+
+
+def _check(splits: dict[str, Split], class_names: list[str], multilabel: bool = False) -> None:
+    if multilabel:
+        if not class_names:
+            raise DataError("data: no label columns")
+    elif len(class_names) < 2:
         raise DataError(f"data: need at least 2 classes, found {len(class_names)} ({', '.join(class_names) or 'none'})")
     for name in ("train", "test"):
         if len(splits[name]) == 0:
             raise DataError(f"data: the {name} split is empty")
+    if multilabel:
+        return
     for name, split in splits.items():  # a label outside the classes would train a phantom class
         if len(split) and (split.labels.min() < 0 or split.labels.max() >= len(class_names)):
             bad = split.labels[(split.labels < 0) | (split.labels >= len(class_names))][0]
@@ -184,73 +192,15 @@ def _check(splits: dict[str, Split], class_names: list[str]) -> None:
         raise DataError(f"data: the train split has only one class ({class_names[present[0]]})")
 
 
-def load_dataset(cfg, data_root: Path, seed: int) -> Dataset:
-    """Load the data a recipe's `data` section describes (a `DataConfig`)."""
-    if cfg.source == "medmnist":
-        from medlite.data import medmnist
-
-        info = medmnist.flag_info(cfg.flag)
-        path = medmnist.locate(cfg.flag, cfg.size, data_root)
-        raw = medmnist.read_npz(path)
-        class_names = [info["label"][str(i)] for i in range(len(info["label"]))]
-        unknown = sorted(set(cfg.class_map or {}) - set(class_names))
-        if unknown:
-            raise DataError(f"data.class_map: {unknown[0]!r} is not a class of {cfg.flag} ({', '.join(class_names)})")
-        if cfg.class_map:
-            class_names = [cfg.class_map.get(n, n) for n in class_names]
-        native_channels, native_size = raw["train"][0].shape[3], raw["train"][0].shape[1]
-        name, origin = cfg.flag if cfg.size == 28 else f"{cfg.flag}_{cfg.size}", str(path)
-        skipped: list[str] = []
-    elif cfg.source == "folder":
-        from medlite.data import folder
-
-        root = _resolve_folder(cfg.root, data_root, "data.root")
-        files, presplit = folder.scan(root, cfg.class_map)
-        every = [entry for entries in files.values() for entry in entries]
-        if not every:
-            raise DataError(f"{root}: no images found (expected {root}/<class>/*.png or {root}/train/<class>/...)")
-        class_names = sorted({name for _, name in every})
-        native_channels, native_size = folder.native_channels(every), folder.native_size(every)
-        channels, size = cfg.channels or native_channels, cfg.image_size or native_size
-        raw, skipped = {}, []
-        for split, entries in files.items():
-            images, labels, bad = folder.read_images(entries, class_names, channels, size, cfg.skip_bad)
-            skipped += [str(p) for p in bad]
-            raw["train" if split == "all" else split] = (images, labels)
-        name, origin = root.name, str(root)
-    elif cfg.source == "arrays":
-        from medlite.data.arrays import check_labels, read_arrays
-
-        root = _resolve_folder(cfg.root, data_root, "data.root")
-        raw = read_arrays(root)
-        n_classes = check_labels(raw, root)
-        class_names = [str(i) for i in range(n_classes)]
-        unknown = sorted(set(cfg.class_map or {}) - set(class_names))
-        if unknown:
-            raise DataError(f"data.class_map: {unknown[0]!r} is not a label of {root} (labels: {', '.join(class_names)})")
-        if cfg.class_map:
-            class_names = [cfg.class_map.get(n, n) for n in class_names]
-        native_channels, native_size = raw["train"][0].shape[3], raw["train"][0].shape[1]
-        name, origin, skipped = root.name, str(root), []
-    else:  # pragma: no cover - the schema rejects other sources
-        raise DataError(f"data.source: unknown source {cfg.source!r}")
-
-    channels = cfg.channels or native_channels
-    size = cfg.image_size or native_size
-    raw = {k: (match_channels(resize_batch(x, size), channels), y) for k, (x, y) in raw.items()}
-    splits, split_origin = _finish(raw, cfg, class_names, seed)
-    if cfg.source == "folder" and "all" not in files and cfg.fold is None:
-        split_origin = "folders"
-    return Dataset(
-        name=name,
-        source=cfg.source,
-        origin=origin,
-        class_names=class_names,
-        splits=splits,
-        native_channels=int(native_channels),
-        native_size=int(native_size),
-        mean=cfg.mean,
-        std=cfg.std,
-        split_origin=split_origin,
-        skipped=skipped,
-    )
+def write_splits_csv(dataset: Dataset, path: Path) -> Path:
+    """`splits.csv`: one row per image (image, split, fold, group), so anyone can check what was
+    trained and tested on. Fold and group are empty where unknown. Written atomically."""
+    rows = []
+    for name in SPLITS:
+        split = dataset.splits[name]
+        for i in range(len(split)):
+            fold = "" if split.folds is None or split.folds[i] < 0 else str(int(split.folds[i]))
+            group = "" if split.groups is None else str(split.groups[i])
+            rows.append((str(split.ids[i]), name, fold, group))
+    write_atomic(Path(path), splits_csv_text(rows))
+    return Path(path)

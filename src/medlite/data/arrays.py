@@ -9,9 +9,15 @@ clipped, cast or renumbered behind the user's back.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
+from medlite.data.config import DataConfig
+from medlite.data.dataset import Part, Source
+from medlite.data.paths import resolve_dir
+from medlite.data.registry import register_source
 from medlite.errors import DataError
 
 
@@ -122,3 +128,38 @@ def read_arrays(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         splits[split] = (images, labels)
     check_labels(splits, root)
     return splits
+
+
+class ArraysData(DataConfig):
+    """NumPy arrays: X_train.npy / y_train.npy (and _val, _test where present) in one folder."""
+
+    source: Literal["arrays"] = "arrays"
+    root: str | None = Field(None, description="directory of the .npy files")
+    class_map: dict[str, str] | None = Field(None, description="rename classes (label number -> class name)")
+
+
+def load(cfg: ArraysData, data_root: Path) -> Source:
+    root = resolve_dir(cfg.root, data_root, "data.root")
+    raw = read_arrays(root)
+    n_classes = check_labels(raw, root)
+    class_names = [str(i) for i in range(n_classes)]
+    unknown = sorted(set(cfg.class_map or {}) - set(class_names))
+    if unknown:
+        raise DataError(f"data.class_map: {unknown[0]!r} is not a label of {root} (labels: {', '.join(class_names)})")
+    if cfg.class_map:
+        class_names = [cfg.class_map.get(n, n) for n in class_names]
+    parts = {
+        split: Part(labels, np.array([f"X_{split}.npy[{i}]" for i in range(len(labels))], dtype=object), images=images)
+        for split, (images, labels) in raw.items()
+    }
+    return Source(
+        name=root.name,
+        origin=str(root),
+        class_names=class_names,
+        parts=parts,
+        native_channels=raw["train"][0].shape[3],
+        native_size=raw["train"][0].shape[1],
+    )
+
+
+register_source("arrays", ArraysData, load)

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pydantic import Field, field_validator
 
-from medlite.data.preprocess import IMAGE_SUFFIXES, is_grey, load_image
+from medlite.data.config import DataConfig
+from medlite.data.dataset import Part, Source
+from medlite.data.paths import resolve_dir
+from medlite.data.preprocess import IMAGE_SUFFIXES, load_image
+from medlite.data.registry import register_source
+from medlite.data.sample import native_channels, native_size
+from medlite.data.table import GroupTable, folder_groups
 from medlite.errors import DataError
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -57,10 +65,10 @@ def scan(root: Path, class_map: dict[str, str] | None) -> tuple[dict[str, list[t
 
 def read_images(
     entries: list[tuple[Path, str]], classes: list[str], channels: int, image_size: int, skip_bad: bool
-) -> tuple[np.ndarray, np.ndarray, list[Path]]:
-    """Load and convert every image; (images uint8 NHWC, labels, skipped files)."""
+) -> tuple[np.ndarray, np.ndarray, list[Path], list[Path]]:
+    """Load and convert every image; (images uint8 NHWC, labels, skipped files, files read)."""
     index = {name: i for i, name in enumerate(classes)}
-    images, labels, skipped = [], [], []
+    images, labels, skipped, kept = [], [], [], []
     for path, name in entries:
         try:
             images.append(load_image(path, channels, image_size))
@@ -70,32 +78,60 @@ def read_images(
             skipped.append(path)
             continue
         labels.append(index[name])
+        kept.append(path)
     if not images:
-        return np.zeros((0, image_size, image_size, channels), np.uint8), np.zeros(0, np.int64), skipped
-    return np.stack(images), np.asarray(labels, np.int64), skipped
+        return np.zeros((0, image_size, image_size, channels), np.uint8), np.zeros(0, np.int64), skipped, kept
+    return np.stack(images), np.asarray(labels, np.int64), skipped, kept
 
 
-def native_channels(entries: list[tuple[Path, str]], sample: int = 200) -> int:
-    """1 when the images are grey (also grey stored as RGB), else 3; looks at an evenly spaced sample."""
-    step = max(1, len(entries) // sample)
-    for path, _ in entries[::step]:
-        try:
-            with Image.open(path) as image:
-                if not is_grey(image):
-                    return 3
-        except (OSError, ValueError, UnidentifiedImageError):
-            continue
-    return 1
+class FolderData(DataConfig):
+    """Class-named image folders: root/<class>/* or root/{train,val,test}/<class>/*."""
+
+    source: Literal["folder"] = "folder"
+    root: str | None = Field(None, description="the image folder")
+    class_map: dict[str, str] | None = Field(
+        None, description="rename classes (folder name -> class name), e.g. to reconcile splits"
+    )
+    skip_bad: bool = Field(False, description="skip unreadable images (counted in the summary) instead of failing")
+    groups: GroupTable | None = Field(
+        None, description="table of file name -> group (patient, lesion): a path, or {table, image, group}"
+    )
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _path_shorthand(cls, value):
+        return {"table": value} if isinstance(value, str) else value
 
 
-def native_size(entries: list[tuple[Path, str]], sample: int = 50) -> int:
-    """The most common longer side among a sample of images (the default model input size)."""
-    sizes = []
-    step = max(1, len(entries) // sample)
-    for path, _ in entries[::step]:
-        try:
-            with Image.open(path) as image:
-                sizes.append(max(image.size))
-        except (OSError, ValueError, UnidentifiedImageError):
-            continue
-    return int(np.bincount(sizes).argmax()) if sizes else 64
+def load(cfg: FolderData, data_root: Path) -> Source:
+    root = resolve_dir(cfg.root, data_root, "data.root")
+    files, presplit = scan(root, cfg.class_map)
+    every = [entry for entries in files.values() for entry in entries]
+    if not every:
+        raise DataError(f"{root}: no images found (expected {root}/<class>/*.png or {root}/train/<class>/...)")
+    class_names = sorted({name for _, name in every})
+    channels_native, size_native = native_channels(every), native_size(every)
+    channels, size = cfg.channels or channels_native, cfg.image_size or size_native
+    parts, skipped = {}, []
+    for split, entries in files.items():
+        images, labels, bad, kept = read_images(entries, class_names, channels, size, cfg.skip_bad)
+        skipped += [str(p) for p in bad]
+        ids = np.array([p.relative_to(root).as_posix() for p in kept], dtype=object)
+        parts["train" if split == "all" else split] = Part(labels, ids, images=images)
+    if cfg.groups is not None:
+        for part in parts.values():
+            part.groups = folder_groups(cfg.groups, data_root, root, list(part.ids))
+    return Source(
+        name=root.name,
+        origin=str(root),
+        class_names=class_names,
+        parts=parts,
+        native_channels=channels_native,
+        native_size=size_native,
+        given_split="folders" if presplit else None,
+        skipped=skipped,
+        group_column=None if cfg.groups is None else cfg.groups.group,
+    )
+
+
+register_source("folder", FolderData, load)

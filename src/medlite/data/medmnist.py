@@ -18,9 +18,14 @@ import urllib.error
 import urllib.request
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
+from medlite.data.config import DataConfig
+from medlite.data.dataset import Part, Source
+from medlite.data.registry import register_source
 from medlite.errors import DataError
 
 
@@ -223,3 +228,44 @@ def read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def _brief(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     return text[:120]
+
+
+class MedMNISTData(DataConfig):
+    """MedMNIST: an official .npz file (downloaded once, MD5-checked), with its official split."""
+
+    source: Literal["medmnist"] = "medmnist"
+    flag: str = Field("breastmnist", description="MedMNIST flag, e.g. breastmnist, pneumoniamnist")
+    size: Literal[28, 64, 128, 224] = Field(28, description="MedMNIST image size (the file to read)")
+    class_map: dict[str, str] | None = Field(None, description="rename classes (official name -> class name)")
+
+    @field_validator("flag")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+
+def load(cfg: MedMNISTData, data_root: Path) -> Source:
+    info = flag_info(cfg.flag)
+    path = locate(cfg.flag, cfg.size, data_root)
+    raw = read_npz(path)
+    class_names = [info["label"][str(i)] for i in range(len(info["label"]))]
+    unknown = sorted(set(cfg.class_map or {}) - set(class_names))
+    if unknown:
+        raise DataError(f"data.class_map: {unknown[0]!r} is not a class of {cfg.flag} ({', '.join(class_names)})")
+    if cfg.class_map:
+        class_names = [cfg.class_map.get(n, n) for n in class_names]
+    parts = {
+        split: Part(labels, np.array([f"{split}_images[{i}]" for i in range(len(labels))], dtype=object), images=images)
+        for split, (images, labels) in raw.items()
+    }
+    return Source(
+        name=cfg.flag if cfg.size == 28 else f"{cfg.flag}_{cfg.size}",
+        origin=str(path),
+        class_names=class_names,
+        parts=parts,
+        native_channels=raw["train"][0].shape[3],
+        native_size=raw["train"][0].shape[1],
+    )
+
+
+register_source("medmnist", MedMNISTData, load)
