@@ -26,7 +26,7 @@ from medlite.runstate import RESOLVED_RECIPE, RunDir, atomic_path, data_identity
 from medlite.bench.stage import bench_stage
 from medlite.compress.stages import check_targets, run_compression
 from medlite.context import Context
-from medlite.data import load_dataset
+from medlite.data import load_dataset, write_splits_csv
 from medlite.distill.stages import check_recipe as check_distillation, run_distillation, variant_names
 from medlite.evaluate.operating_point import check_config, predict_stage
 from medlite.evaluate.stage import evaluate_stage
@@ -60,10 +60,13 @@ def load_data(ctx: Context) -> None:
         ctx.dataset = load_dataset(ctx.recipe.data, ctx.data_root, ctx.recipe.seed)
         if not ctx.planning:
             _write_samples(ctx)
+            write_splits_csv(ctx.dataset, ctx.run.root / "splits.csv")  # which image went where, by group
     d = ctx.dataset
     check_config(ctx.recipe, d.class_names)
     sizes = ", ".join(f"{k} {len(s)}" for k, s in d.splits.items())
     ctx.say(f"data: {d.name} ({d.source}), {d.num_classes} classes, {sizes}; {d.image_size}px x {d.channels}ch")
+    for warning in getattr(d, "warnings", []):
+        ctx.say(f"data: warning: {warning}")
 
 
 def _write_samples(ctx: Context, per_class: int = 2) -> None:

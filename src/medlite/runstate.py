@@ -39,7 +39,7 @@ MARKER = ".medlite-run"
 LOCK = ".medlite-run.lock"
 RESOLVED_RECIPE = "recipe.resolved.yaml"  # not recipe.yaml: a user's own recipe often sits there
 OUTPUT_FILES = (RESOLVED_RECIPE, "environment.json", "results.json", "report.html", "bench.json",
-                "classification_report.csv")
+                "classification_report.csv", "splits.csv")
 TMP_SUFFIX = ".medlite-tmp"
 _TMP_FILE = re.compile(r"^\..+\.\d+\.medlite-tmp$")
 _TMP_DIR = re.compile(r"^\.medlite-[a-z]+-[a-z0-9_]{8}$")  # tempfile.TemporaryDirectory(prefix=".medlite-<what>-")
@@ -200,10 +200,19 @@ def default_run_dir(recipe, runs: Path = Path("runs")) -> Path:
     return runs / f"{recipe.name}-{recipe.data.source}-{fingerprint(data_identity(recipe))[:6]}"
 
 
+def _same_data(recorded: dict, data: dict) -> bool:
+    """Two data sections name the same data when their canonical forms agree (a marker written
+    before data sources had models of their own still matches)."""
+    # Local: this module is standard-library only (the runtime and the edge runner import it).
+    from medlite.data.config import canonical_data
+
+    return recorded == data or canonical_data(recorded) == canonical_data(data)
+
+
 def _describe_data(identity: dict | None) -> str:
     if not identity:
         return "unknown data"
-    where = identity.get("root") or identity.get("flag")
+    where = identity.get("root") or identity.get("flag") or identity.get("table")
     return f"data.source={identity.get('source')} ({where}, limit {identity.get('limit')})"
 
 
@@ -301,7 +310,7 @@ class RunDir:
         self._lock_fd = fd
 
     def _claim(self, marker: dict | None, adopted: bool, data: dict | None, same_data: bool) -> None:
-        if marker and same_data and data is not None and marker.get("data") not in (None, data):
+        if marker and same_data and data is not None and marker.get("data") is not None and not _same_data(marker["data"], data):
             raise UsageError(
                 f"{self.root}: holds a run on other data ({_describe_data(marker.get('data'))}); "
                 "give this run its own --out")

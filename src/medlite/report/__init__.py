@@ -63,8 +63,10 @@ def print_table(results: dict, console) -> None:
 
 
 def warning_lines(results: dict) -> list[str]:
-    """One line per warning of every variant: what is not what its name says."""
-    return [f"{v['name']}: {w}" for v in results["variants"] for w in v.get("warnings") or []]
+    """One line per warning of the data (a split that lets groups cross) and of every variant (what is
+    not what its name says)."""
+    data = [f"data: {w}" for w in (results.get("dataset") or {}).get("warnings") or []]
+    return data + [f"{v['name']}: {w}" for v in results["variants"] for w in v.get("warnings") or []]
 
 
 def render_html(results: dict, **extra) -> str:

@@ -48,6 +48,8 @@ def build_report(root: Path, results: dict, dataset=None) -> None:
     figs = root / "figures"
     classes = list(results["dataset"]["classes"])
     extra: dict = {"variant_figures": {}, "operating_points": [], "files": [], "warnings": {}}
+    if (results.get("dataset") or {}).get("warnings"):  # every table and the report carry the data's warnings
+        extra["warnings"]["data"] = list(results["dataset"]["warnings"])
     report_rows = [["variant", "class", "precision", "recall", "f1", "support"]]
     points = []
     for v in results["variants"]:
