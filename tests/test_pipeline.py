@@ -268,3 +268,16 @@ def test_compressed_rerun_reuses_every_stage(compressed_run, data_root):
     assert made <= set(again["cached_stages"])
     assert "bench" in again["cached_stages"]
     assert [v["metrics"]["auc"] for v in again["variants"]] == [v["metrics"]["auc"] for v in results["variants"]]
+
+
+def test_the_scratch_baseline_is_fair_and_says_how_it_was_trained(first_run):
+    """Issue 21: student_scratch trains on live augmentation at the distilled student's budget; every
+    trained variant records its views, epochs, optimizer and teachers."""
+    _, results, _ = first_run
+    variants = {v["name"]: v for v in results["variants"]}
+    scratch, kd = variants["student_scratch"]["training"], variants["student_kd"]["training"]
+    assert scratch["views"] == "live" and scratch["teachers"] == [] and scratch["method"] is None
+    assert kd["views"] == "bank" and kd["teachers"] == ["teacher"] and kd["method"] == "kd"
+    for key in ("epochs", "optimizer", "image_size", "mixup"):
+        assert scratch[key] == kd[key], key
+    assert "student_scratch_bank" not in variants  # the fixed-view control only when asked for

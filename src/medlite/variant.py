@@ -97,6 +97,8 @@ class Variant:
     runtime: str = "onnxruntime"  # a registered runtime's name (medlite.runtime)
     export: dict = field(default_factory=dict)  # the exporter's check: max |ONNX - PyTorch|, ...
     train: dict = field(default_factory=dict)  # medlite.train.FitResult.to_dict(): epochs, best epoch, curves
+    # How a trained variant was trained: views (live | bank), mixup, image size, epochs, optimizer, teachers, method.
+    training: dict = field(default_factory=dict)
     compress: dict = field(default_factory=dict)  # the compression method's facts
     metrics: Metrics = field(default_factory=dict)
     val_metrics: dict = field(default_factory=dict)  # headline metrics on the validation split (selection)

@@ -20,7 +20,11 @@ class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     method: str
-    scratch_baseline: bool = Field(True, description="also train the student without a teacher (ablation)")
+    scratch_baseline: bool = Field(
+        True, description="also train the student without a teacher: the fair baseline (live augmentation, same budget)")
+    scratch_bank_control: bool = Field(
+        False, description="also train it without a teacher on the teacher bank's fixed views (`student_scratch_bank`): "
+        "a control for the views, never the headline baseline")
     teacher_weights: list[float] | None = Field(
         None, description="weights of the teachers (recipe `teachers:`) in their ensemble; default: equal"
     )

@@ -18,7 +18,8 @@ from medlite.errors import UsageError
 from medlite.stage import Stage
 from medlite.variant import TrainSection, Variant
 
-SINGLE_TEACHER, ENSEMBLE, STUDENT, SCRATCH = "teacher", "teacher_ensemble", "student_kd", "student_scratch"
+SINGLE_TEACHER, ENSEMBLE, STUDENT = "teacher", "teacher_ensemble", "student_kd"
+SCRATCH, SCRATCH_BANK = "student_scratch", "student_scratch_bank"
 
 
 def teacher_names(recipe) -> list[str]:
@@ -31,7 +32,15 @@ def variant_names(recipe) -> list[str]:
     names += [f"assistant_{i + 1}" for i in range(len(recipe.assistants))]
     if recipe.distill.scratch_baseline:
         names.append(SCRATCH)
+    if _bank_control(recipe):
+        names.append(SCRATCH_BANK)
     return names + [STUDENT]
+
+
+def _bank_control(recipe) -> bool:
+    """The fixed-view scratch control exists where the distilled student learns from a bank of views."""
+    d = recipe.distill
+    return d.scratch_bank_control and not type(d).uses_teacher_features
 
 
 def check_recipe(recipe) -> None:
@@ -85,9 +94,15 @@ def train_stage(ctx: Context, name: str, section: TrainSection, *, cfg=None, tea
     if recipe.trainer != type(recipe.trainer)():  # devices/strategy/precision change the numbers
         config.append(recipe.trainer.model_dump())
 
+    # How it was trained, recorded for every comparison: a logit method distils from a bank of fixed
+    # teacher views (the student sees those views); feature methods and scratch training see live ones.
+    training = {"views": "bank" if fixed_views or (distill and not type(distill).uses_teacher_features) else "live",
+                "mixup": 0.0, "image_size": ctx.dataset.image_size, "epochs": cfg.epochs, "optimizer": cfg.optimizer,
+                "teachers": [t.name for t in teachers], "method": distill.method if distill else None}
+
     def lineage(**facts) -> Variant:
         return Variant(name=name, parent=parent.name if parent else None, stage=stage, arch=cfg.arch,
-                       teachers=[t.name for t in teachers], train_section=section, **facts)
+                       teachers=[t.name for t in teachers], train_section=section, training=training, **facts)
 
     def compute() -> dict:
         if cfg.pretrained and cfg.pretrained != "imagenet" and not Path(cfg.pretrained).is_file():
@@ -161,8 +176,12 @@ def run_distillation(ctx: Context) -> None:
                                     teachers=teachers, parent=parent, stage="distill"))]
         parent = teachers[0]
     if d.scratch_baseline:
-        # Logit methods distil on a bank of fixed views: the baseline trains on the very same views.
-        run(train_stage(ctx, SCRATCH, TrainSection("student"), fixed_views=not type(d).uses_teacher_features))
+        # The fair baseline: the best scratch training at the distilled student's budget (same epochs and
+        # optimizer, live augmentation), never a handicapped one (issue 21).
+        run(train_stage(ctx, SCRATCH, TrainSection("student")))
+    if _bank_control(recipe):
+        # A control: the same student on the teacher bank's fixed views, without the teacher.
+        run(train_stage(ctx, SCRATCH_BANK, TrainSection("student"), fixed_views=True))
     student = recipe.student.model_copy(update={"arch": d.student_arch(recipe.student.arch)})
     run(train_stage(ctx, STUDENT, TrainSection("student"), cfg=student, teachers=teachers, parent=parent,
                     stage="distill"))
