@@ -71,3 +71,16 @@ def test_kd_loss_alpha_zero_is_cross_entropy_and_teacher_gets_no_gradient():
 def test_kd_loss_zero_when_student_equals_teacher_and_alpha_one():
     logits = torch.randn(5, 4)
     assert kd_loss(logits, logits, torch.zeros(5, dtype=torch.long), 3.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_no_better_than_chance_is_named():
+    from medlite.evaluate.stage import no_better_than_chance
+
+    good = {"auc": 0.9, "ci": {"auc": [0.82, 0.96]}, "confusion_matrix": [[40, 10], [5, 45]]}
+    assert no_better_than_chance(good, ["a", "b"], "test", 0.95) is None
+    wide = {"auc": 0.58, "ci": {"auc": [0.49, 0.66]}, "confusion_matrix": [[40, 10], [5, 45]]}
+    assert no_better_than_chance(wide, ["a", "b"], "test", 0.95) == (
+        "no better than chance: test AUC 0.580 (95% CI 0.490-0.660) includes 0.5")
+    one_class = {"auc": 0.7, "ci": {"auc": [0.6, 0.8]}, "confusion_matrix": [[0, 50], [0, 50]]}
+    assert no_better_than_chance(one_class, ["a", "b"], "test", 0.95) == (
+        "no better than chance: predicts 'b' for every test image")

@@ -7,6 +7,23 @@ from medlite.stage import Stage
 from medlite.variant import Variant
 
 
+def no_better_than_chance(metrics: dict, class_names: list[str], split: str, confidence: float) -> str | None:
+    """Why a model is no better than chance on the reporting split, or None: its AUC interval includes
+    0.5, or it predicts one class for every image."""
+    interval = (metrics.get("ci") or {}).get("auc")
+    auc = metrics.get("auc")
+    if interval and interval[0] <= 0.5:
+        return (f"no better than chance: {split} AUC {auc:.3f} ({confidence:.0%} CI {interval[0]:.3f}-{interval[1]:.3f}) "
+                f"includes 0.5")
+    matrix = metrics.get("confusion_matrix")  # rows: true class, columns: predicted class
+    if matrix:
+        predicted = [sum(row[j] for row in matrix) for j in range(len(matrix[0]))]
+        used = [j for j, n in enumerate(predicted) if n]
+        if len(used) == 1 and len(class_names) > 1:
+            return f"no better than chance: predicts {class_names[used[0]]!r} for every {split} image"
+    return None
+
+
 def evaluate_stage(ctx: Context, variant: Variant) -> Stage[Variant]:
     """Metrics on the evaluated split (with bootstrap intervals) and headline metrics on validation."""
     cfg = ctx.recipe.evaluate
@@ -31,6 +48,9 @@ def evaluate_stage(ctx: Context, variant: Variant) -> Stage[Variant]:
 
     def emit(facts: dict) -> Variant:
         variant.metrics, variant.val_metrics = facts["metrics"], facts.get("val_metrics", {})
+        reason = no_better_than_chance(variant.metrics, list(ctx.dataset.class_names), cfg.split, cfg.confidence)
+        if reason:  # said wherever the variant is shown: the table, the report, the model card, predict, serve
+            ctx.warn(variant, reason)
         return variant
 
     return Stage(name=f"{variant.name}.evaluate", kind="evaluate", inputs=[variant],

@@ -68,6 +68,8 @@ def build_card(ctx, variant, version: str | None) -> dict[str, Any]:
         },
         "params": variant.params,
         "file_bytes": variant.file_bytes,
+        # What is not what the name says, and a model no better than chance: a clinic must see it.
+        "warnings": list(variant.warnings),
         "medlite_version": version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
