@@ -533,3 +533,17 @@ def test_any_file_content_loads_or_is_a_usage_error(tmp_path_factory, content):
         load_recipe(path)
     except UsageError as err:
         assert str(err).startswith(path) and "\n" not in str(err)
+
+
+def test_switching_the_distill_method_starts_from_its_own_defaults():
+    """Issue 21: `--set distill.method=fitnet` on the default recipe failed on KD's `alpha`; DKD kept KD's alpha."""
+    from medlite.distill.config import CONFIGS
+
+    fitnet = load_recipe("breastmnist", ["distill.method=fitnet"])
+    assert fitnet.distill.method == "fitnet" and "dropped distill.temperature, distill.alpha" in fitnet._notes[0]
+    dkd = load_recipe("breastmnist", ["distill.method=dkd"])
+    assert dkd.distill.alpha == CONFIGS["dkd"]().alpha and dkd.distill.temperature == CONFIGS["dkd"]().temperature
+    assert load_recipe("breastmnist", ["distill.method=dkd", "distill.alpha=0.5"]).distill.alpha == 0.5
+    with pytest.raises(UsageError, match=r"--set distill.alpha=0.3: unknown key 'distill.alpha'"):
+        load_recipe("breastmnist", ["distill.method=fitnet", "distill.alpha=0.3"])
+    assert load_recipe("breastmnist")._notes == []

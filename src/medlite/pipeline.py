@@ -242,6 +242,8 @@ def _carry_out(recipe: Recipe, run: RunDir, data_root: Path, say: Callable[[str]
     write_atomic(out / RESOLVED_RECIPE, dump_recipe(recipe))
     write_json(out / "environment.json", {"versions": library_versions(), "argv": sys.argv})
     ctx = _context(recipe, run, data_root, say, progress)
+    for note in recipe._notes:  # what loading the recipe did that the user did not write
+        say(f"recipe: {note}")
     for step in GRAPH:
         if not step.when(recipe):
             continue
@@ -272,6 +274,8 @@ def dry_run(recipe: Recipe, out: Path, data_root: Path, say: Callable[[str], Non
     """`medlite run --dry-run`: print the steps, the stages and variants a run would make, and which it would reuse."""
     ctx = plan_pipeline(recipe, out, data_root)
     say(f"recipe {recipe.name} into {out} (dry run: nothing is computed or written)")
+    for note in recipe._notes:
+        say(f"recipe: {note}")
     for step in GRAPH:
         state = "" if step.when(recipe) else "  (off in this recipe)"
         say(f"  {step.name:<15} {step.doc}{state}")

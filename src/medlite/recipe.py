@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, create_model, field_validator, model_validator
 
 from medlite.config_base import SECTION_ANNOTATIONS, Strict, is_section
 # The data section: keys every source shares (DataConfig), validated against the model of the source
@@ -22,7 +22,7 @@ from medlite.config_base import SECTION_ANNOTATIONS, Strict, is_section
 from medlite.data.config import (  # noqa: F401
     DataConfig, DataSection, FoldConfig, SplitRatios, all_source_keys, source_keys_owner,
 )
-from medlite.distill.config import CONFIGS as DISTILL_CONFIGS, KDConfig, DistillConfig as _DistillConfig
+from medlite.distill.config import CONFIGS as DISTILL_CONFIGS, MethodConfig as _MethodConfigBase, KDConfig, DistillConfig as _DistillConfig
 from medlite.compress import registry as compress_registry
 from medlite.errors import UsageError
 from medlite.export.config import ExportConfig
@@ -187,6 +187,10 @@ class TrainerConfig(_Strict):
 
 
 class Recipe(_Strict):
+    # What loading did that the user did not write (settings a recipe made for another method, dropped):
+    # said by the pipeline at the start of a run. Not a recipe key.
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
     name: str = Field("medlite", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -375,12 +379,16 @@ def validate_tree(tree: Any, source: str, overrides: list[str] | None = None) ->
         raise UsageError(f"{source}: a recipe must be a mapping of keys (key: value), got a {_yaml_kind(tree)}")
     tree = copy.deepcopy(tree)  # overrides must not change the caller's tree
     applied: list[tuple[str, list[str]]] = []
+    file_method = (tree.get("distill") or {}).get("method", "kd") if isinstance(tree.get("distill"), dict) else "kd"
     for text in overrides or []:
         keys, value = parse_override(text)
         _apply_override(tree, keys, value, f"--set {text}")
         applied.append((text, keys))
+    notes = _switch_distill_method(tree, file_method, [keys for _, keys in applied])
     try:
-        return Recipe.model_validate(tree)
+        recipe = Recipe.model_validate(tree)
+        recipe._notes = notes
+        return recipe
     except ValidationError as err:
         errors = sorted(err.errors(), key=lambda e: _ERROR_ORDER.get(e["type"], 1))
         for error in errors:
@@ -391,6 +399,26 @@ def validate_tree(tree: Any, source: str, overrides: list[str] | None = None) ->
         raise UsageError(_one_line(f"{where}: {_describe(first)}{more}", 300)) from None
     except (RecursionError, TypeError, ValueError) as err:  # e.g. a YAML alias that contains itself
         raise UsageError(f"{source}: cannot read the recipe ({_one_line(err, 100)})") from None
+
+
+def _switch_distill_method(tree: dict, file_method: str, set_keys: list[list[str]]) -> list[str]:
+    """`--set distill.method=X` on a recipe written for another method: the new method starts from its own
+    defaults. The recipe file's method-specific distill keys are dropped (and said); keys the user set
+    with --set are kept, so one that does not apply is still an error naming it."""
+    distill = tree.get("distill")
+    if not isinstance(distill, dict) or ["distill", "method"] not in set_keys:
+        return []
+    method = distill.get("method")
+    if method == file_method or method not in DISTILL_CONFIGS:
+        return []
+    shared = _MethodConfigBase.model_fields  # keys every method has (scratch_baseline, teacher_weights, ...)
+    user = {keys[1] for keys in set_keys if len(keys) > 1 and keys[0] == "distill"}
+    # Every method-specific key the file set was chosen for its method (KD's alpha is not DKD's alpha).
+    dropped = [k for k in list(distill) if k != "method" and k not in shared and k not in user]
+    for key in dropped:
+        del distill[key]
+    return [f"distill.method={method}: dropped {', '.join(f'distill.{k}' for k in dropped)} "
+            f"(settings of {file_method}, not of {method}); {method} uses its own defaults"] if dropped else []
 
 
 def _yaml_kind(value: Any) -> str:
