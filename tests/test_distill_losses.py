@@ -49,8 +49,25 @@ def test_kd_matches_hinton_formula():
     got = method.loss(StudentOutput(torch.tensor(s)), TeacherOutput([torch.tensor(t)]), torch.tensor(y),
                       hard_loss=_hard(y), epoch=0)
     assert float(got) == pytest.approx(expected, rel=1e-6)
-    # The functional form the module used before the registry gives the same number.
-    assert float(losses.kd_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), T, alpha)) == pytest.approx(expected, rel=1e-6)
+    # The functional form is the same formula, bit for bit.
+    direct = losses.kd_loss(torch.tensor(s), losses.soften(torch.tensor(t), T), _hard(y)(torch.tensor(s)), T, alpha)
+    assert float(direct) == float(got)
+
+
+def test_the_kd_method_computes_its_loss_with_kd_loss(monkeypatch):
+    """One KD formula, not two: the pipeline's `kd` method is `losses.kd_loss`."""
+    s, t, y = _case()
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return torch.tensor(42.0)
+
+    monkeypatch.setattr(losses, "kd_loss", spy)
+    method = METHODS["kd"](KDConfig(temperature=2.0, alpha=0.5))
+    got = method.loss(StudentOutput(torch.tensor(s)), TeacherOutput([torch.tensor(t)]), torch.tensor(y),
+                      hard_loss=_hard(y), epoch=0)
+    assert float(got) == 42.0 and len(calls) == 1
 
 
 def test_kd_high_temperature_limit_is_logit_matching():

@@ -129,8 +129,8 @@ class KD(DistillMethod):
 
     def loss(self, student, teacher, labels, *, hard_loss, epoch):
         c = self.cfg
-        soft = losses.soft_kl(student.logits, teacher.probs(c.temperature, c.standardize), c.temperature, c.standardize)
-        return c.alpha * soft + (1 - c.alpha) * hard_loss(student.logits)
+        return losses.kd_loss(student.logits, teacher.probs(c.temperature, c.standardize), hard_loss(student.logits),
+                              c.temperature, c.alpha, c.standardize)
 
 
 @register_method("dkd")
