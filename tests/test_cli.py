@@ -356,3 +356,35 @@ def test_no_module_global_state_between_invocations(tmp_path, monkeypatch, capsy
         cli_main()
     result = main_in_process(monkeypatch, capsys, "run", "--out", str(tmp_path / "o"), "--data-root", str(data_root))
     assert result.returncode == 1 and "Traceback" not in result.stderr and "boom" in result.stderr
+
+
+def test_cli_package_has_no_import_cycle():
+    """Commands import only medlite.cli.common from the CLI package; nothing outside the CLI imports it.
+
+    (The commands used to live in explain/cli.py, study/cli.py, ... and import medlite.cli for a
+    shared mutable `_debug`, while medlite.cli imported them: a cycle.)
+    """
+    import ast
+    from pathlib import Path
+
+    import medlite
+
+    root = Path(medlite.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        in_cli = path.parent == root / "cli"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                # `from medlite import cli` imports medlite.cli; `from medlite.cli.common import x` only common
+                names = [node.module] if node.module != "medlite" else [f"medlite.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if not (name == "medlite.cli" or name.startswith("medlite.cli.")):
+                    continue
+                allowed = in_cli and (path.name == "__init__.py" or name == "medlite.cli.common" or path.name == "__main__.py")
+                if not allowed:
+                    offenders.append(f"{path.relative_to(root)} imports {name}")
+    assert offenders == []
