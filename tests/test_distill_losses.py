@@ -249,9 +249,9 @@ def test_multistage_weights_and_exits():
     p_t = _softmax(t.numpy(), 3.0)
     kl = lambda z: (_kl_rows(p_t, _softmax(z, 3.0)) * 9).mean()  # noqa: E731
     expected = 0.3 * np.mean([kl(e) for e in exits]) + 0.3 * kl(logits.detach().numpy()) + 0.4 * _ce(logits.detach().numpy(), y)
-    assert float(got) == pytest.approx(expected, rel=1e-5)
+    assert got.item() == pytest.approx(expected, rel=1e-5)  # .item(): float() of a graph tensor warns
     only_labels = build_method(MultiStageConfig(intermediate_weight=0, logits_weight=0, labels_weight=1), student, [teacher], x)
-    assert float(only_labels.loss(out, TeacherOutput([t]), torch.tensor(y), hard_loss=_hard(y), epoch=0)) == pytest.approx(
+    assert only_labels.loss(out, TeacherOutput([t]), torch.tensor(y), hard_loss=_hard(y), epoch=0).item() == pytest.approx(
         _ce(logits.detach().numpy(), y), rel=1e-6)
 
 
