@@ -26,7 +26,7 @@ def _time(fn):
 
 
 def from_run(run_dir: Path) -> None:
-    from medlite.explain.cli import load_run
+    from medlite.explain.rundir import load_run
     from medlite.explain.stage import explain_variant, select_images
     from medlite.data.preprocess import normalize
 

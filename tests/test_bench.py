@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from medlite.bench import bench_file, bench_run_dir, load_bench, merge_into_results, print_bench_table
-from medlite.bench.cli import bench as bench_command
+from medlite.cli.bench import bench as bench_command
 from medlite.bench.measure import summarize
 from medlite.data.preprocess import PreprocessSpec
 from medlite.errors import UsageError
@@ -268,7 +268,7 @@ def test_cli_bench(tiny, tmp_path, capsys):
 
 
 def test_cli_module_is_light():
-    code = "import sys, medlite.bench.cli; bad = {'torch', 'onnxruntime', 'numpy', 'pydantic', 'rich'} & set(sys.modules); print(sorted(bad))"
+    code = "import sys, medlite.cli.bench; bad = {'torch', 'onnxruntime', 'numpy', 'pydantic', 'rich'} & set(sys.modules); print(sorted(bad))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 

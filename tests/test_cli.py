@@ -283,3 +283,108 @@ def test_bench_wrong_input_shape_exits_2(tmp_path, monkeypatch, capsys, shape, f
         "--threads", "1", "--warmup", "0", "--iterations", "2", "--time-budget", "0.2",
     )
     assert_one_line_error(result, *fragments)
+
+
+# -- whose fault: exit 2 for the user's, exit 1 for an internal failure ----------------------
+
+
+def cli_main() -> None:
+    from medlite import cli
+
+    cli.main()
+
+
+def _fail_in_pipeline(monkeypatch, error: BaseException) -> None:
+    import medlite.pipeline
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(medlite.pipeline, "run_pipeline", fails)
+
+
+def test_internal_failure_exits_1_with_one_line_and_a_debug_pointer(tmp_path, monkeypatch, capsys, data_root):
+    from medlite.errors import InternalError
+
+    try:
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : simulated\nsecond line")
+    except RuntimeError as cause:
+        error = InternalError("models/x.onnx: cannot quantize (static int8, minmax): Fail: simulated")
+        error.__cause__ = cause
+    _fail_in_pipeline(monkeypatch, error)
+    result = main_in_process(monkeypatch, capsys, "run", "--out", str(tmp_path / "o"), "--data-root", str(data_root))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["medlite: error: models/x.onnx: cannot quantize (static int8, minmax): Fail: simulated "
+                     "(rerun with --debug for the traceback)"], result.stderr
+    # --debug: the traceback instead (main re-raises; the interpreter prints it).
+    monkeypatch.setattr(sys, "argv", ["medlite", "run", "--out", str(tmp_path / "o"), "--data-root", str(data_root), "--debug"])
+    with pytest.raises(InternalError) as info:
+        cli_main()
+    assert info.value.__cause__ is not None
+
+
+def test_unexpected_exception_exits_1_on_one_line(tmp_path, monkeypatch, capsys, data_root):
+    _fail_in_pipeline(monkeypatch, ValueError("first line\nsecond line"))
+    result = main_in_process(monkeypatch, capsys, "run", "--out", str(tmp_path / "o"), "--data-root", str(data_root))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "medlite: unexpected error: ValueError: first line (rerun with --debug for the traceback)"]
+
+
+def test_debug_before_the_command_and_on_every_command(tmp_path, monkeypatch, capsys, data_root):
+    _fail_in_pipeline(monkeypatch, ValueError("boom"))
+    monkeypatch.setattr(sys, "argv", ["medlite", "--debug", "run", "--out", str(tmp_path / "o"), "--data-root", str(data_root)])
+    with pytest.raises(ValueError, match="boom"):
+        cli_main()
+    # the pointer in every internal error's message is true for every command
+    for command in ("run", "data", "bench", "predict", "serve", "explain", "study", "tune"):
+        assert "--debug" in medlite_help(monkeypatch, capsys, command), command
+
+
+def medlite_help(monkeypatch, capsys, command: str) -> str:
+    result = main_in_process(monkeypatch, capsys, command, "--help")
+    assert result.returncode == 0
+    return result.stdout
+
+
+def test_no_module_global_state_between_invocations(tmp_path, monkeypatch, capsys, data_root):
+    """--debug in one invocation must not leak into the next (it lived in a module global before)."""
+    _fail_in_pipeline(monkeypatch, ValueError("boom"))
+    monkeypatch.setattr(sys, "argv", ["medlite", "run", "--debug", "--out", str(tmp_path / "o"), "--data-root", str(data_root)])
+    with pytest.raises(ValueError):
+        cli_main()
+    result = main_in_process(monkeypatch, capsys, "run", "--out", str(tmp_path / "o"), "--data-root", str(data_root))
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "boom" in result.stderr
+
+
+def test_cli_package_has_no_import_cycle():
+    """Commands import only medlite.cli.common from the CLI package; nothing outside the CLI imports it.
+
+    (The commands used to live in explain/cli.py, study/cli.py, ... and import medlite.cli for a
+    shared mutable `_debug`, while medlite.cli imported them: a cycle.)
+    """
+    import ast
+    from pathlib import Path
+
+    import medlite
+
+    root = Path(medlite.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        in_cli = path.parent == root / "cli"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                # `from medlite import cli` imports medlite.cli; `from medlite.cli.common import x` only common
+                names = [node.module] if node.module != "medlite" else [f"medlite.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if not (name == "medlite.cli" or name.startswith("medlite.cli.")):
+                    continue
+                allowed = in_cli and (path.name == "__init__.py" or name == "medlite.cli.common" or path.name == "__main__.py")
+                if not allowed:
+                    offenders.append(f"{path.relative_to(root)} imports {name}")
+    assert offenders == []

@@ -27,7 +27,7 @@ from medlite.compress.prune import (
     sparsity,
 )
 from medlite.data.preprocess import PreprocessSpec, normalize
-from medlite.errors import UsageError
+from medlite.errors import InternalError, UsageError
 from medlite.export.onnx import PREPROCESS_KEY, export_onnx, read_preprocess, run_onnx
 from medlite.models import count_params, create
 
@@ -377,6 +377,45 @@ def test_dynamic_without_fallback_reports_what_it_quantized(fp32_onnx, tmp_path)
     assert facts["quantized_ops"]["ConvInteger"] == sum(1 for op in _op_list(tmp_path / "dyn.onnx") if op == "ConvInteger")
 
 
+@pytest.mark.parametrize("kind", ["static", "dynamic"])
+def test_onnx_runtime_failure_is_internal_not_a_usage_error(fp32_onnx, tmp_path, monkeypatch, kind):
+    """ORT's quantizer failing on a valid model and valid calibration images: exit 1 (InternalError), not 2."""
+    import onnxruntime.quantization
+
+    from medlite.compress.quantize import quantize_dynamic, quantize_static
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : simulated failure\nsecond line of ORT's message")
+
+    monkeypatch.setattr(onnxruntime.quantization, f"quantize_{kind}", fails)
+    with pytest.raises(InternalError, match="cannot quantize") as info:
+        if kind == "static":
+            quantize_static(fp32_onnx, tmp_path / "q.onnx", np.zeros((4, 1, 28, 28), np.float32))
+        else:
+            quantize_dynamic(fp32_onnx, tmp_path / "q.onnx")
+    message = str(info.value)
+    assert not isinstance(info.value, UsageError) and info.value.exit_code == 1
+    assert str(fp32_onnx) in message and "simulated failure" in message and "\n" not in message
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_qat_tracing_failure_is_internal():
+    from medlite.compress.qat import prepare_qat
+
+    class Branchy(nn.Module):  # data-dependent control flow: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 2, 3)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else self.conv(-x)
+
+    with pytest.raises(InternalError, match="QAT needs a model torch.fx can trace; Branchy cannot be") as info:
+        prepare_qat(Branchy(), torch.zeros(1, 1, 8, 8))
+    assert not isinstance(info.value, UsageError) and info.value.__cause__ is not None
+
+
 def _op_list(path: Path) -> list[str]:
     import onnx
 
@@ -392,8 +431,11 @@ def test_qat_without_its_learned_ranges_fails_instead_of_calibrating(trained, da
         raise RuntimeError("no QuantizeLinear found (simulated)")
 
     monkeypatch.setattr(qat_module, "_learned_ranges", unreadable)
-    with pytest.raises(UsageError, match="learned activation ranges could not be used: no QuantizeLinear"):
+    # QAT's own export failing is medlite's fault, not the user's: exit 1, never 2.
+    with pytest.raises(InternalError, match="learned activation ranges could not be used: no QuantizeLinear") as info:
         qat_module.export_qat(model, SPEC, tmp_path / "qat.onnx", data.xtr[:32])
+    assert not isinstance(info.value, UsageError) and info.value.exit_code == 1
+    assert isinstance(info.value.__cause__, RuntimeError)  # --debug shows where it came from
     assert not (tmp_path / "qat.onnx").exists()
 
 

@@ -49,8 +49,25 @@ def test_kd_matches_hinton_formula():
     got = method.loss(StudentOutput(torch.tensor(s)), TeacherOutput([torch.tensor(t)]), torch.tensor(y),
                       hard_loss=_hard(y), epoch=0)
     assert float(got) == pytest.approx(expected, rel=1e-6)
-    # The functional form the module used before the registry gives the same number.
-    assert float(losses.kd_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), T, alpha)) == pytest.approx(expected, rel=1e-6)
+    # The functional form is the same formula, bit for bit.
+    direct = losses.kd_loss(torch.tensor(s), losses.soften(torch.tensor(t), T), _hard(y)(torch.tensor(s)), T, alpha)
+    assert float(direct) == float(got)
+
+
+def test_the_kd_method_computes_its_loss_with_kd_loss(monkeypatch):
+    """One KD formula, not two: the pipeline's `kd` method is `losses.kd_loss`."""
+    s, t, y = _case()
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return torch.tensor(42.0)
+
+    monkeypatch.setattr(losses, "kd_loss", spy)
+    method = METHODS["kd"](KDConfig(temperature=2.0, alpha=0.5))
+    got = method.loss(StudentOutput(torch.tensor(s)), TeacherOutput([torch.tensor(t)]), torch.tensor(y),
+                      hard_loss=_hard(y), epoch=0)
+    assert float(got) == 42.0 and len(calls) == 1
 
 
 def test_kd_high_temperature_limit_is_logit_matching():
@@ -232,9 +249,9 @@ def test_multistage_weights_and_exits():
     p_t = _softmax(t.numpy(), 3.0)
     kl = lambda z: (_kl_rows(p_t, _softmax(z, 3.0)) * 9).mean()  # noqa: E731
     expected = 0.3 * np.mean([kl(e) for e in exits]) + 0.3 * kl(logits.detach().numpy()) + 0.4 * _ce(logits.detach().numpy(), y)
-    assert float(got) == pytest.approx(expected, rel=1e-5)
+    assert got.item() == pytest.approx(expected, rel=1e-5)  # .item(): float() of a graph tensor warns
     only_labels = build_method(MultiStageConfig(intermediate_weight=0, logits_weight=0, labels_weight=1), student, [teacher], x)
-    assert float(only_labels.loss(out, TeacherOutput([t]), torch.tensor(y), hard_loss=_hard(y), epoch=0)) == pytest.approx(
+    assert only_labels.loss(out, TeacherOutput([t]), torch.tensor(y), hard_loss=_hard(y), epoch=0).item() == pytest.approx(
         _ce(logits.detach().numpy(), y), rel=1e-6)
 
 

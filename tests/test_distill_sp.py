@@ -33,15 +33,15 @@ def test_sp_matches_tung_and_mori():
     loss = method.loss(StudentOutput(logits, fs), TeacherOutput([t_logits], None, ft), y,
                        hard_loss=lambda z: F.cross_entropy(z, y), epoch=0)
     a_s, a_t = fs["stages.2"].detach().double().numpy(), ft["stages.2"].detach().double().numpy()
-    expected = float(F.cross_entropy(logits, y)) + 10.0 * ((_g(a_t) - _g(a_s)) ** 2).sum() / 36
-    assert float(loss) == pytest.approx(expected, rel=1e-4)
+    expected = F.cross_entropy(logits, y).item() + 10.0 * ((_g(a_t) - _g(a_s)) ** 2).sum() / 36
+    assert loss.item() == pytest.approx(expected, rel=1e-4)  # .item(): float() of a graph tensor warns
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert student.stages[2][0].pointwise[0].weight.grad.abs().sum() > 0
     # Zero when the student's similarities are the teacher's (any scale: G is row-normalised).
     same = method.loss(StudentOutput(logits, {"stages.2": 3 * ft["stages.2"]}), TeacherOutput([t_logits], None, ft), y,
                        hard_loss=lambda z: torch.zeros(()), epoch=0)
-    assert float(same) == pytest.approx(0, abs=1e-6)
+    assert same.item() == pytest.approx(0, abs=1e-6)
 
 
 def test_sp_is_one_recipe_key_away():

@@ -255,3 +255,81 @@ def test_occlusion_windows_reach_the_border(subject):
     maps = get_explainer("occlusion", ExplainConfig(occlusion={"window": 6})).explain(
         subject, planted_images(1)[0], np.ones(1, int))
     assert np.isfinite(maps).all()  # the default stride narrowed to one that covers every pixel
+
+
+# -- `medlite explain` and the run lock ------------------------------------------------------------
+
+
+def _explain_cli(monkeypatch, capsys, *args):
+    import sys
+    from types import SimpleNamespace
+
+    from medlite import cli
+
+    monkeypatch.setattr(sys, "argv", ["medlite", "explain", *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+        raise SystemExit(0)
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=info.value.code or 0, stdout=out, stderr=err)
+
+
+def test_cli_explain_refuses_a_run_directory_a_live_run_holds(tmp_path, monkeypatch, capsys):
+    import os
+
+    from medlite.runstate import RunDir
+
+    out = tmp_path / "run"
+    holder = RunDir(out)
+    holder.open()
+    try:
+        (out / "results.json").write_text('{"variants": []}\n')
+        result = _explain_cli(monkeypatch, capsys, str(out))
+    finally:
+        holder.close()
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(out) in lines[0] and "in use by another medlite run" in lines[0]
+    assert f"pid {os.getpid()}" in lines[0]
+    assert (out / "results.json").read_text() == '{"variants": []}\n'
+    with RunDir(out) as again:
+        again.lock()  # a refused explain holds nothing
+
+
+def test_cli_explain_holds_the_lock_while_it_rewrites_results(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import medlite.cli.explain as command
+    import medlite.explain.rundir as rundir
+    import medlite.explain.stage as stage
+    import medlite.report as report
+    from medlite.errors import UsageError
+    from medlite.runstate import RunDir, write_json
+
+    out = tmp_path / "run"
+    with RunDir(out) as finished:
+        finished.open()  # a finished run: marked, then unlocked
+    write_json(out / "results.json", {"variants": [{"name": "a"}], "timings": {}})
+    variant = SimpleNamespace(explain={"methods": {}})
+    fake = SimpleNamespace(recipe=SimpleNamespace(explain=SimpleNamespace(variants=[])), variants={"a": variant},
+                           ledger=SimpleNamespace(timings={"explain": 0.1}), dataset=None)
+    monkeypatch.setattr(rundir, "load_run", lambda run_dir, data_root, overrides, say, run=None: (fake, command.read_json(run_dir / "results.json")))
+    monkeypatch.setattr(stage, "stage_explain", lambda ctx, names: None)
+    monkeypatch.setattr(report, "write_report", lambda *args: None)
+    held = []
+
+    def probing_write_json(path, data):
+        try:
+            with RunDir(out) as other:
+                other.lock()
+            held.append(False)
+        except UsageError as err:
+            held.append("in use by another medlite run" in str(err))
+        write_json(path, data)
+
+    monkeypatch.setattr(command, "write_json", probing_write_json)
+    result = _explain_cli(monkeypatch, capsys, str(out), "--data-root", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert held == [True]
+    assert command.read_json(out / "results.json")["variants"][0]["explain"] == {"methods": {}}

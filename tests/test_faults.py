@@ -137,7 +137,7 @@ def test_second_live_run_is_refused_and_names_the_holder(tmp_path, data_root):
     try:
         second = medlite("run", "--out", str(out), "--set", "data.limit=16", data_root=data_root)
         (out / "results.json").write_text('{"variants": []}')
-        from medlite.bench.cli import bench
+        from medlite.cli.bench import bench
 
         with pytest.raises(UsageError, match=f"in use by another medlite run \\(pid {os.getpid()}"):
             bench(out, input_shape=None, images=None, threads="1", warmup=None, iterations=None, time_budget=None,

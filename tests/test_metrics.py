@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from medlite.distill.losses import kd_loss
+from medlite.distill.losses import kd_loss, soften
 from medlite.evaluate.metrics import auc, bootstrap_ci, classification_metrics, expected_calibration_error, softmax
 
 
@@ -55,22 +55,24 @@ def test_kd_loss_matches_formula():
     p_t = torch.softmax(t / T, 1)
     kl = (p_t * (p_t.log() - torch.log_softmax(s / T, 1))).sum(1).mean()
     expected = alpha * T * T * kl + (1 - alpha) * torch.nn.functional.cross_entropy(s, y)
-    assert kd_loss(s, t, y, T, alpha).item() == pytest.approx(expected.item(), rel=1e-5)
+    ce = torch.nn.functional.cross_entropy(s, y)
+    assert kd_loss(s, soften(t, T), ce, T, alpha).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_kd_loss_alpha_zero_is_cross_entropy_and_teacher_gets_no_gradient():
     s = torch.randn(4, 2, requires_grad=True)
     t = torch.randn(4, 2, requires_grad=True)
     y = torch.tensor([0, 1, 1, 0])
-    loss = kd_loss(s, t, y, 2.0, 0.0)
+    loss = kd_loss(s, soften(t, 2.0), torch.nn.functional.cross_entropy(s, y), 2.0, 0.0)
     assert loss.item() == pytest.approx(torch.nn.functional.cross_entropy(s, y).item())
-    kd_loss(s, t, y, 2.0, 1.0).backward()
+    kd_loss(s, soften(t, 2.0), torch.nn.functional.cross_entropy(s, y), 2.0, 1.0).backward()
     assert t.grad is None and s.grad is not None
 
 
 def test_kd_loss_zero_when_student_equals_teacher_and_alpha_one():
     logits = torch.randn(5, 4)
-    assert kd_loss(logits, logits, torch.zeros(5, dtype=torch.long), 3.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
+    hard = torch.nn.functional.cross_entropy(logits, torch.zeros(5, dtype=torch.long))
+    assert kd_loss(logits, soften(logits, 3.0), hard, 3.0, 1.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_no_better_than_chance_is_named():

@@ -146,12 +146,16 @@ def test_rerun_reuses_every_stage_the_threshold_touched(tiny_run, data_root):
 
 
 def test_explain_command_on_a_run_directory(tiny_run, data_root, monkeypatch):
-    from medlite.explain.cli import explain
+    from typer.testing import CliRunner
+
+    from medlite.cli import app
 
     out, _ = tiny_run
     monkeypatch.setenv("MEDLITE_DATA_ROOT", str(data_root))
-    explain(out, variants=["student_kd,student_kd_int8_static"], images=out / "samples", methods="occlusion",
-            data_root=data_root, debug=False)
+    result = CliRunner().invoke(app, ["explain", str(out), "--variants", "student_kd,student_kd_int8_static",
+                                      "--images", str(out / "samples"), "--methods", "occlusion",
+                                      "--data-root", str(data_root)])
+    assert result.exit_code == 0, (result.output, result.exception)
     summary = json.loads((out / "explain" / "images.json").read_text())
     assert len(summary["images"]) == 4 and set(summary["variants"]) == {"student_kd", "student_kd_int8_static"}
     assert (out / "figures" / "explain_images_occlusion.png").is_file()

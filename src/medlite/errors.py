@@ -1,7 +1,18 @@
-"""Errors that reach the user as one line and exit code 2 (no traceback unless --debug)."""
+"""The errors medlite reports as one line (no traceback unless --debug), and whose fault each is.
+
+`exit_code` tells a script what to do next: 2 means fix the input (a recipe key, a value, a file,
+the data) and rerun; 1 means medlite (or a library it drives, e.g. ONNX Runtime's quantizer) failed
+on input that was fine, so rerunning with `--debug` and reporting the traceback is the way on.
+"""
 
 
-class UsageError(Exception):
+class MedliteError(Exception):
+    """Base of medlite's reported errors; the message is one line."""
+
+    exit_code = 1
+
+
+class UsageError(MedliteError):
     """Bad input: a recipe key, a value, a file, a name. The message names the fault."""
 
     exit_code = 2
@@ -9,3 +20,12 @@ class UsageError(Exception):
 
 class DataError(UsageError):
     """The data cannot be used as given: missing file, unreadable image, too few classes, ..."""
+
+
+class InternalError(MedliteError):
+    """medlite, or a library it drives, failed on valid input: not the user's fault (exit 1).
+
+    Raise it `from` the original exception, so `--debug` shows where the failure came from.
+    """
+
+    exit_code = 1

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from medlite.errors import UsageError
+from medlite.errors import MedliteError, UsageError
 from medlite.recipe import Recipe, dump_recipe
 from medlite.runstate import RESOLVED_RECIPE, RunDir, atomic_path, data_identity, write_atomic, write_error, write_json
 from medlite.bench.stage import bench_stage
@@ -249,7 +249,7 @@ def _carry_out(recipe: Recipe, run: RunDir, data_root: Path, say: Callable[[str]
             continue
         try:
             step.run(ctx)
-        except UsageError:
+        except MedliteError:  # the user's fault or an internal failure: keep what was made, then say it
             if not step.keep_on_failure:
                 raise
             # Keep (and report) every variant made so far, then say what went wrong.

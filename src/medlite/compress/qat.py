@@ -37,7 +37,7 @@ from torch import fx, nn
 from torch.nn.utils import parametrize
 
 from medlite.compress.quantize import ACT_QMAX, ACT_QMIN, WEIGHT_QMAX, WEIGHT_QMIN, check_calibration, quantize_static
-from medlite.errors import UsageError
+from medlite.errors import InternalError, UsageError
 
 FORMAT_QAT = "onnx-int8-qdq"
 
@@ -157,10 +157,12 @@ def _trace_and_fold(model: nn.Module) -> fx.GraphModule:
     try:
         return fuse(model, inplace=True)
     except Exception as err:  # noqa: BLE001 - tracing failures are model-specific
+        # Any exception from torch.fx's tracer or fuser: a limit of medlite's QAT (or a torch bug),
+        # not a fault in the user's input, so exit 1 with the traceback under --debug.
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UsageError(
+        raise InternalError(
             f"QAT needs a model torch.fx can trace; {type(model).__name__} cannot be ({first[:200]})"
-        ) from None
+        ) from err
 
 
 def _insert_activation_fake_quant(gm: fx.GraphModule) -> int:
@@ -321,17 +323,18 @@ def export_qat(qat_model: nn.Module, spec, onnx_out: str | Path, calibration: np
     onnx_out = Path(onnx_out)
     images = check_calibration(calibration, [None, spec.channels, spec.image_size, spec.image_size])
     if not activation_quantizers(qat_model):
-        raise UsageError("export_qat: the model was not prepared with prepare_qat")
+        raise InternalError("export_qat: the model was not prepared with prepare_qat")  # a caller's bug
     deploy = _deployable_copy(qat_model)
     onnx_out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".medlite-qat-", dir=onnx_out.parent) as tmp:
         work = Path(tmp)
-        range_error = None
+        range_error, range_error_exc = None, None
         try:
             export_onnx(deploy, spec, work / "fake_quant.onnx")
             ranges = _learned_ranges(work / "fake_quant.onnx")
         except Exception as err:  # noqa: BLE001 - reported below, never silently replaced by calibration
-            ranges, range_error = {}, (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            ranges, range_error_exc = {}, err
+            range_error = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         for fq in activation_quantizers(deploy):
             fq.enabled = False
         export_onnx(deploy, spec, work / "float.onnx")
@@ -345,8 +348,9 @@ def export_qat(qat_model: nn.Module, spec, onnx_out: str | Path, calibration: np
         if not overrides:
             # Without its learned ranges the file would be post-training calibrated: not QAT.
             why = f": {range_error}" if range_error else " (no tensor of the float export matches them)"
-            raise UsageError(f"int8_qat: the learned activation ranges could not be used{why}; "
-                             "the int8 file would be calibrated, not quantization-aware")
+            # QAT's own export failed (the ranges it learned are not in the file): internal, not the user's.
+            raise InternalError(f"int8_qat: the learned activation ranges could not be used{why}; "
+                                "the int8 file would be calibrated, not quantization-aware") from range_error_exc
         warnings = []
         if len(overrides) < quantizers:
             warnings.append(

@@ -3,7 +3,9 @@
 Both functions read an fp32 medlite ONNX file and write an int8 one that ONNX Runtime's CPU
 execution provider runs, keeping the file's metadata (`medlite.preprocess` above all: the
 quantizer may drop metadata_props, and the edge runner needs it). Files are written
-atomically, and every failure reaches the user as a one-line UsageError.
+atomically. A bad input (no file, an unreadable model, bad calibration images) is a one-line
+UsageError (exit 2); ONNX Runtime failing on a valid model is an InternalError (exit 1: not the
+user's to fix; `--debug` shows ORT's traceback).
 
 The int8 scheme (shared with `medlite.compress.qat`, which must train for exactly this):
 - weights: int8, symmetric (zero point 0, range [-127, 127]), per output channel;
@@ -24,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from medlite.errors import UsageError
+from medlite.errors import InternalError, MedliteError, UsageError
 
 CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -255,7 +257,8 @@ def quantize_dynamic(onnx_in: str | Path, onnx_out: str | Path, per_channel: boo
             except Exception as err:  # noqa: BLE001 - fall back, then report one line
                 last_error = err
         else:
-            raise UsageError(f"{onnx_in}: cannot quantize (dynamic int8): {_one_line(last_error)}") from None
+            # The input was checked above: ORT failing on it is an internal failure, not the user's.
+            raise InternalError(f"{onnx_in}: cannot quantize (dynamic int8): {_one_line(last_error)}") from last_error
         counts = _op_counts(quantized)
         quantized_ops = {op: counts[op] for op in ("ConvInteger", "MatMulInteger") if counts.get(op)}
         float_ops = {op: counts[op] for op in DYNAMIC_OPS if counts.get(op)}
@@ -394,10 +397,11 @@ def quantize_static(
                 extra_options=extra,
             )
             _smoke_run(quantized, images[:2])
-        except UsageError:
+        except MedliteError:
             raise
-        except Exception as err:  # noqa: BLE001 - any ORT failure is one line for the user
-            raise UsageError(f"{onnx_in}: cannot quantize (static int8, {method}): {_one_line(err)}") from None
+        except Exception as err:  # noqa: BLE001 - any ORT failure: one line, the traceback under --debug
+            # Inputs and calibration images were checked above: ORT failing on them is internal, not the user's.
+            raise InternalError(f"{onnx_in}: cannot quantize (static int8, {method}): {_one_line(err)}") from err
         counts = _op_counts(quantized)
         facts = {
             "warnings": _fold_warnings(pre, counts),

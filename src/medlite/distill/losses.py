@@ -40,16 +40,20 @@ def soft_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperatu
 
 def kd_loss(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    hard: torch.Tensor,
     temperature: float,
     alpha: float,
-    class_weights: torch.Tensor | None = None,
-    label_smoothing: float = 0.0,
+    standardized: bool = False,
 ) -> torch.Tensor:
-    """Hinton et al. (2015): alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y)."""
-    soft = soft_kl(student_logits, soften(teacher_logits.detach(), temperature), temperature)
-    hard = F.cross_entropy(student_logits, labels, weight=class_weights, label_smoothing=label_smoothing)
+    """Hinton et al. (2015): alpha * T^2 * KL(teacher || softmax(student / T)) + (1 - alpha) * hard.
+
+    The one KD formula: the `kd` method (methods.KD) computes its loss here. `teacher_probs` are the
+    softened teacher targets (`soften(teacher_logits, T)`, or an ensemble's mean of them); `hard` is
+    the hard-label loss already computed on `student_logits` (the trainer's, with its class weights
+    and label smoothing, e.g. `F.cross_entropy(student_logits, labels)`).
+    """
+    soft = soft_kl(student_logits, teacher_probs, temperature, standardized)
     return alpha * soft + (1 - alpha) * hard
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from medlite.distill import losses
 from medlite.distill.config import CONFIGS, MethodConfig
 from medlite.errors import UsageError
+from medlite.models.taps import FeatureTaps, as_map, middle_stage, stage_paths
 
 METHODS: dict[str, type["DistillMethod"]] = {}
 
@@ -105,8 +106,6 @@ def build_method(cfg: MethodConfig, student: nn.Module, teachers: list[nn.Module
 
 def _shapes(model: nn.Module, paths: list[str], example: torch.Tensor) -> dict[str, torch.Size]:
     """Output shapes at `paths` for one example batch (a dry run in eval mode, without gradients)."""
-    from medlite.models.taps import FeatureTaps, as_map
-
     taps = FeatureTaps(model, paths)
     was = model.training
     try:
@@ -129,8 +128,8 @@ class KD(DistillMethod):
 
     def loss(self, student, teacher, labels, *, hard_loss, epoch):
         c = self.cfg
-        soft = losses.soft_kl(student.logits, teacher.probs(c.temperature, c.standardize), c.temperature, c.standardize)
-        return c.alpha * soft + (1 - c.alpha) * hard_loss(student.logits)
+        return losses.kd_loss(student.logits, teacher.probs(c.temperature, c.standardize), hard_loss(student.logits),
+                              c.temperature, c.alpha, c.standardize)
 
 
 @register_method("dkd")
@@ -169,8 +168,6 @@ class FitNet(DistillMethod):
     common today, rather than the paper's separate hint pre-training stage."""
 
     def setup(self, student, teacher, example):
-        from medlite.models.taps import middle_stage
-
         c = self.cfg
         self.s_tap = c.student_tap or middle_stage(student)
         self.t_tap = c.teacher_tap or middle_stage(teacher)
@@ -186,8 +183,6 @@ class FitNet(DistillMethod):
         return [self.t_tap]
 
     def loss(self, student, teacher, labels, *, hard_loss, epoch):
-        from medlite.models.taps import as_map
-
         c = self.cfg
         s = self.adapter(as_map(student.features[self.s_tap]))
         if tuple(s.shape[-2:]) != self.target_size:
@@ -205,8 +200,6 @@ class AT(DistillMethod):
     paired stages of the squared distance between L2-normalised attention maps (mean_c |A|^p)."""
 
     def setup(self, student, teacher, example):
-        from medlite.models.taps import stage_paths
-
         c = self.cfg
         self.s_taps = c.student_taps or stage_paths(student)
         self.t_taps = c.teacher_taps or stage_paths(teacher)
@@ -225,8 +218,6 @@ class AT(DistillMethod):
         return list(self.t_taps)
 
     def loss(self, student, teacher, labels, *, hard_loss, epoch):
-        from medlite.models.taps import as_map
-
         c = self.cfg
         terms = [losses.at_loss(as_map(student.features[s]), as_map(teacher.features[t]), c.p)
                  for s, t in zip(self.s_taps, self.t_taps)]
@@ -242,8 +233,6 @@ class MultiStage(DistillMethod):
     loss = intermediate_weight * mean(exit KD) + logits_weight * KD(final) + labels_weight * CE(final)."""
 
     def setup(self, student, teacher, example):
-        from medlite.models.taps import stage_paths
-
         c = self.cfg
         self.taps = c.exits or stage_paths(student)[:-1]
         if not self.taps:
@@ -256,8 +245,6 @@ class MultiStage(DistillMethod):
         return list(self.taps)
 
     def exit_logits(self, student: StudentOutput) -> list[torch.Tensor]:
-        from medlite.models.taps import as_map
-
         return [head(as_map(student.features[p]).mean(dim=(2, 3))) for p, head in zip(self.taps, self.exits)]
 
     def loss(self, student, teacher, labels, *, hard_loss, epoch):
@@ -282,8 +269,6 @@ class SP(DistillMethod):
     so no adapter is learned."""
 
     def setup(self, student, teacher, example):
-        from medlite.models.taps import stage_paths
-
         c = self.cfg
         self.s_taps = c.student_taps or stage_paths(student)[-1:]
         self.t_taps = c.teacher_taps or stage_paths(teacher)[-1:]

@@ -1,4 +1,4 @@
-"""`medlite study STUDY.yaml`: the command, registered by medlite.cli."""
+"""`medlite study STUDY.yaml` and `medlite tune [RECIPE]`: studies of many runs, and tuning on validation."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from medlite.cli.common import DebugOpt, data_root as resolve_data_root, state
+
 
 def study(
+    ctx: typer.Context,
     study_file: Annotated[Path, typer.Argument(help="study YAML (recipe, set, grid, list, seeds, folds, baseline, select)")],
     out: Annotated[Optional[Path], typer.Option("--out", help="study directory (default: runs/study-<name>)")] = None,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="dataset folder (default: $MEDLITE_DATA_ROOT)")] = None,
@@ -18,14 +21,13 @@ def study(
     cpus_per_trial: Annotated[float, typer.Option("--cpus-per-trial", min=0.01, help="Ray: CPUs per trial")] = 1,
     gpus_per_trial: Annotated[float, typer.Option("--gpus-per-trial", min=0, help="Ray: GPUs per trial")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and print the trials; train nothing")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Run a study: a grid / list of settings x seeds x folds, each trial an ordinary run; statistics and tables."""
-    from medlite import cli
+    # local: the study runner imports the pipeline (torch) and, for --executor ray, ray.
     from medlite.study.runner import run_study
 
-    cli._debug["on"] = debug
-    console = cli._console()
+    console = state(ctx).console
     document = run_study(
         study_file, out, data_root.expanduser() if data_root else None, executor=executor, address=address,
         workers=workers, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, dry_run=dry_run,
@@ -33,8 +35,10 @@ def study(
     )
     if dry_run:
         return
-    from medlite.study.outputs import table_rows
+    # local: rich tables and the study outputs are not for --help.
     from rich.table import Table
+
+    from medlite.study.outputs import table_rows
 
     rows = table_rows(document)
     if rows:
@@ -53,6 +57,7 @@ def study(
 
 
 def tune(
+    ctx: typer.Context,
     recipe: Annotated[Optional[str], typer.Argument(help="recipe YAML path or built-in name (default: breastmnist)")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="tuning directory (default: runs/tune-<recipe>)")] = None,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="dataset folder (default: $MEDLITE_DATA_ROOT)")] = None,
@@ -60,18 +65,17 @@ def tune(
     budget: Annotated[float, typer.Option("--time-budget", min=1, help="seconds; no trial starts after it")] = 1800,
     trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="at most this many trials")] = None,
     seed: Annotated[int, typer.Option("--seed", help="sampler seed")] = 0,
-    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Tune lr, epochs, class balance, augmentation, temperature and alpha on validation (Optuna TPE, time budget)."""
-    from medlite import cli
+    # local: the recipe schema (pydantic) and the tuner (optuna, the pipeline) are not for --help.
     from medlite.recipe import load_recipe
     from medlite.study.tune import tune as run_tune
 
-    cli._debug["on"] = debug
-    console = cli._console()
+    console = state(ctx).console
     name = load_recipe(recipe, set_ or []).name
     out = out or Path("runs") / f"tune-{name}"
-    doc = run_tune(recipe, out, cli._data_root(data_root), overrides=set_ or [], budget_s=budget, max_trials=trials,
+    doc = run_tune(recipe, out, resolve_data_root(data_root), overrides=set_ or [], budget_s=budget, max_trials=trials,
                    seed=seed, say=console.print)
     best = doc["best"]
     console.print(f"tune: {len(doc['trials'])} trials in {doc['seconds']:.0f}s; best trial {best['trial']} "

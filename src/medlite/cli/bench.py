@@ -1,19 +1,24 @@
-"""`medlite bench`: benchmark a run directory (every variant) or one ONNX file.
+"""`medlite bench`: benchmark a run directory (every variant) or one model file; `--soak` for a resource monitor.
 
-Registered by medlite.cli as `app.command("bench")(bench)`. Module-level imports stay light
-(typer, pathlib) so `medlite --help` stays instant; the work is imported when the command runs.
+Module-level imports stay light (typer, the standard library, medlite.errors and .runstate) so `medlite --help` stays instant;
+the work (onnxruntime, numpy, rich, pydantic) is imported when the command runs.
 """
 
+from __future__ import annotations
+
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from medlite.cli.common import DebugOpt
+from medlite.errors import UsageError
+from medlite.runstate import RESOLVED_RECIPE, RunDir, is_run_dir, write_json
+
 
 def parse_threads(text: str) -> list[int]:
     """'1,0' -> [1, 0]; 0 means all cores."""
-    from medlite.errors import UsageError
-
     try:
         values = [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
@@ -25,12 +30,11 @@ def parse_threads(text: str) -> list[int]:
 
 def _run_config(run_dir: Optional[Path], overrides: dict):
     """The run's own bench settings (its recipe.resolved.yaml), overridden by the command line."""
+    # local: yaml and the recipe schema (pydantic) are not for --help.
     import yaml
     from pydantic import ValidationError
 
-    from medlite.errors import UsageError
     from medlite.recipe import BenchConfig
-    from medlite.runstate import RESOLVED_RECIPE
 
     base: dict = {}
     recipe = run_dir / RESOLVED_RECIPE if run_dir is not None else None
@@ -73,14 +77,14 @@ def bench(
         "--soak", help="sustained inference for SECONDS, sampling CPU %, RSS and temperature every second")] = None,
     soak_out: Annotated[Optional[Path], typer.Option(
         "--soak-out", help="CSV for --soak (a PNG plot goes beside it) [default: RUN_DIR/figures/soak.csv or ./soak.csv]")] = None,
+    debug: DebugOpt = False,
 ) -> None:
     """Measure latency, throughput, load time, memory and CPU of exported models, each in a fresh process."""
+    # local: the bench runner (numpy, subprocess workers) and rich are not for --help.
     from rich.console import Console
 
     from medlite.bench.runner import bench_file, bench_run_dir
     from medlite.bench.table import print_bench_table
-    from medlite.errors import UsageError
-    from medlite.runstate import write_json
 
     console = Console()
     if soak is not None:
@@ -102,8 +106,6 @@ def bench(
             raise UsageError(f"{target}: not a run directory (no results.json); give a run directory or an .onnx file")
         if input_shape is not None:
             raise UsageError("--input-shape: only for a single .onnx file (a run's models carry their own shape)")
-        from medlite.runstate import RunDir, is_run_dir
-
         cfg = _run_config(target, overrides)
         # bench.json is written only into a folder medlite made, under its lock (not during a live run).
         ours = is_run_dir(target)
@@ -119,6 +121,7 @@ def bench(
             console.print(f"bench.json not written: {target} was not made by medlite (no .medlite-run); "
                           "--json FILE saves the figures")
     elif target.is_file():
+        # local: the runtime registry imports numpy.
         from medlite.runtime import ArtifactError, runtime_for
 
         try:
@@ -140,10 +143,9 @@ def bench(
 
 
 def _soak(target: Path, seconds: float, out: Optional[Path], threads: Optional[str], console) -> None:
+    # local: the soak monitor and the runtimes (onnxruntime, numpy) are not for --help.
     from medlite.bench.soak import soak, write_soak
     from medlite.deploy.select import resolve_model
-    from medlite.errors import UsageError
-    from medlite.runstate import write_json
     from medlite.runtime import ArtifactError
 
     if seconds <= 0:

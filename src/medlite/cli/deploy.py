@@ -1,6 +1,7 @@
-"""Typer commands `medlite predict`, `medlite serve` (registered by medlite.cli in one line each).
+"""`medlite predict` and `medlite serve`: classify images with a deployed model, or serve it over HTTP.
 
-Module-level imports stay light so `medlite --help` stays instant.
+Module-level imports stay light (typer, the standard library, medlite.errors) so `medlite --help`
+stays instant; the runtimes, rich and the web stack are imported when the command runs.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from typing import Annotated, Optional
 
 import typer
 
+from medlite.cli.common import DebugOpt
+from medlite.errors import UsageError
 
-def _usage(err: Exception):
-    from medlite.errors import UsageError
 
+def _usage(err: Exception) -> UsageError:
     return UsageError(str(err))
 
 
@@ -27,8 +29,10 @@ def predict(
         "--min-confidence", help="flag predictions whose probability is below this as low-confidence")] = 0.6,
     threads: Annotated[int, typer.Option("--threads", help="runtime threads; 0 = all cores")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="images per runtime call")] = 64,
+    debug: DebugOpt = False,
 ) -> None:
     """Classify images with a deployed model: class, probabilities, low-confidence flag, input warnings."""
+    # local: rich and the runtimes (onnxruntime, numpy, PIL) are not for --help.
     from rich.console import Console
 
     from medlite.deploy.predict import expand_inputs, predict_files, write_output
@@ -47,6 +51,7 @@ def predict(
         if not files:
             raise ArtifactError("no images to classify" + (f" ({missing[0]['file']}: {missing[0]['error']})" if missing else ""))
         if len(files) >= 50 and console.is_terminal:
+            # local: only a long run at a terminal shows a progress bar.
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
             with Progress("classifying", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -71,6 +76,8 @@ def predict(
 
 
 def _print(result: dict, console, out: Path | None) -> None:
+    # local: rich is not for --help.
+    from rich.console import Console
     from rich.table import Table
 
     s = result["summary"]
@@ -82,8 +89,6 @@ def _print(result: dict, console, out: Path | None) -> None:
         for r in result["predictions"][:200]:
             flags = (["low confidence"] if r["low_confidence"] else []) + r["input"]["warnings"]
             table.add_row(r["file"], r["predicted"], *[f"{r['probabilities'][n]:.3f}" for n in names], "; ".join(flags))
-        from rich.console import Console
-
         Console(highlight=False).print(table)
         if len(result["predictions"]) > 200:
             console.print(f"(first 200 of {len(result['predictions'])} rows; use --out FILE.csv for all)")
@@ -103,12 +108,14 @@ def serve(
     threads: Annotated[int, typer.Option("--threads", help="runtime threads; 0 = all cores")] = 0,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="largest accepted image file")] = 10.0,
     max_files: Annotated[int, typer.Option("--max-files", help="most images per request")] = 16,
+    debug: DebugOpt = False,
 ) -> None:
     """Serve one page and a JSON API (POST /predict, GET /model, GET /health) for a deployed model."""
+    # local: the runtimes (onnxruntime, numpy) and the web stack (fastapi, uvicorn: an extra) are not for --help.
     from medlite.deploy.select import resolve_model
     from medlite.runtime import ArtifactError
 
-    try:
+    try:  # the serve extra: checked here to name the install, before anything else is loaded
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
@@ -117,7 +124,7 @@ def serve(
         raise _usage(ValueError(f"--port {port}: must be 1..65535"))
     if max_upload_mb <= 0 or max_files < 1:
         raise _usage(ValueError("--max-upload-mb must be > 0 and --max-files >= 1"))
-    from medlite.deploy.serve import serve as run_server
+    from medlite.deploy.serve import serve as run_server  # local: imports fastapi, checked just above
 
     try:
         path, runtime, rule = resolve_model(model)
