@@ -4,7 +4,7 @@ own) becomes `<name>_tflite_fp32` (parent: the trained variant) and, from that f
 
 A converter that cannot handle an architecture records `{"name", "reason"}` in `ctx.skipped`
 (results.json `skipped`, and the report) instead of stopping the run; a run that was asked for
-LiteRT and got no LiteRT file at all says so in every table (see `pipeline`).
+LiteRT and got no LiteRT file at all stops with `ExportFailed` (exit 1) naming the reasons.
 """
 
 from __future__ import annotations
