@@ -8,7 +8,7 @@ DATA_ROOT ?= $(abspath $(firstword $(wildcard ../shared/data/medmnist)))
 RECIPE ?= breastmnist
 export MEDLITE_DATA_ROOT ?= $(DATA_ROOT)
 
-.PHONY: setup run test bench clean
+.PHONY: setup litert run test bench clean
 
 # requirements.lock pins every transitive dependency (a pip freeze of a working install).
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -19,10 +19,21 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 setup: $(VENV)/.installed
 
+# The LiteRT converter and runtime (export.formats: [onnx, litert]). pip cannot resolve litert-torch
+# beside medlite (pyproject.toml says why), so requirements-litert.txt pins the whole set it imports
+# and installs it with --no-deps; the import check then fails here, not as skipped .tflite files.
+$(VENV)/.litert: $(VENV)/.installed requirements-litert.txt
+	$(PY) -m pip install -q --no-deps -r requirements-litert.txt
+	$(PY) -c "import sys; from medlite.export.litert import missing_packages; sys.exit(', '.join(missing_packages()) or None)"
+	touch $@
+
+litert: $(VENV)/.litert
+
 run: $(VENV)/.installed
 	$(VENV)/bin/medlite run $(RECIPE)
 
-test: $(VENV)/.installed
+# The suite converts to LiteRT for real (under CI a missing converter fails its tests).
+test: $(VENV)/.installed $(VENV)/.litert
 	$(PY) -m pytest -q
 
 bench: $(VENV)/.installed

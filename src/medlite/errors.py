@@ -28,4 +28,10 @@ class InternalError(MedliteError):
     Raise it `from` the original exception, so `--debug` shows where the failure came from.
     """
 
+
+class ExportFailed(InternalError):
+    """An export the recipe asked for made no file at all (every conversion failed): the run cannot
+    deliver what it was asked for, so it stops with one line and exit code 1. Not the user's
+    fault (a missing package is a UsageError, caught before the run), so not a UsageError."""
+
     exit_code = 1

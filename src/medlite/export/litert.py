@@ -11,7 +11,7 @@
 A `.tflite` file carries no medlite metadata, so each gets a `FILE.tflite.json` sidecar with the
 preprocessing (and, after evaluation, the model card), read by every consumer through
 `medlite.runtime`. Heavy imports happen inside the functions: this is an optional extra
-(`pip install medlite[litert]`).
+(`make litert`: requirements-litert.txt).
 """
 
 from __future__ import annotations
@@ -25,16 +25,35 @@ import numpy as np
 
 from medlite.data.preprocess import PreprocessSpec
 
-INSTALL_HINT = "pip install medlite[litert]"
+# litert-torch cannot be resolved by pip beside medlite (pyproject.toml says why), so the converter
+# and runtime are one pinned --no-deps file: requirements-litert.txt (`make litert` installs it).
+INSTALL_HINT = "make litert, i.e. pip install --no-deps -r requirements-litert.txt"
 FORMATS = {"fp32": "tflite-fp32", "int8_dynamic": "tflite-int8-dynamic", "int8_static": "tflite-int8-static"}
+# What a conversion imports: the three entry points, and through them jax, opt_einsum, torchao,
+# litert-converter, immutabledict...
+_ENTRY_POINTS = {"litert_torch": "litert-torch", "ai_edge_litert.interpreter": "ai-edge-litert",
+                 "ai_edge_quantizer.quantizer": "ai-edge-quantizer"}
 
 
 def missing_packages() -> list[str]:
-    """The LiteRT packages that are not importable here (empty when export can run)."""
+    """The LiteRT packages that are not importable here (empty when export can run).
+
+    Importing, not only finding, the entry points: a converter installed with --no-deps is found
+    but fails on its first missing dependency (issue 18: every `.tflite` file was "skipped (No module
+    named 'opt_einsum')" and the run exited 0). The import is the one the conversion pays anyway.
+    """
+    import importlib
     import importlib.util
 
-    wanted = {"litert_torch": "litert-torch", "ai_edge_litert": "ai-edge-litert", "ai_edge_quantizer": "ai-edge-quantizer"}
-    return [dist for mod, dist in wanted.items() if importlib.util.find_spec(mod) is None]
+    missing = [dist for mod, dist in _ENTRY_POINTS.items() if importlib.util.find_spec(mod.split(".")[0]) is None]
+    if missing:
+        return missing
+    for mod, dist in _ENTRY_POINTS.items():
+        try:
+            importlib.import_module(mod)
+        except ImportError as err:
+            return [f"{err.name or one_line(err)} (imported by {dist})"]
+    return []
 
 
 def _write_sidecar(path: Path, spec: PreprocessSpec, variant: str) -> Path:

@@ -4,7 +4,7 @@ own) becomes `<name>_tflite_fp32` (parent: the trained variant) and, from that f
 
 A converter that cannot handle an architecture records `{"name", "reason"}` in `ctx.skipped`
 (results.json `skipped`, and the report) instead of stopping the run; a run that was asked for
-LiteRT and got no LiteRT file at all says so in every table (see `pipeline`).
+LiteRT and got no LiteRT file at all stops with `ExportFailed` (exit 1) naming the reasons.
 """
 
 from __future__ import annotations
@@ -77,11 +77,15 @@ def litert_stage(ctx: Context, source: Variant, mode: str, calibration: dict) ->
 
 
 def export_trained(ctx: Context) -> None:
+    from medlite.errors import ExportFailed
     from medlite.export import litert
 
     modes = ["fp32"] + [m for m in ctx.recipe.export.litert.quantize if m != "fp32"]  # int8 files start from fp32
     calibration: dict = {}  # drawn once, shared by every int8_static file
-    for source in _sources(ctx):
+    made: list[str] = []
+    skipped: dict[str, list[str]] = {}  # reason -> the variants it stopped
+    sources = _sources(ctx)
+    for source in sources:
         for mode in modes:
             name = f"{source.name}_tflite_{mode}"
             try:
@@ -90,6 +94,14 @@ def export_trained(ctx: Context) -> None:
                 reason = str(failed)
                 ctx.skipped.append({"name": name, "parent": source.name if mode == "fp32" else f"{source.name}_tflite_fp32",
                                     "format": litert.FORMATS[mode], "reason": reason})
+                skipped.setdefault(reason, []).append(name)
                 ctx.say(f"{name}: skipped ({reason})")
                 if mode == "fp32":
                     break  # nothing to quantize
+            else:
+                made.append(name)
+    if not made:
+        # Asked for LiteRT and got none (issue 18: such a run exited 0 with every file "skipped"):
+        # stop with the reason, before evaluating and reporting a run without what it was asked for.
+        why = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in skipped.items()) or "no trained variant to convert"
+        raise ExportFailed(f"export.formats: litert made no LiteRT file ({why})")

@@ -74,6 +74,7 @@ register(ExportFormat(
 ))
 register(ExportFormat(
     "litert", runtime="litert", suffix=".tflite", stage="medlite.export.litert_stage:export_trained",
-    check="medlite.export.litert:missing_packages", install_hint="pip install medlite[litert]",
+    check="medlite.export.litert:missing_packages",
+    install_hint="make litert, or pip install --no-deps -r requirements-litert.txt",
     doc="LiteRT (TensorFlow Lite) fp32, dynamic-range int8 and full-integer int8 files",
 ))
