@@ -333,3 +333,15 @@ def test_soak_samples_every_second_into_csv_and_png(tmp_path, model):
     bad = subprocess.run([sys.executable, "-m", "medlite.cli", "bench", str(model), "--soak", "0"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "--soak" in bad.stderr
+
+
+def test_a_model_no_better_than_chance_says_so_on_the_page():
+    """Issue 21: a 2-epoch model at chance was served without a word of warning."""
+    from medlite.deploy.page import card_rows, render_page
+
+    info = {"card": {"warnings": ["no better than chance: test AUC 0.580 (95% CI 0.490-0.660) includes 0.5"]},
+            "file": "m/student.onnx", "file_bytes": 2048, "files": ["m/student.onnx"],
+            "latency": {"p50_ms": 0.5, "threads": 1}, "runtime": "onnxruntime", "limits": {"max_files": 4, "max_upload_mb": 8}}
+    assert card_rows(info)[0] == ("Warning", info["card"]["warnings"][0])
+    page = render_page(info)
+    assert '<tr class="warnrow"><td>Warning</td><td>no better than chance: test AUC 0.580' in page

@@ -70,6 +70,8 @@ def predict(
             write_output(result, out)
     except ArtifactError as err:
         raise _usage(err) from None
+    for warning in ((result.get("model") or {}).get("card") or {}).get("warnings") or []:
+        console.print(f"model warning: {warning}", markup=False)  # e.g. a model no better than chance
     _print(result, console, out)
     if not result["predictions"]:
         raise _usage(ValueError(f"none of the {len(result['unreadable'])} inputs could be classified"))

@@ -34,6 +34,8 @@ def card_rows(info: dict) -> list[tuple[str, str]]:
         ("Runtime", info["runtime"]),
         ("Input", "{image_size}px, {channels} channel(s)".format(**info["preprocess"]) if info.get("preprocess") else "?"),
     ]
+    for warning in card.get("warnings") or []:  # a model no better than chance says so where it is used
+        rows.insert(0, ("Warning", warning))
     op = info.get("operating_point")
     rows.append(("Decision", f"{op['positive_class']} when p ≥ {op['threshold']:.3f} (operating point, {op['source']})"
                  if op else "highest probability"))
@@ -58,6 +60,7 @@ main {{ display:grid; grid-template-columns:minmax(0,1fr) 360px; gap:20px; paddi
 @media (max-width:900px) {{ main {{ grid-template-columns:1fr; }} }}
 section {{ background:#fff; border:1px solid var(--line); border-radius:8px; padding:16px; }}
 h2 {{ font-size:16px; margin:0 0 10px; }}
+tr.warnrow td {{ color:var(--bad); font-weight:600; }}
 #drop {{ border:2px dashed #b8c2d0; border-radius:8px; padding:22px; text-align:center; color:var(--muted); cursor:pointer; }}
 #drop.over {{ border-color:var(--accent); background:#eef4ff; }}
 button {{ background:var(--accent); color:#fff; border:0; border-radius:6px; padding:8px 16px; font-size:14px; cursor:pointer; margin-top:10px; }}
@@ -146,7 +149,9 @@ go.onclick = async () => {{
 
 
 def render_page(info: dict) -> str:
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in card_rows(info))
+    warn = ' class="warnrow"'
+    rows = "".join(f"<tr{warn if k == 'Warning' else ''}><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in card_rows(info))
     card = info.get("card") or {}
     title = card.get("model") or info["file"].rsplit("/", 1)[-1]
     return PAGE.format(
