@@ -13,7 +13,8 @@ import pytest
 
 from medlite.errors import UsageError
 from medlite.recipe import load_recipe
-from medlite.runstate import MARKER, RESOLVED_RECIPE, RunDir, default_run_dir, read_marker, temp_path
+from medlite.recipe import default_run_dir
+from medlite.runstate import MARKER, RESOLVED_RECIPE, RunDir, read_marker, temp_path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -178,7 +179,7 @@ def test_default_directory_is_keyed_by_the_data():
 def test_default_directory_on_other_data_is_refused(tmp_path):
     first = load_recipe("breastmnist", ["name=mine"])
     second = load_recipe("breastmnist", ["name=mine", "data.source=arrays", "data.root=arrays"])
-    from medlite.runstate import data_identity
+    from medlite.recipe import data_identity
 
     with RunDir(tmp_path) as run:
         run.open(data=data_identity(first), same_data=True)

@@ -46,7 +46,7 @@ class ModelLoader:
         """The PyTorch module behind a variant, from its safetensors checkpoint.
 
         A structured-pruned checkpoint (metadata `structure: pruned`) is rebuilt at its saved
-        layer widths (`medlite.compress.prune.load_pruned_state`).
+        layer widths (`medlite.models.weights.load_pruned_state`).
         """
         from medlite.models.weights import load_checkpoint
 

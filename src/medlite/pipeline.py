@@ -21,12 +21,13 @@ import numpy as np
 from PIL import Image
 
 from medlite.errors import MedliteError, UsageError
-from medlite.recipe import Recipe, dump_recipe
-from medlite.runstate import RESOLVED_RECIPE, RunDir, atomic_path, data_identity, write_atomic, write_error, write_json
+from medlite.recipe import Recipe, data_identity, dump_recipe
+from medlite.runstate import RESOLVED_RECIPE, RunDir, atomic_path, write_atomic, write_error, write_json
 from medlite.bench.stage import bench_stage
 from medlite.compress.stages import check_targets, run_compression
 from medlite.context import Context
 from medlite.data import load_dataset, write_splits_csv
+from medlite.data.config import canonical_data
 from medlite.distill.stages import check_recipe as check_distillation, run_distillation, variant_names
 from medlite.evaluate.operating_point import check_config, predict_stage
 from medlite.evaluate.stage import evaluate_stage
@@ -218,7 +219,7 @@ def run_pipeline(
     """
     check_recipe(recipe)
     run = RunDir(out, store)
-    run.open(fresh, data=data_identity(recipe), same_data=default_out)
+    run.open(fresh, data=data_identity(recipe), same_data=default_out, canonical=canonical_data)
     try:
         return _carry_out(recipe, run, data_root, say, progress)
     except OSError as err:

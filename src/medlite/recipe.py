@@ -25,6 +25,7 @@ from medlite.data.config import (  # noqa: F401
 from medlite.distill.config import CONFIGS as DISTILL_CONFIGS, MethodConfig as _MethodConfigBase, KDConfig, DistillConfig as _DistillConfig
 from medlite.compress import registry as compress_registry
 from medlite.errors import UsageError
+from medlite.runstate import fingerprint
 from medlite.export.config import ExportConfig
 from medlite.explain.config import ExplainConfig
 
@@ -474,3 +475,25 @@ def dump_recipe(recipe: Recipe) -> str:
     """The resolved recipe (every default filled in) as YAML; `load_recipe` reads it back equal."""
     # allow_unicode stays off: PyYAML writes U+0085 (NEL) raw, and reads it back as a line break.
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+# -- run directories ----------------------------------------------------------------------
+
+
+def data_identity(recipe: Recipe) -> dict:
+    """What makes a run's data this data (not how it is augmented or balanced): recorded in the marker."""
+    return recipe.data.model_dump(mode="json", exclude={"augment", "balance"})
+
+
+def default_run_dir(recipe: Recipe, runs: Path = Path("runs")) -> Path:
+    """`runs/<recipe name>`; with a short data identity appended when the data is not the built-in recipe's.
+
+    So `--set data.source=arrays ...` on the built-in recipe never lands in (and retrains over)
+    `runs/breastmnist`, while the plain default still does.
+    """
+    builtin = builtin_recipes().get(recipe.name)
+    if builtin is None:
+        return runs / recipe.name
+    if data_identity(load_recipe(str(builtin))) == data_identity(recipe):
+        return runs / recipe.name
+    return runs / f"{recipe.name}-{recipe.data.source}-{fingerprint(data_identity(recipe))[:6]}"

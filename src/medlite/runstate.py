@@ -30,7 +30,7 @@ import socket
 import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from medlite.errors import UsageError
 
@@ -179,36 +179,6 @@ def _legacy_run_dir(root: Path) -> bool:
     return (root / "stages").is_dir() and isinstance(env, dict) and "medlite" in (env.get("versions") or {})
 
 
-def data_identity(recipe) -> dict:
-    """What makes a run's data this data (not how it is augmented or balanced): recorded in the marker."""
-    return recipe.data.model_dump(mode="json", exclude={"augment", "balance"})
-
-
-def default_run_dir(recipe, runs: Path = Path("runs")) -> Path:
-    """`runs/<recipe name>`; with a short data identity appended when the data is not the built-in recipe's.
-
-    So `--set data.source=arrays ...` on the built-in recipe never lands in (and retrains over)
-    `runs/breastmnist`, while the plain default still does.
-    """
-    from medlite.recipe import builtin_recipes, load_recipe
-
-    builtin = builtin_recipes().get(recipe.name)
-    if builtin is None:
-        return runs / recipe.name
-    if data_identity(load_recipe(str(builtin))) == data_identity(recipe):
-        return runs / recipe.name
-    return runs / f"{recipe.name}-{recipe.data.source}-{fingerprint(data_identity(recipe))[:6]}"
-
-
-def _same_data(recorded: dict, data: dict) -> bool:
-    """Two data sections name the same data when their canonical forms agree (a marker written
-    before data sources had models of their own still matches)."""
-    # Local: this module is standard-library only (the runtime and the edge runner import it).
-    from medlite.data.config import canonical_data
-
-    return recorded == data or canonical_data(recorded) == canonical_data(data)
-
-
 def _describe_data(identity: dict | None) -> str:
     if not identity:
         return "unknown data"
@@ -225,7 +195,8 @@ class RunDir:
         self._lock_fd: int | None = None
 
     # -- ownership, lock, cleanup ---------------------------------------------------------
-    def open(self, fresh: bool = False, data: dict | None = None, same_data: bool = False) -> None:
+    def open(self, fresh: bool = False, data: dict | None = None, same_data: bool = False,
+             canonical: Callable[[dict], Any] | None = None) -> None:
         """Check the folder is ours (or new, or free of our names), take the lock, mark, clean, create.
 
         Raises UsageError (exit 2, naming the folder) for: a path that is a file, a folder that
@@ -257,7 +228,7 @@ class RunDir:
             raise write_error(root, err) from None
         self.lock()
         try:
-            self._claim(marker, adopted, data, same_data)
+            self._claim(marker, adopted, data, same_data, canonical)
             if fresh:
                 for name in MANAGED:
                     shutil.rmtree(root / name, ignore_errors=True)
@@ -309,8 +280,13 @@ class RunDir:
             raise write_error(path, err) from None
         self._lock_fd = fd
 
-    def _claim(self, marker: dict | None, adopted: bool, data: dict | None, same_data: bool) -> None:
-        if marker and same_data and data is not None and marker.get("data") is not None and not _same_data(marker["data"], data):
+    def _claim(self, marker: dict | None, adopted: bool, data: dict | None, same_data: bool,
+               canonical: Callable[[dict], Any] | None) -> None:
+        """`canonical`: the data section as the current schema reads it (a marker written before data
+        sources had models of their own still names the same data)."""
+        recorded = marker.get("data") if marker else None
+        if same_data and data is not None and recorded is not None and recorded != data and \
+                (canonical is None or canonical(recorded) != canonical(data)):
             raise UsageError(
                 f"{self.root}: holds a run on other data ({_describe_data(marker.get('data'))}); "
                 "give this run its own --out")

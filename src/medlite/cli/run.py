@@ -22,8 +22,7 @@ def run(
 ) -> None:
     """Carry out a recipe: train, distil, compress, export, evaluate, benchmark, report."""
     # local: the recipe schema (pydantic) and the pipeline (torch) are for running, not for --help.
-    from medlite.recipe import load_recipe
-    from medlite.runstate import default_run_dir
+    from medlite.recipe import default_run_dir, load_recipe
 
     parsed = load_recipe(recipe, set_ or [])
     default_out = out is None

@@ -12,3 +12,7 @@ onnxruntime.quantization), so this package's `__init__` stays empty of heavy imp
 - `medlite.compress.quantize`: `quantize_dynamic`, `quantize_static`.
 - `medlite.compress.qat`: `prepare_qat`, `export_qat`.
 """
+
+# The built-in methods register (config model and spec) when the package is first imported, so every
+# `medlite.compress.registry` lookup sees them. Light: pydantic only.
+from medlite.compress import builtin  # noqa: E402,F401

@@ -118,6 +118,3 @@ def check_chain(chain: list[str]) -> None:
 def chain_name(base: str, chain: list[str]) -> str:
     return base + "".join(METHODS[name].suffix for name in chain)
 
-
-# The built-in methods register themselves (config model and spec) in one light module.
-from medlite.compress import builtin  # noqa: E402,F401  (imported for its registrations)

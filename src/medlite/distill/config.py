@@ -115,7 +115,7 @@ class MultiStageConfig(MethodConfig):
     exit_labels: bool = Field(False, description="also train each exit on the labels (within the intermediate weight)")
 
     def student_arch(self, arch: str) -> str:
-        from medlite.models.composite import fused_arch  # here, not at the top: composite loads torch (see above)
+        from medlite.models.registry import fused_arch  # light (no torch); local: the recipe schema must not load the model registry
 
         return fused_arch(arch)
 

@@ -12,27 +12,13 @@ This module imports nothing heavy (the recipe schema imports `medlite.explain.co
 from __future__ import annotations
 
 from medlite.explain.config import ExplainConfig
-
-EXPLAINERS: dict[str, type] = {}
-
-
-def register(cls: type) -> type:
-    """Class decorator: make an explainer available by its `name`."""
-    if cls.name in EXPLAINERS:
-        raise ValueError(f"explainer {cls.name!r} registered twice")
-    EXPLAINERS[cls.name] = cls
-    return cls
-
-
-def registered() -> list[str]:
-    """The names of every registered explainer (the built-in ones register when their module loads)."""
-    import medlite.explain.methods  # noqa: F401 - registers the built-in explainers (numpy, no torch)
-
-    return list(EXPLAINERS)
+from medlite.explain.registry import EXPLAINERS, register, registered
 
 
 def get_explainer(name: str, cfg: ExplainConfig | None = None, seed: int = 0):
-    """An explainer instance by name (torch is imported when a gradient method runs)."""
+    """An explainer instance by name (torch is imported when a gradient method runs).
+
+    The registry is `medlite.explain.registry`; this package adds the recipe section's defaults."""
     if name not in registered():
         raise KeyError(f"unknown explainer {name!r}; registered: {', '.join(sorted(EXPLAINERS))}")
     return EXPLAINERS[name](cfg or ExplainConfig(), seed)

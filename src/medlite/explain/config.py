@@ -42,7 +42,7 @@ class ExplainConfig(_Strict):
         import difflib
 
         # The registry is the list: its module imports numpy but not torch (methods load torch when they run).
-        from medlite.explain import registered
+        from medlite.explain.registry import registered
 
         known = registered()
         for method in methods:

@@ -8,13 +8,15 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import numpy as np
 
 from medlite.errors import UsageError
-from medlite.explain import register
-from medlite.explain.config import ExplainConfig
+from medlite.explain.registry import register
+
+if TYPE_CHECKING:  # the recipe section, for type hints only (its validator reads this module's registry)
+    from medlite.explain.config import ExplainConfig
 
 
 @dataclass

@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medlite.models.registry import call_arch, create, parse_arch, register_composite
+from medlite.models.registry import (  # noqa: F401 - the name helpers are re-exported
+    ENSEMBLE, FUSED, create, ensemble_arch, fused_arch, register_composite,
+)
 from medlite.models.taps import FeatureTaps, stage_paths
 
-ENSEMBLE, FUSED = "ensemble", "fused"
 
 
 class Ensemble(nn.Module):
@@ -75,18 +76,6 @@ class FusedStages(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = [f.mean(dim=(2, 3)) for f in self._stage_features(x)]
         return self.head(self.dropout(torch.cat(pooled, dim=1)))
-
-
-def ensemble_arch(members: list[str]) -> str:
-    """The architecture name of an ensemble of `members` (what `create` builds back)."""
-    return call_arch(ENSEMBLE, *members)
-
-
-def fused_arch(arch: str) -> str:
-    """The architecture name of `arch` with its stages fused (`fused(arch)`); an arch already fused is
-    returned as it is (fusing the fused model again would add nothing but a second head)."""
-    tree = parse_arch(arch)
-    return arch if tree.composite and tree.name == FUSED else call_arch(FUSED, arch)
 
 
 @register_composite(ENSEMBLE, min_args=1)

@@ -58,6 +58,9 @@ def call_arch(kind: str, *args: str) -> str:
     return f"{kind}({','.join(args)})"
 
 
+ENSEMBLE, FUSED = "ensemble", "fused"  # the built-in composite kinds (built in medlite.models.composite)
+
+
 def parse_arch(arch: str) -> Arch:
     """Read an architecture name into its tree; a malformed one is a UsageError naming the spot."""
     pos = 0
@@ -356,3 +359,18 @@ def unknown_arch(arch: str) -> UsageError:
 
 def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# -- names of the built-in composites (light: distill.config and the stages build them) --------
+
+
+def ensemble_arch(members: list[str]) -> str:
+    """The architecture name of an ensemble of `members` (what `create` builds back)."""
+    return call_arch(ENSEMBLE, *members)
+
+
+def fused_arch(arch: str) -> str:
+    """The architecture name of `arch` with its stages fused (`fused(arch)`); an arch already fused is
+    returned as it is (fusing the fused model again would add nothing but a second head)."""
+    tree = parse_arch(arch)
+    return arch if tree.composite and tree.name == FUSED else call_arch(FUSED, arch)

@@ -112,9 +112,51 @@ def load_checkpoint(model, path: Path):
     other checkpoint must fit exactly.
     """
     if read_metadata(path).get("structure") == "pruned":
-        from safetensors.torch import load_file  # torch-only, like this function's callers
-
-        from medlite.compress.prune import load_pruned_state  # pulls in torch-pruning: only for pruned files
+        from safetensors.torch import load_file
 
         return load_pruned_state(model, load_file(str(path)))
     return load_exact(model, path)
+
+
+def load_pruned_state(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Shrink a freshly created model's layers to a pruned checkpoint's shapes, then load it.
+
+    Checkpoints are safetensors (tensors only, never pickle), so a structurally pruned model
+    is restored as `create(arch, ...)` + this: conv, linear and batch-norm layers whose saved
+    shapes differ are rebuilt with the saved widths (depthwise convs keep groups == channels).
+    """
+    for name, module in list(model.named_modules()):
+        weight = state_dict.get(f"{name}.weight")
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and weight is not None:
+            if tuple(weight.shape) == tuple(module.weight.shape):
+                continue
+            out_channels, in_per_group = int(weight.shape[0]), int(weight.shape[1])
+            depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+            groups = out_channels if depthwise else module.groups
+            new = type(module)(
+                in_per_group * groups, out_channels, module.kernel_size, module.stride, module.padding,
+                module.dilation, groups, bias=module.bias is not None, padding_mode=module.padding_mode,
+            )
+        elif isinstance(module, nn.Linear) and weight is not None:
+            if tuple(weight.shape) == tuple(module.weight.shape):
+                continue
+            new = nn.Linear(int(weight.shape[1]), int(weight.shape[0]), bias=module.bias is not None)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            stat = state_dict.get(f"{name}.running_mean", weight)
+            if stat is None or stat.shape[0] == module.num_features:
+                continue
+            new = type(module)(int(stat.shape[0]), module.eps, module.momentum, module.affine,
+                               module.track_running_stats)
+        else:
+            continue
+        _set_module(model, name, new)
+    model.load_state_dict(state_dict)
+    return model
+
+
+# -- unstructured (gradual magnitude) pruning ------------------------------------------------
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
