@@ -78,6 +78,9 @@ def training_warnings() -> Iterator[None]:
         # TrainData's loaders only draw index batches; the images are gathered on the device from
         # tensors already in memory, so DataLoader workers would add process start-up and IPC, no speed.
         warnings.filterwarnings("ignore", message=r"The '\w+' does not have many workers", category=PossibleUserWarning)
+        # Lightning 2.6's own pytree helper (lightning/pytorch/utilities/_pytree.py) builds torch's
+        # deprecated `LeafSpec()`; a note for Lightning's maintainers, nothing a medlite user can act on.
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
         yield
 
 

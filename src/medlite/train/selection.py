@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -46,6 +47,13 @@ class BestCheckpoint(ModelCheckpoint):
                          save_weights_only=True, enable_version_counter=False)
         self.score_start = score_start
         self.best: ValScore | None = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        with warnings.catch_warnings():
+            # Our own start.ckpt (the scored starting weights, `_keep_start`) is in the fresh directory.
+            if self.score_start:
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            super().setup(trainer, pl_module, stage)
 
     def check_monitor_top_k(self, trainer, current: torch.Tensor | None = None) -> bool:
         if current is None:
