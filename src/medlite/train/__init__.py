@@ -81,6 +81,9 @@ def training_warnings() -> Iterator[None]:
         # Lightning 2.6's own pytree helper (lightning/pytorch/utilities/_pytree.py) builds torch's
         # deprecated `LeafSpec()`; a note for Lightning's maintainers, nothing a medlite user can act on.
         warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+        # The same for LightningModule.all_gather (DDP validation), built on a deprecated torch function.
+        warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
+                                category=FutureWarning)
         yield
 
 

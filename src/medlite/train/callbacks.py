@@ -23,7 +23,7 @@ class EpochLog(L.Callback):
     def on_train_epoch_end(self, trainer, module) -> None:
         seconds = time.perf_counter() - self.start
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        module.log("epoch_time", seconds)
+        module.log("epoch_time", seconds, sync_dist=trainer.world_size > 1)  # DDP: the mean over ranks
         row = {"epoch": trainer.current_epoch, "seconds": round(seconds, 3), **{k: round(v, 5) for k, v in metrics.items()}}
         module.history.append(row)
         fault_point(f"epoch:{self.label}:{trainer.current_epoch + 1}")  # tests kill a run mid-training here

@@ -106,8 +106,10 @@ class ClassifierModule(L.LightningModule):
         else:
             loss = hard_loss(logits)
         acc = (logits.argmax(1) == labels).float().mean()
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels))
-        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=len(labels))
+        # DDP: each rank saw its share of the epoch; the logged epoch metrics are the mean over ranks.
+        sync = self.trainer.world_size > 1
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=sync)
+        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=sync)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -135,7 +137,9 @@ class ClassifierModule(L.LightningModule):
         acc = float((probs.argmax(1) == y).mean())
         # An AUC that cannot be computed (one class in the validation split, non-finite outputs) is
         # logged as NaN, never as a number that looks like a (terrible) score.
-        self.log_dict({"val_loss": loss, "val_acc": acc, "val_auc": float(auc) if np.isfinite(auc) else float("nan")})
+        # Under DDP every rank logs the same values (the whole split, gathered): syncing keeps them.
+        self.log_dict({"val_loss": loss, "val_acc": acc, "val_auc": float(auc) if np.isfinite(auc) else float("nan")},
+                      sync_dist=self.trainer.world_size > 1)
         if self.trainer.sanity_checking:
             return
         # Which pass is best is the checkpoint callback's call (medlite.train.selection); it reads
