@@ -197,3 +197,21 @@ def test_warnings_during_training_are_shown_and_only_named_ones_filtered(data_ro
     messages = [str(w.message) for w in caught]
     assert "medlite test: a warning that matters" in messages
     assert not [m for m in messages if "does not have many workers" in m]
+
+
+def test_without_a_validation_split_the_last_epoch_is_kept(data_root, tmp_path):
+    """No validation split: no checkpoint to choose from, the last epoch's weights and a note saying so."""
+    import dataclasses
+
+    from medlite.data import Split
+
+    recipe, ds = _tiny(data_root)
+    val = ds.splits["val"]
+    no_val = dataclasses.replace(ds, splits={**ds.splits, "val": Split(val.images[:0], val.labels[:0])})
+    torch.manual_seed(0)
+    model = create("medlite_dsconv_tiny", 2, 1, 28)
+    result = fit(model, no_val, recipe.student.model_copy(update={"epochs": 2}), data_cfg=recipe.data, seed=0,
+                 log_dir=tmp_path, progress=False)
+    assert result.best_epoch == 1 and result.best_val_auc is None and result.selected_by == "last_epoch"
+    assert result.warnings == ["no validation split: kept the last epoch"]
+    assert len(result.history) == 2 and "val_auc" not in result.history[-1]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from medlite.errors import UsageError
+from medlite.recipe import TrainerConfig
 
 
 def resolve_device(name: str) -> str:
@@ -28,7 +29,7 @@ class Placement:
     world: int = 1
 
 
-def placement(trainer_cfg, device: str, balance: str, score_start: bool) -> Placement:
+def placement(trainer_cfg: TrainerConfig | None, device: str, balance: str, score_start: bool) -> Placement:
     """The placement for a recipe's `trainer` section (None: one process).
 
     Several processes on one CPU machine run as `ddp_fork` (gloo): only training is forked, the
@@ -53,7 +54,7 @@ def placement(trainer_cfg, device: str, balance: str, score_start: bool) -> Plac
     return Placement("ddp_fork", devices, 1, world)
 
 
-def precision(trainer_cfg, device: str) -> str:
+def precision(trainer_cfg: TrainerConfig | None, device: str) -> str:
     """The recipe's precision; `auto`: full precision on CPU, bf16 (else fp16) mixed precision on a GPU."""
     if trainer_cfg is not None and trainer_cfg.precision != "auto":
         return trainer_cfg.precision
