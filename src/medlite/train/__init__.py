@@ -80,7 +80,8 @@ def training_warnings() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r"The '\w+' does not have many workers", category=PossibleUserWarning)
         # Lightning 2.6's own pytree helper (lightning/pytorch/utilities/_pytree.py) builds torch's
         # deprecated `LeafSpec()`; a note for Lightning's maintainers, nothing a medlite user can act on.
-        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)
         # The same for LightningModule.all_gather (DDP validation), built on a deprecated torch function.
         warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
                                 category=FutureWarning)
@@ -123,18 +124,20 @@ def fit(
     if cfg.epochs == 0:
         return FitResult(best_epoch=-1, best_val_auc=None, epochs=0)
     device = resolve_device(device)
+    where = placement(trainer_cfg, device, data_cfg.balance, score_start)  # refused before any work
     L.seed_everything(seed, workers=True, verbose=False)
     teach = teaching(model, dataset, teacher, distill, seed=seed, epochs=cfg.epochs, fixed_views=fixed_views,
                      teacher_views=teacher_views)
     data = TrainData(dataset, batch_size=cfg.batch_size, balance=data_cfg.balance, augment=data_cfg.augment, seed=seed)
     if teach.bank_views:
         data.build_bank(teach.bank_teachers, teach.bank_views, device)
-    weights = class_weights(dataset.splits["train"].labels, dataset.num_classes) if data_cfg.balance == "class_weights" else None
+    weights = None
+    if data_cfg.balance == "class_weights":
+        weights = class_weights(dataset.splits["train"].labels, dataset.num_classes)
     module = ClassifierModule(
         model, cfg, mean=dataset.mean, std=dataset.std, augment_preset=data_cfg.augment, class_weights=weights,
         teachers=teach.teachers or None, method=teach.method, teacher_weights=teach.weights, seed=seed,
     )
-    where = placement(trainer_cfg, device, data_cfg.balance, score_start)
     log_dir.mkdir(parents=True, exist_ok=True)
     if progress is None:
         progress = sys.stderr.isatty()

@@ -1,7 +1,7 @@
 """The training data as one LightningDataModule, for one process and for DDP alike.
 
 The images stay in memory as uint8 tensors (on the training device once `setup` has run); the
-loaders only draw indices (seeded samplers, sharded per rank under DDP) and the module's
+loaders only draw indices (seeded samplers, sharded per rank under DDP) and the DataModule's
 `on_after_batch_transfer` gathers each batch on the device: no per-image Python, no workers.
 A teacher bank (fixed augmented views and the teachers' logits on them) replaces the live
 augmentation of the training images when distilling a logit method, or when a scratch run must
