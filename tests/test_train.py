@@ -215,3 +215,27 @@ def test_without_a_validation_split_the_last_epoch_is_kept(data_root, tmp_path):
     assert result.best_epoch == 1 and result.best_val_auc is None and result.selected_by == "last_epoch"
     assert result.warnings == ["no validation split: kept the last epoch"]
     assert len(result.history) == 2 and "val_auc" not in result.history[-1]
+
+
+def test_epoch_fault_point_kills_after_that_epoch(data_root, tmp_path):
+    """`epoch:<label>:<n>` (MEDLITE_FAULT_AT) kills the process right after epoch n: the fault tests rely on it."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from medlite.data import load_dataset\n"
+        "from medlite.models import create\n"
+        "from medlite.recipe import load_recipe\n"
+        "from medlite.train import fit\n"
+        "r = load_recipe('breastmnist', ['data.limit=64'])\n"
+        "ds = load_dataset(r.data, Path(sys.argv[1]), r.seed)\n"
+        "fit(create('medlite_dsconv_tiny', 2, 1, 28), ds, r.student.model_copy(update={'epochs': 3}), data_cfg=r.data,\n"
+        "    seed=0, log_dir=Path(sys.argv[2]), label='probe', progress=False)\n"
+    )
+    env = {**os.environ, "MEDLITE_FAULT_AT": "epoch:probe:2"}
+    done = subprocess.run([sys.executable, "-c", script, str(data_root), str(tmp_path)], env=env, capture_output=True)
+    assert done.returncode == -9, done.stderr.decode()[-2000:]
+    assert sorted({int(row["epoch"]) for row in _csv_rows(tmp_path)}) == [0, 1]
