@@ -28,7 +28,7 @@ class SeenIndices:
                 self.seen = []
 
             def on_train_batch_start(self, trainer, module, batch, batch_idx):
-                self.seen += batch.tolist()
+                self.seen += batch["idx"].tolist()
 
             def on_train_epoch_end(self, trainer, module):
                 path = folder / f"seen_e{trainer.current_epoch}_r{trainer.global_rank}.json"
@@ -81,11 +81,11 @@ def test_ddp_two_cpu_processes_match_one(tmp_path, data_root):
 
 def test_multi_gpu_or_node_ddp_is_refused_not_faked():
     from medlite.errors import UsageError
-    from medlite.train import _placement
+    from medlite.train.device import Placement, placement
 
     r = load_recipe("breastmnist", ["trainer.devices=2", "trainer.strategy=ddp"])
     with pytest.raises(UsageError, match="GPUs or nodes"):
-        _placement(r.trainer, "cuda", "none", False)
+        placement(r.trainer, "cuda", "none", False)
     with pytest.raises(UsageError, match="strategy: ddp"):
-        _placement(load_recipe("breastmnist", ["trainer.devices=2"]).trainer, "cpu", "none", False)
-    assert _placement(r.trainer, "cpu", "none", False) == ("ddp_fork", 2, 1, 2)
+        placement(load_recipe("breastmnist", ["trainer.devices=2"]).trainer, "cpu", "none", False)
+    assert placement(r.trainer, "cpu", "none", False) == Placement("ddp_fork", 2, 1, 2)

@@ -1,26 +1,30 @@
-"""The LightningModule: the science (loss, metrics, what "best" means) lives here, the loop in the Trainer."""
+"""The LightningModule: the science (loss, metrics) lives here, the data in TrainData, the loop in the Trainer."""
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medlite.distill.methods import StudentOutput, TeacherOutput
 from medlite.evaluate.metrics import auc as auc_score
+from medlite.models.taps import FeatureTaps
 from medlite.train.augment import augment
+from medlite.train.selection import FACTS_KEY, ValScore
 
 
 class ClassifierModule(L.LightningModule):
-    """Trains `model` on in-memory uint8 images; batches arrive as index tensors (no per-sample Python).
+    """Trains `model` on the uint8 image batches of `medlite.train.data.TrainData`.
 
     With teachers and a distillation `method` (see `medlite.distill.methods`) the loss is the
-    method's; nothing here knows which method it is. The teachers' logits come either from a
-    precomputed bank of fixed augmented views (`teacher_bank`, cheap: no teacher runs during
-    training) or from a live forward pass on the same augmented batch (feature methods, whose
-    taps are caught with forward hooks). A bank without logits fixes the views of a scratch run.
+    method's; nothing here knows which method it is. The teachers' logits come either with the
+    batch, from the data's bank of fixed augmented views (cheap: no teacher runs during training),
+    or from a live forward pass on the same augmented batch (feature methods, whose taps are
+    caught with forward hooks). Each validation pass is recorded in `last_validation`; which one
+    is best is `medlite.train.selection`'s call.
     """
 
     def __init__(
@@ -28,10 +32,6 @@ class ClassifierModule(L.LightningModule):
         model: torch.nn.Module,
         cfg,
         *,
-        train_images: torch.Tensor,
-        train_labels: torch.Tensor,
-        val_images: torch.Tensor,
-        val_labels: torch.Tensor,
         mean: float,
         std: float,
         augment_preset: str,
@@ -39,7 +39,6 @@ class ClassifierModule(L.LightningModule):
         teachers: list[torch.nn.Module] | None = None,
         method=None,
         teacher_weights: list[float] | None = None,
-        teacher_bank: tuple[torch.Tensor, torch.Tensor | None] | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -53,21 +52,10 @@ class ClassifierModule(L.LightningModule):
         # Hidden from Lightning in a tuple: the teachers must stay frozen and in eval mode.
         self._teachers = tuple(t.eval().requires_grad_(False) for t in teachers or [])
         self._student_taps = self._teacher_taps = None
-        self.register_buffer("train_images", train_images, persistent=False)
-        self.register_buffer("train_labels", train_labels, persistent=False)
-        self.register_buffer("val_images", val_images, persistent=False)
-        self.register_buffer("val_labels", val_labels, persistent=False)
         self.register_buffer("class_weights", class_weights, persistent=False)
-        if teacher_bank is not None:
-            self.register_buffer("bank_images", teacher_bank[0], persistent=False)
-            self.register_buffer("bank_logits", teacher_bank[1], persistent=False)  # None: views only
-        else:
-            self.bank_images = self.bank_logits = None
-        self.generator = torch.Generator().manual_seed(seed)
-        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.best_state: dict | None = None
-        self.best_score: tuple[float, float] | None = None
-        self.best_epoch = -1
+        self.generator = torch.Generator().manual_seed(seed)  # the live augmentation's draws
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.last_validation: ValScore | None = None  # the latest validation pass, exact (see selection)
         self.auc_missing = 0  # validation passes whose AUC could not be computed
         self.val_passes = 0
         self.history: list[dict] = []
@@ -77,8 +65,6 @@ class ClassifierModule(L.LightningModule):
         return (x01 - self.mean) / self.std
 
     def on_fit_start(self) -> None:
-        from medlite.models.taps import FeatureTaps
-
         self._teachers = tuple(t.to(self.device).eval() for t in self._teachers)
         if self.method is not None:
             if self.method.student_taps():
@@ -93,9 +79,7 @@ class ClassifierModule(L.LightningModule):
         self._student_taps = self._teacher_taps = None
 
     # -- steps ------------------------------------------------------------------------
-    def _teacher_output(self, x: torch.Tensor, bank_logits: torch.Tensor | None):
-        from medlite.distill.methods import TeacherOutput
-
+    def _teacher_output(self, x: torch.Tensor, bank_logits: torch.Tensor | None) -> TeacherOutput:
         if bank_logits is not None:  # views x ... -> one tensor per teacher
             return TeacherOutput([bank_logits[:, i].float() for i in range(bank_logits.shape[1])], self.teacher_weights)
         with torch.no_grad():
@@ -103,18 +87,12 @@ class ClassifierModule(L.LightningModule):
         features = self._teacher_taps.take() if self._teacher_taps is not None else {}
         return TeacherOutput(logits, self.teacher_weights, features)
 
-    def training_step(self, idx: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        from medlite.distill.methods import StudentOutput
-
-        labels = self.train_labels[idx]
-        bank_logits = None
-        if self.bank_images is not None:
-            view = self.current_epoch % self.bank_images.shape[0]
-            x = self.bank_images[view][idx].float() / 255
-            if self.bank_logits is not None:
-                bank_logits = self.bank_logits[view][idx]
-        else:
-            x = augment(self.train_images[idx].float() / 255, self.augment_preset, self.generator)
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """`batch` from TrainData: uint8 images (a bank's fixed views, or augmented here), labels, bank logits."""
+        labels, bank_logits = batch["label"], batch["teacher_logits"]
+        x = batch["image"].float() / 255
+        if not batch["fixed_view"]:
+            x = augment(x, self.augment_preset, self.generator)
         x = self.normalize(x)
         logits = self.model(x)
 
@@ -128,14 +106,15 @@ class ClassifierModule(L.LightningModule):
         else:
             loss = hard_loss(logits)
         acc = (logits.argmax(1) == labels).float().mean()
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(idx))
-        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=len(idx))
+        # DDP: each rank saw its share of the epoch; the logged epoch metrics are the mean over ranks.
+        sync = self.trainer.world_size > 1
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=sync)
+        self.log("train_acc", acc, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=sync)
         return loss
 
-    def validation_step(self, idx: torch.Tensor, batch_idx: int) -> None:
-        x = self.normalize(self.val_images[idx].float() / 255)
-        logits = self.model(x)
-        self._val_outputs.append((logits.float().detach(), self.val_labels[idx], idx))
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self.model(self.normalize(batch["image"].float() / 255))
+        self._val_outputs.append((logits.float().detach(), batch["label"], batch["idx"]))
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:
@@ -158,20 +137,22 @@ class ClassifierModule(L.LightningModule):
         acc = float((probs.argmax(1) == y).mean())
         # An AUC that cannot be computed (one class in the validation split, non-finite outputs) is
         # logged as NaN, never as a number that looks like a (terrible) score.
-        self.log_dict({"val_loss": loss, "val_acc": acc, "val_auc": float(auc) if np.isfinite(auc) else float("nan")})
+        # Under DDP every rank logs the same values (the whole split, gathered): syncing keeps them.
+        self.log_dict({"val_loss": loss, "val_acc": acc, "val_auc": float(auc) if np.isfinite(auc) else float("nan")},
+                      sync_dist=self.trainer.world_size > 1)
         if self.trainer.sanity_checking:
             return
-        # Best epoch: highest validation AUC, ties broken by lower validation loss; an epoch whose
-        # AUC cannot be computed ranks by its loss alone, below every epoch with an AUC. The
-        # starting weights, when scored (fine-tuning), count as epoch -1.
+        # Which pass is best is the checkpoint callback's call (medlite.train.selection); it reads
+        # the exact values here, and a saved checkpoint records them (on_save_checkpoint).
         self.val_passes += 1
         if not np.isfinite(auc):
             self.auc_missing += 1
-        score = (float(auc) if np.isfinite(auc) else float("-inf"), -loss)
-        if self.best_score is None or score > self.best_score:
-            self.best_score = score
-            self.best_epoch = -1 if self.trainer.state.fn == "validate" else self.current_epoch
-            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        epoch = -1 if self.trainer.state.fn == "validate" else self.current_epoch  # -1: the starting weights
+        self.last_validation = ValScore(epoch, float(auc), loss)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.last_validation is not None:
+            checkpoint[FACTS_KEY] = dataclasses.asdict(self.last_validation)
 
     def configure_optimizers(self):
         cfg = self.cfg
@@ -190,7 +171,3 @@ class ClassifierModule(L.LightningModule):
         else:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-
-    def restore_best(self) -> None:
-        if self.best_state is not None:
-            self.model.load_state_dict(copy.deepcopy(self.best_state))

@@ -1,4 +1,6 @@
-"""A bank of fixed augmented views with the teachers' logits, computed once before distillation.
+"""The teacher bank: fixed augmented views with the teachers' logits, computed once before distillation.
+
+Part of the training data (`medlite.train.data.TrainData` builds it), so it lives in `train`.
 
 A teacher is frozen, so its output for a given input never changes. Drawing each epoch's images
 from a fixed set of augmented views lets us run each teacher once per view instead of once per

@@ -1,0 +1,35 @@
+"""The per-epoch record: one history row and one plain line per epoch, and the `epoch:<label>:<n>` fault point."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import lightning as L
+
+from medlite.runstate import fault_point
+
+
+class EpochLog(L.Callback):
+    """Times each training epoch, appends its metrics to `module.history` and reports one line per epoch."""
+
+    def __init__(self, label: str, say: Callable[[str], None] | None) -> None:
+        self.label, self.say = label, say
+        self.start = 0.0
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        seconds = time.perf_counter() - self.start
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        module.log("epoch_time", seconds, sync_dist=trainer.world_size > 1)  # DDP: the mean over ranks
+        row = {"epoch": trainer.current_epoch, "seconds": round(seconds, 3), **{k: round(v, 5) for k, v in metrics.items()}}
+        module.history.append(row)
+        fault_point(f"epoch:{self.label}:{trainer.current_epoch + 1}")  # tests kill a run mid-training here
+        if self.say and trainer.is_global_zero:
+            val = f" val_auc {metrics['val_auc']:.3f} val_acc {metrics['val_acc']:.3f}" if "val_auc" in metrics else ""
+            self.say(
+                f"{self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
+                f" loss {metrics.get('train_loss', float('nan')):.4f}{val} ({seconds:.1f}s)"
+            )

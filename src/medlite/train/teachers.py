@@ -1,0 +1,41 @@
+"""What a fit learns from: the teachers, the distillation method, and whether they need a teacher bank."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from medlite.distill.methods import DistillMethod, build_method
+
+
+@dataclass
+class Teaching:
+    teachers: list[torch.nn.Module] = field(default_factory=list)
+    method: DistillMethod | None = None  # None: the labels' loss only
+    weights: list[float] | None = None  # an ensemble's weights, one per teacher
+    bank_views: int = 0  # fixed augmented views to precompute (0: augment live, no bank)
+    bank_teachers: list[torch.nn.Module] = field(default_factory=list)  # whose logits the bank holds
+
+
+def teaching(model: torch.nn.Module, dataset, teacher, distill, *, seed: int, epochs: int, fixed_views: bool,
+             teacher_views: int) -> Teaching:
+    """Logit methods read the teachers' outputs from a bank of fixed augmented views; feature methods
+    (teacher taps) run the teacher live; `fixed_views` gives a run without a teacher the same views."""
+    teachers = [] if teacher is None else list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    method = None
+    if teachers and distill is not None:
+        spec = dataset.preprocess
+        torch.manual_seed(seed)  # the method's own layers (adapters, exits) start from the seed too
+        method = build_method(distill, model, teachers, torch.zeros(2, spec.channels, spec.image_size, spec.image_size))
+    weights = getattr(distill, "teacher_weights", None)  # ignored for one teacher
+    live_teacher = method is not None and bool(method.teacher_taps())
+    bank = (teachers and not live_teacher) or (fixed_views and not teachers)
+    return Teaching(
+        teachers=teachers if method is not None else [],
+        method=method,
+        weights=weights if weights and len(weights) == len(teachers) else None,
+        # Each view serves at least two epochs: otherwise the bank costs as much as a live teacher.
+        bank_views=max(1, min(teacher_views, epochs // 2)) if bank else 0,
+        bank_teachers=teachers if bank else [],
+    )
