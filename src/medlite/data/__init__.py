@@ -11,11 +11,11 @@ checks, `data.limit` and the label checks are shared, here.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medlite.data.config import DataConfig
 from medlite.data.dataset import MULTILABEL, SPLITS, Dataset, Part, Source, Split
 from medlite.data.preprocess import load_image, match_channels, resize_batch
 from medlite.data.registry import known_sources, register_source, source_spec
@@ -31,8 +31,11 @@ from medlite.data.splits import (
 from medlite.errors import DataError
 from medlite.runstate import write_atomic
 
+if TYPE_CHECKING:  # the recipe section's model (pydantic): this package is imported by the runtime on devices
+    from medlite.data.config import DataConfig
+
 __all__ = [
-    "SPLITS", "DataConfig", "Dataset", "Part", "Source", "Split", "known_sources", "load_dataset",
+    "SPLITS", "Dataset", "Part", "Source", "Split", "known_sources", "load_dataset",
     "register_source", "source_spec", "write_splits_csv",
 ]
 
