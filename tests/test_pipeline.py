@@ -281,3 +281,22 @@ def test_the_scratch_baseline_is_fair_and_says_how_it_was_trained(first_run):
     for key in ("epochs", "optimizer", "image_size", "mixup"):
         assert scratch[key] == kd[key], key
     assert "student_scratch_bank" not in variants  # the fixed-view control only when asked for
+
+
+def test_dry_run_plans_the_graph_and_writes_nothing(first_run, tmp_path, data_root):
+    """`medlite run --dry-run`: every stage with reuse/run; a changed setting replans only what it feeds."""
+    from medlite.pipeline import dry_run
+
+    out = own_copy(first_run, tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    lines: list[str] = []
+    plan = dry_run(load_recipe("breastmnist", TINY), out, data_root, say=lines.append)
+    assert {p.action for p in plan} == {"reuse"} and {"teacher", "student_kd.evaluate", "bench"} - {p.name for p in plan} == {"bench"}
+    assert any("would be reused, 0 run" in line for line in lines)
+    changed = {p.name: p.action for p in dry_run(load_recipe("breastmnist", TINY + ["student.epochs=3"]), out, data_root,
+                                                 say=lambda _: None)}
+    assert changed["teacher"] == changed["teacher.export"] == "reuse"
+    assert changed["student_kd"] == changed["student_kd.export"] == changed["student_kd.evaluate"] == "run"
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    fresh = dry_run(load_recipe("breastmnist", TINY), tmp_path / "new", data_root, say=lambda _: None)
+    assert {p.action for p in fresh} == {"run"} and not (tmp_path / "new").exists()

@@ -547,3 +547,15 @@ def test_switching_the_distill_method_starts_from_its_own_defaults():
     with pytest.raises(UsageError, match=r"--set distill.alpha=0.3: unknown key 'distill.alpha'"):
         load_recipe("breastmnist", ["distill.method=fitnet", "distill.alpha=0.3"])
     assert load_recipe("breastmnist")._notes == []
+
+
+@pytest.mark.parametrize("name", sorted(builtin_recipes()))
+def test_every_builtin_recipe_resolves_and_reads_back_equal(name):
+    """A resolved recipe states every key at its value; reading it back must give the same recipe
+    (a table section used to refuse its own default `no_finding`)."""
+    import yaml
+
+    from medlite.recipe import dump_recipe, validate_tree
+
+    recipe = load_recipe(name)
+    assert validate_tree(yaml.safe_load(dump_recipe(recipe)), "resolved") == recipe

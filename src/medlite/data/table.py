@@ -59,7 +59,8 @@ class TableData(DataConfig):
             raise ValueError("label_separator splits the label column: give label, not labels")
         if self.classes is not None and self.labels is not None:
             raise ValueError("classes lists the values of the label column; with labels the classes are those columns")
-        if "no_finding" in self.model_fields_set and self.label_separator is None:
+        # Judged by value, not by "was it given": a resolved recipe states every key at its default.
+        if self.no_finding != type(self).model_fields["no_finding"].default and self.label_separator is None:
             raise ValueError("no_finding applies to a separated label column: give label_separator too")
         return self
 
