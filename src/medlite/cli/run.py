@@ -86,8 +86,14 @@ def data(
             typer.echo(json.dumps(report.to_dict(), indent=2))
         else:
             _print_verify(report, console)
-        if report.exit_code:
-            raise typer.Exit(report.exit_code)
+        if report.faults:
+            from medlite.errors import DataError
+
+            # An error, not typer.Exit: main() runs the app with standalone_mode=False, where an
+            # Exit's code is returned and lost; a DataError is the one line and exit code 2.
+            first = report.faults[0]
+            more = f" (and {len(report.faults) - 1} more)" if len(report.faults) > 1 else ""
+            raise DataError(f"data --verify: {len(report.faults)} faults; first [{first.check}]: {first.message}{more}")
         return
     from medlite.data import load_dataset
 
