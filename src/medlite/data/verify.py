@@ -214,7 +214,8 @@ def _check_classes(dataset: Dataset, report: VerifyReport) -> None:
             continue
         absent = [name for name, n in per_class[split].items() if n == 0]
         if absent:
-            report.add(WARNING, "classes", f"{split}: no image of {what} {', '.join(map(repr, absent))} "
+            image = "positive image" if dataset.multilabel else "image"
+            report.add(WARNING, "classes", f"{split}: no {image} of {what} {', '.join(map(repr, absent))} "
                                            "(its per-class figures and AUC are undefined there)")
     n_train = len(dataset.splits["train"])
     present = {name: n for name, n in train.items() if n > 0}
