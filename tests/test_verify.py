@@ -192,3 +192,10 @@ def test_dermamnist_official_split_warns_about_shared_lesions(tmp_path, monkeypa
     monkeypatch.setenv("MEDLITE_OFFLINE", "1")
     report = verify_data(DataConfig(source="medmnist", flag="dermamnist", size=64), tmp_path, seed=0)
     assert [f.check for f in report.warnings] == ["known_split"] and [f.check for f in report.faults] == ["load"]
+
+
+def test_a_medmnist_file_that_is_not_the_official_one_is_a_fault(data_root, tmp_path):
+    (tmp_path / "breastmnist.npz").write_bytes((data_root / "breastmnist.npz").read_bytes() + b"\0")
+    report = verify_data(DataConfig(source="medmnist", flag="breastmnist"), tmp_path, seed=0)
+    assert [f.check for f in report.faults] == ["md5"] and report.md5["ok"] is False
+    assert str(tmp_path / "breastmnist.npz") in report.faults[0].message and report.md5["expected"] in report.faults[0].message
