@@ -60,18 +60,53 @@ def recipes() -> None:
         typer.echo(f"{name:<16} {describe_builtin(path)}{marker}")
 
 
-def data(ctx: typer.Context, recipe: RecipeArg = None, data_root: DataRootOpt = None, set_: SetOpt = None,
-         debug: DebugOpt = False) -> None:
-    """Print the dataset summary: source, classes, images per split and class, size and channels."""
+def data(
+    ctx: typer.Context,
+    recipe: RecipeArg = None,
+    data_root: DataRootOpt = None,
+    set_: SetOpt = None,
+    verify: Annotated[bool, typer.Option("--verify", help="check the data: MD5, unreadable files, shapes, ranges, classes, balance, group leakage, duplicates; exit 2 on a fault")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="print JSON for machines instead of tables")] = False,
+    max_distance: Annotated[int, typer.Option("--max-distance", min=0, max=64, help="--verify: perceptual-hash bits within which two images are near duplicates")] = 4,
+    debug: DebugOpt = False,
+) -> None:
+    """Print the dataset summary: source, classes, images per split and class, size and channels (--verify: check it)."""
     # local: rich, the data loaders (numpy, PIL) and the recipe schema (pydantic) are not for --help.
-    from rich.table import Table
+    import json
 
-    from medlite.data import load_dataset
     from medlite.recipe import load_recipe
 
     parsed = load_recipe(recipe, set_ or [])
-    summary = load_dataset(parsed.data, resolve_data_root(data_root), parsed.seed).summary()
     console = state(ctx).console
+    if verify:
+        from medlite.data.verify import verify_data
+
+        report = verify_data(parsed.data, resolve_data_root(data_root), parsed.seed, max_distance=max_distance)
+        if json_:
+            typer.echo(json.dumps(report.to_dict(), indent=2))
+        else:
+            _print_verify(report, console)
+        if report.faults:
+            from medlite.errors import DataError
+
+            # An error, not typer.Exit: main() runs the app with standalone_mode=False, where an
+            # Exit's code is returned and lost; a DataError is the one line and exit code 2.
+            first = report.faults[0]
+            more = f" (and {len(report.faults) - 1} more)" if len(report.faults) > 1 else ""
+            raise DataError(f"data --verify: {len(report.faults)} faults; first [{first.check}]: {first.message}{more}")
+        return
+    from medlite.data import load_dataset
+
+    summary = load_dataset(parsed.data, resolve_data_root(data_root), parsed.seed).summary()
+    if json_:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    _print_summary(summary, console)
+
+
+def _print_summary(summary: dict, console) -> None:
+    from rich.table import Table
+
     console.print(f"{summary['name']} ({summary['source']}): {summary['origin']}")
     console.print(
         f"{summary['num_classes']} classes; split: {summary['split']}; native {summary['native_size']} px x "
@@ -86,3 +121,35 @@ def data(ctx: typer.Context, recipe: RecipeArg = None, data_root: DataRootOpt = 
         table.add_row(name, *[str(summary["per_class"][split][name]) for split in summary["images"]])
     table.add_row("total", *[str(n) for n in summary["images"].values()])
     console.print(table)
+
+
+def _print_verify(report, console) -> None:
+    """The verify report for people: the summary table, the checks, then every fault and warning."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    if report.summary is not None:
+        _print_summary(report.summary, console)
+        checks = Table(title="checks")
+        for column in ("split", "images", "pixels min..max (mean)", "flat", "groups"):
+            checks.add_column(column, justify="left" if column == "split" else "right")
+        per_split_groups = (report.groups or {}).get("per_split", {})
+        for split, shape in report.shapes.items():
+            values = report.values[split]
+            pixels = "-" if values["min"] is None else f"{values['min']}..{values['max']} ({values['mean']:.1f})"
+            checks.add_row(split, "x".join(map(str, shape["images"])), pixels, str(values["flat_images"]),
+                           str(per_split_groups.get(split, "-")))
+        console.print(checks)
+        if report.duplicates is not None:
+            dup = Table(title=f"duplicates (near: within {report.duplicates.max_distance} bits)")
+            for column in ("splits", "exact", "near", "images with a copy", "label conflicts"):
+                dup.add_column(column, justify="left" if column == "splits" else "right")
+            for key, counts in report.duplicates.counts.items():
+                dup.add_row(key, str(counts.exact), str(counts.near), str(counts.images_b_with_copy), str(counts.label_conflicts))
+            console.print(dup)
+    if report.md5:
+        console.print(f"MD5 {report.md5['md5']} ({'official' if report.md5['ok'] else 'NOT the official ' + str(report.md5['expected'])})")
+    for finding in report.findings:
+        console.print(escape(f"{finding.level.upper()} [{finding.check}] {finding.message}"))
+    verdict = "verify: ok" if report.ok else f"verify: {len(report.faults)} faults"
+    console.print(verdict + (f", {len(report.warnings)} warnings" if report.warnings else ""))
