@@ -183,3 +183,21 @@ def test_models_lists_every_variant_and_the_deploy_choice(tiny_run, monkeypatch,
     assert table.returncode == 0 and f"predict would deploy: {chosen['name']}" in table.stdout
     assert all(v["name"] in table.stdout for v in results["variants"])
     one_line_error(medlite(monkeypatch, capsys, "models", tiny_run / "models"), "not a run directory")
+
+
+def test_recipe_yaml_with_a_label_table(tiny_run, data_root, busi_root, tmp_path, monkeypatch, capsys):
+    # A table recipe's validated data section is used as it is (dumping and re-validating it fails:
+    # its defaults count as given), with only the model's input size and channels changed.
+    table = tmp_path / "busi.csv"
+    lines = ["path,finding"] + [f"{d.name}/{p.name},{d.name}" for d in sorted(busi_root.iterdir())
+                                for p in sorted(d.iterdir())[:12]]
+    table.write_text("\n".join(lines) + "\n")
+    recipe = tmp_path / "external.yaml"
+    recipe.write_text(f"data: {{source: table, table: {table}, root: {busi_root}, image: path, label: finding}}\n")
+    out = tmp_path / "ev"
+    result = medlite(monkeypatch, capsys, "evaluate", tiny_run, recipe, *BUSI_MAP, "--split", "all", "--bootstrap", 0,
+                     "--out", out, "--data-root", data_root)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads((out / "evaluation.json").read_text())
+    assert doc["data"]["source"] == "table" and doc["data"]["n_images"] == 36
+    assert doc["data"]["section"]["image_size"] == 28 and doc["data"]["per_class"] == {"malignant": 12, "normal, benign": 24}

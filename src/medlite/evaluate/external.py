@@ -53,8 +53,9 @@ def parse_class_map(items: list[str] | None) -> dict[str, str]:
     return mapping
 
 
-def data_section(spec: str) -> tuple[dict, str, int, str]:
-    """DATA -> (the `data` section, a short name, the split seed, how DATA was read).
+def data_section(spec: str) -> tuple[Any, str, int, str]:
+    """DATA -> (the `data` section: a mapping, or a recipe's validated one; a short name, the split
+    seed, how DATA was read).
 
     An existing folder is an image folder; a .yaml/.yml or other existing file, or a built-in
     recipe's name, is a recipe (its `data` section and seed); otherwise a MedMNIST flag.
@@ -69,7 +70,7 @@ def data_section(spec: str) -> tuple[dict, str, int, str]:
     if path.suffix in (".yaml", ".yml") or path.is_file() or spec in builtin:
         recipe = load_recipe(spec)
         kind = "built-in recipe" if spec in builtin and not path.is_file() else "recipe"
-        return recipe.data.model_dump(mode="json"), recipe.name, int(recipe.seed), f"{kind} {spec} (its data section)"
+        return recipe.data, recipe.name, int(recipe.seed), f"{kind} {spec} (its data section)"
     from medlite.data.medmnist import medmnist_info
 
     try:
@@ -168,19 +169,23 @@ def _open_model(target: Path, threads: int):
         raise UsageError(str(err)) from None
 
 
-def _load(section: dict, spec, data_root: Path, seed: int, where: str):
+def _load(section: Any, spec, data_root: Path, seed: int, where: str):
     from pydantic import ValidationError
 
     from medlite.data import load_dataset
     from medlite.data.config import DataConfig
 
-    try:
-        # A grey model's data is read at its own channels: colour images are counted before they turn grey.
-        channels = spec.channels if spec.channels == 3 else None
-        cfg = DataConfig.model_validate({**section, "image_size": spec.image_size, "channels": channels})
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise UsageError(f"{where}: data.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    # A grey model's data is read at its own channels: colour images are counted before they turn grey.
+    model_input = {"image_size": spec.image_size, "channels": spec.channels if spec.channels == 3 else None}
+    if isinstance(section, DataConfig):  # a recipe's, already validated: only the input size and channels change
+        cfg = section.model_copy(update=model_input)
+    else:
+        try:
+            cfg = DataConfig.model_validate({**section, **model_input})
+        except ValidationError as err:
+            first = err.errors()[0]
+            key = ".".join(map(str, first["loc"]))
+            raise UsageError(f"{where}: data{'.' + key if key else ''}: {first['msg']}") from None
     return cfg, load_dataset(cfg, data_root, seed)
 
 
