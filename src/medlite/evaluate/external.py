@@ -334,7 +334,7 @@ def evaluate_external(model: Path, data: str, data_root: Path, *, class_map: dic
     doc = _clean(doc)
     write_atomic(out / CSV_NAME, predictions_text(ids, splits, list(dataset.class_names), data_labels, to_model,
                                                   probs, classes, decided))
-    figure = _figure(art, probs, labels, classes, argmax, at_op, out / FIGURES)
+    figure = _figure(probs, labels, classes, argmax, at_op, out / FIGURES)
     doc["files"]["figures"] = [figure["png"], figure["svg"]]
     doc["out"] = str(out)
     write_json(out / JSON_NAME, doc)
@@ -342,7 +342,7 @@ def evaluate_external(model: Path, data: str, data_root: Path, *, class_map: dic
     return doc
 
 
-def _figure(art, probs, labels, classes, argmax: dict, at_op: dict | None, folder: Path) -> dict:
+def _figure(probs: np.ndarray, labels: np.ndarray, classes: list[str], argmax: dict, at_op: dict | None, folder: Path) -> dict:
     """The report's per-variant panels (confusion matrix, ROC with the operating point, reliability)."""
     from medlite.report.figures import variant_panels  # local: matplotlib
 
