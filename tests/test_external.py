@@ -201,3 +201,11 @@ def test_recipe_yaml_with_a_label_table(tiny_run, data_root, busi_root, tmp_path
     doc = json.loads((out / "evaluation.json").read_text())
     assert doc["data"]["source"] == "table" and doc["data"]["n_images"] == 36
     assert doc["data"]["section"]["image_size"] == 28 and doc["data"]["per_class"] == {"malignant": 12, "normal, benign": 24}
+
+
+def test_commands_are_listed_with_debug(monkeypatch, capsys):
+    listing = medlite(monkeypatch, capsys, "--help")
+    assert listing.returncode == 0 and "evaluate" in listing.stdout and "models" in listing.stdout
+    for command in ("evaluate", "models"):
+        shown = medlite(monkeypatch, capsys, command, "--help")
+        assert shown.returncode == 0 and "--debug" in shown.stdout, command
