@@ -20,7 +20,7 @@ from typing import Annotated
 
 import typer
 
-from medlite.cli import bench, deploy, explain, run, study
+from medlite.cli import bench, deploy, evaluate, explain, run, study
 from medlite.cli.common import CliState, DebugOpt
 from medlite.errors import InternalError, UsageError
 
@@ -56,6 +56,8 @@ app.command("data")(run.data)
 app.command("bench", help="Benchmark every variant of a run directory, or one model file (.onnx, .tflite); --soak SECONDS for a resource monitor.")(bench.bench)
 app.command("predict")(deploy.predict)
 app.command("serve")(deploy.serve)
+app.command("evaluate")(evaluate.evaluate)
+app.command("models")(evaluate.models)
 app.command("explain", help="Explain the variants of a run directory (maps, faithfulness, agreement); rewrites its report.")(explain.explain)
 app.command("study", help="Run a study (grid/list x seeds x folds, local or Ray) with statistics and tables.")(study.study)
 app.command("tune", help="Tune a recipe's key settings on validation within a time budget (Optuna).")(study.tune)
