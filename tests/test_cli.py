@@ -388,3 +388,24 @@ def test_cli_package_has_no_import_cycle():
                 if not allowed:
                     offenders.append(f"{path.relative_to(root)} imports {name}")
     assert offenders == []
+
+
+def test_a_command_that_exits_non_zero_keeps_its_code(monkeypatch):
+    """typer.Exit(n) under standalone_mode=False is returned, not raised: main() must still exit n."""
+    import sys
+
+    import typer
+
+    import medlite.cli as cli
+
+    @cli.app.command("exit-three-for-test", hidden=True)
+    def _three() -> None:
+        raise typer.Exit(3)
+
+    monkeypatch.setattr(sys, "argv", ["medlite", "exit-three-for-test"])
+    try:
+        with pytest.raises(SystemExit) as info:
+            cli.main()
+        assert info.value.code == 3
+    finally:
+        cli.app.registered_commands[:] = [c for c in cli.app.registered_commands if c.name != "exit-three-for-test"]

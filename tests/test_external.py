@@ -113,9 +113,15 @@ def test_model_file_on_a_medmnist_flag_every_split(tiny_run, data_root, tmp_path
     result = medlite(monkeypatch, capsys, "evaluate", tiny_run / "models" / "teacher.onnx", "breastmnist",
                      "--split", "all", "--bootstrap", 0, "--out", out, "--data-root", data_root)
     assert result.returncode == 0, result.stderr
-    assert "AUC" in result.stdout and "seen in training: unknown" in result.stdout
+    assert "AUC" in result.stdout and "seen in training: " in result.stdout
     doc = json.loads((out / "evaluation.json").read_text())
     assert doc["data"]["n_images"] == 546 + 78 + 156  # every official split of BreastMNIST
+    # The run kept its training images' hashes beside its files: every one of them is among these images.
+    from medlite.data.duplicates import load_hashes
+
+    trained_on = load_hashes(tiny_run / "models" / "train_hashes.npy")
+    seen = doc["seen_in_training"]
+    assert seen["count"] == len(seen["files"]) >= len(trained_on) > 0 and seen["of"] == doc["data"]["n_images"]
     assert doc["data"]["read_as"].startswith("built-in recipe") and doc["model"]["variant"] is None
     with open(out / "predictions.csv", newline="") as handle:
         assert {r["split"] for r in csv.DictReader(handle)} == {"train", "val", "test"}

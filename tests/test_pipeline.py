@@ -300,3 +300,17 @@ def test_dry_run_plans_the_graph_and_writes_nothing(first_run, tmp_path, data_ro
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
     fresh = dry_run(load_recipe("breastmnist", TINY), tmp_path / "new", data_root, say=lambda _: None)
     assert {p.action for p in fresh} == {"run"} and not (tmp_path / "new").exists()
+
+
+def test_duplicates_and_training_hashes_are_kept(first_run):
+    """Issue 16: copies across splits are reported, and the training images' hashes kept with the models."""
+    from medlite.data.duplicates import load_hashes
+
+    out, results, _ = first_run
+    hashes = load_hashes(out / "models" / "train_hashes.npy")
+    assert len(hashes) == results["dataset"]["images"]["train"] and hashes.dtype == np.uint64
+    counts = results["duplicates"]["counts"]
+    assert set(counts) == {"train/val", "train/test", "val/test"}
+    with_copy = counts["train/test"]["images_b_with_copy"]
+    assert (with_copy > 0) == any("test images have an exact or near copy in train" in w
+                                  for w in results["dataset"]["warnings"])

@@ -91,6 +91,9 @@ class Context:
         self.device = "cpu"
         self.variants: dict[str, Variant] = {}
         self.skipped: list[dict] = []  # variants a stage could not make: {"name", "reason", ...}
+        self.duplicates: dict | None = None  # the data's duplicate report (medlite.data.duplicates), for results.json
+        self.started = 0.0  # perf_counter() when the run began (results.json `timings.total`)
+        self.results: dict | None = None  # the results document, once the report step wrote it
         self.ledger = StageLedger(run, say, planning=planning)
         self.models = ModelLoader(self)
         self.inference = Inference(self)

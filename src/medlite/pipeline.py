@@ -28,8 +28,10 @@ from medlite.compress.stages import check_targets, run_compression
 from medlite.context import Context
 from medlite.data import load_dataset, write_splits_csv
 from medlite.data.config import canonical_data
+from medlite.data.duplicates import find_duplicates, known_split_warnings, save_hashes, training_hashes
 from medlite.distill.stages import check_recipe as check_distillation, run_distillation, variant_names
 from medlite.evaluate.operating_point import check_config, predict_stage
+from medlite.evaluate.external import HASHES_NAME
 from medlite.evaluate.stage import evaluate_stage
 from medlite.explain.stage import stage_explain
 from medlite.export import registry as export_registry
@@ -62,12 +64,29 @@ def load_data(ctx: Context) -> None:
         if not ctx.planning:
             _write_samples(ctx)
             write_splits_csv(ctx.dataset, ctx.run.root / "splits.csv")  # which image went where, by group
+            _check_duplicates(ctx)
+            # Kept with the models: evaluating them on other data can say which images they have seen.
+            save_hashes(ctx.run.models / HASHES_NAME, training_hashes(ctx.dataset))
     d = ctx.dataset
     check_config(ctx.recipe, d.class_names)
     sizes = ", ".join(f"{k} {len(s)}" for k, s in d.splits.items())
     ctx.say(f"data: {d.name} ({d.source}), {d.num_classes} classes, {sizes}; {d.image_size}px x {d.channels}ch")
     for warning in getattr(d, "warnings", []):
         ctx.say(f"data: warning: {warning}")
+
+
+def _check_duplicates(ctx: Context) -> None:
+    """Exact and near-duplicate images across splits (and a known fault of an official split): kept in
+    results.json `duplicates` and said as the data's warnings (the table and the report show them)."""
+    d = ctx.dataset
+    report = find_duplicates(d)
+    ctx.duplicates = report.to_dict()
+    for pair, counts in report.counts.items():
+        seen, where = pair.split("/")[1], pair.split("/")[0]
+        if counts.images_b_with_copy:
+            d.warnings.append(f"{counts.images_b_with_copy} {seen} images have an exact or near copy in {where} "
+                              f"(perceptual hash within {report.max_distance} bits; pairs in results.json `duplicates`)")
+    d.warnings.extend(w for w in known_split_warnings(d) if w not in d.warnings)
 
 
 def _write_samples(ctx: Context, per_class: int = 2) -> None:
@@ -100,6 +119,7 @@ def results_document(ctx: Context, wall_seconds: float) -> dict:
         "recipe": ctx.recipe.name,
         "seed": ctx.recipe.seed,
         "dataset": ctx.dataset.summary(),
+        "duplicates": ctx.duplicates,  # exact and near copies across splits (medlite.data.duplicates)
         "variants": [v.to_dict() for v in ctx.variants.values()],
         "skipped": ctx.skipped,  # variants a converter could not make, each with a one-line reason
         "timings": {**ctx.ledger.timings, "total": round(wall_seconds, 2)},
@@ -234,7 +254,6 @@ def _context(recipe: Recipe, run: RunDir, data_root: Path, say, progress, planni
     ctx = Context(recipe, run, data_root, say, progress, planning=planning)
     ctx.device = resolve_device(recipe.device)
     ctx.started = time.perf_counter()
-    ctx.results = None
     return ctx
 
 

@@ -76,7 +76,10 @@ def main() -> None:
     """The `medlite` entry point: run the app, turn what ends it into one line and an exit code."""
     options = CliState()
     try:
-        app(standalone_mode=False, obj=options)
+        # Without standalone mode click returns the code of a `typer.Exit(n)` instead of raising it.
+        code = app(standalone_mode=False, obj=options)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UsageError as err:
         if options.debug:
             raise

@@ -32,7 +32,23 @@ from medlite.errors import UsageError
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
 SCHEMA = 1
-SEEN_REASON = "the model's training hashes are not recorded yet"
+HASHES_NAME = "train_hashes.npy"  # beside the deployed files: the perceptual hashes of the training images
+
+
+def seen_in_training(model_file: Path, images: np.ndarray, ids: list[str]) -> tuple[dict | None, str]:
+    """How many of `images` the model's training set already held (perceptual hash within the default
+    distance), from the hashes its run kept beside its files; (None, why) when there are none."""
+    from medlite.data.duplicates import DEFAULT_MAX_DISTANCE, load_hashes
+    from medlite.data.duplicates import seen_in_training as seen
+
+    path = Path(model_file).parent / HASHES_NAME
+    if not path.is_file():
+        return None, f"no {HASHES_NAME} beside {Path(model_file).name} (made by medlite runs since the training hashes were kept)"
+    indices = seen(load_hashes(path), images, DEFAULT_MAX_DISTANCE)
+    return ({"count": len(indices), "of": int(len(images)), "max_distance": DEFAULT_MAX_DISTANCE,
+             "hashes": str(path), "files": [ids[i] for i in indices]},
+            f"{len(indices)} of {len(images)} images are within {DEFAULT_MAX_DISTANCE} bits (perceptual hash) "
+            f"of a training image")
 JSON_NAME, CSV_NAME, PAGE_NAME, FIGURES = "evaluation.json", "predictions.csv", "evaluation.html", "figures"
 
 
@@ -290,6 +306,7 @@ def evaluate_external(model: Path, data: str, data_root: Path, *, class_map: dic
     images, channel_note = match_model_channels(images, int(spec.channels), where)
     labels = np.asarray(to_model, np.int64)[data_labels]
     probs = art.predict_proba(images, batch_size=batch_size)
+    seen_doc, seen_reason = seen_in_training(art.path, images, ids)
 
     warnings = list(dataset.warnings) + ([channel_note] if channel_note and "colour" in channel_note else [])
     present = sorted(set(labels.tolist()))
@@ -324,10 +341,9 @@ def evaluate_external(model: Path, data: str, data_root: Path, *, class_map: dic
         "metrics": {"argmax": argmax, "operating_point": at_op,
                     "operating_point_note": None if at_op else "the file carries no operating point: decisions are the argmax",
                     "bootstrap": bootstrap, "confidence": confidence},
-        # The issue asks how many of these images the training set held; that needs the run's
-        # perceptual hashes of its training images, which are not stored yet.
-        "seen_in_training": None,
-        "seen_in_training_reason": SEEN_REASON,
+        # How many of these images the training set already held: external validation on them is not external.
+        "seen_in_training": seen_doc,
+        "seen_in_training_reason": seen_reason,
         "warnings": warnings,
         "files": {"json": JSON_NAME, "predictions": CSV_NAME, "page": PAGE_NAME},
     }
@@ -441,6 +457,7 @@ def summary_lines(doc: dict) -> list[str]:
     else:
         lines.append(doc["metrics"]["operating_point_note"])
     lines += [f"warning: {w}" for w in doc["warnings"]]
-    lines.append(f"seen in training: unknown ({doc['seen_in_training_reason']})")
+    lines.append(f"seen in training: {doc['seen_in_training_reason']}" if doc["seen_in_training"] is not None
+                 else f"seen in training: unknown ({doc['seen_in_training_reason']})")
     lines.append(f"wrote {Path(doc['out']) / JSON_NAME}, {Path(doc['out']) / CSV_NAME}, {Path(doc['out']) / PAGE_NAME}")
     return lines
