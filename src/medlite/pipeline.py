@@ -184,7 +184,7 @@ class Step:
     doc: str
     when: Callable[[Recipe], bool] = lambda recipe: True
     writes_only: bool = False  # writes files and computes nothing a later stage keys on: skipped in a dry run
-    keep_on_failure: bool = False  # a usage error here still evaluates and records the variants made so far
+    keep_on_failure: bool = False  # a failure here still evaluates and records the variants made so far
 
 
 # The whole pipeline, in order. Each step's stages are keyed, reused, timed and stored by
