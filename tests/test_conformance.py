@@ -38,7 +38,7 @@ METHODS = list(compress_registry.METHODS)
 def grid_recipe():
     return load_recipe("breastmnist", [
         "data.limit=48", "teacher.arch=medlite_cnn_tiny", "teacher.epochs=1", "student.arch=medlite_dsconv_tiny",
-        "student.epochs=1", "evaluate.bootstrap=20", f"compress.targets=[{','.join(TARGETS)}]",
+        "student.epochs=1", "distill.scratch_baseline=false", "evaluate.bootstrap=20", f"compress.targets=[{','.join(TARGETS)}]",
         f"compress.methods=[{','.join(METHODS)}]", "compress.chains=[]",
         "compress.prune_structured.epochs=1", "compress.prune_unstructured.epochs=1", "compress.int8_qat.epochs=1",
         "compress.int8_static.calibration_images=16", "compress.int8_qat.calibration_images=16",

@@ -196,7 +196,7 @@ GRAPH: tuple[Step, ...] = (
     Step("compress", run_compression, "each compression method and chain on each target",
          when=lambda r: bool(r.compress.methods or r.compress.chains), keep_on_failure=True),
     Step("export_formats", _export_other_formats, "the other deployment formats (LiteRT)",
-         when=lambda r: len(r.export.formats) > 1),
+         when=lambda r: len(r.export.formats) > 1, keep_on_failure=True),
     Step("evaluate", _every_variant(evaluate_stage), "metrics of every deployed file, in its runtime"),
     Step("predict", _every_variant(predict_stage), "predictions files and the operating point chosen on validation"),
     Step("deploy", _deployed_files, "model cards, deployed sizes, results.json", writes_only=True),

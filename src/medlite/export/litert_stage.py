@@ -10,6 +10,7 @@ LiteRT and got no LiteRT file at all stops with `ExportFailed` (exit 1) naming t
 from __future__ import annotations
 
 from medlite.context import Context
+from medlite.errors import ExportFailed
 from medlite.export import registry
 from medlite.runtime import artifact_bytes
 from medlite.stage import Stage
@@ -77,8 +78,7 @@ def litert_stage(ctx: Context, source: Variant, mode: str, calibration: dict) ->
 
 
 def export_trained(ctx: Context) -> None:
-    from medlite.errors import ExportFailed
-    from medlite.export import litert
+    from medlite.export import litert  # the converter's module (its heavy imports are inside its functions)
 
     modes = ["fp32"] + [m for m in ctx.recipe.export.litert.quantize if m != "fp32"]  # int8 files start from fp32
     calibration: dict = {}  # drawn once, shared by every int8_static file
