@@ -15,6 +15,10 @@ from pathlib import Path
 
 from medlite.context import Context
 from medlite.errors import UsageError
+from medlite.models import count_params
+from medlite.models.weights import save_state
+from medlite.runstate import sha256
+from medlite.train import fit
 from medlite.stage import Stage
 from medlite.variant import TrainSection, Variant
 
@@ -66,8 +70,6 @@ def check_recipe(recipe) -> None:
 
 def _pretrained_identity(cfg):
     """A weights file keys by its content; `imagenet` or None by name."""
-    from medlite.runstate import sha256
-
     if cfg.pretrained and Path(cfg.pretrained).is_file():
         return sha256(Path(cfg.pretrained))
     return cfg.pretrained
@@ -78,10 +80,6 @@ def train_stage(ctx: Context, name: str, section: TrainSection, *, cfg=None, tea
     """Train one model with the recipe section `section` (or `cfg`, a modified copy of it), or distil
     it from `teachers` with the recipe's distill method; `parent` is the variant it descends from
     (default: the first teacher). The checkpoint is the best-validation-AUC epoch."""
-    from medlite.models import count_params
-    from medlite.models.weights import save_state
-    from medlite.train import fit
-
     recipe = ctx.recipe
     cfg = cfg if cfg is not None else section.resolve(recipe)
     teachers = list(teachers)
