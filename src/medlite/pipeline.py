@@ -39,7 +39,7 @@ from medlite.export.card import write_model_cards
 from medlite.report import write_report
 from medlite.runtime import artifact_bytes
 from medlite.stage import PlannedStage, Stage
-from medlite.train import resolve_device
+from medlite.train.device import resolve_device
 from medlite.variant import Variant
 
 

@@ -18,7 +18,6 @@ from medlite.errors import UsageError
 from medlite.models import count_params
 from medlite.models.weights import save_state
 from medlite.runstate import sha256
-from medlite.train import fit
 from medlite.stage import Stage
 from medlite.variant import TrainSection, Variant
 
@@ -103,6 +102,8 @@ def train_stage(ctx: Context, name: str, section: TrainSection, *, cfg=None, tea
                        teachers=[t.name for t in teachers], train_section=section, training=training, **facts)
 
     def compute() -> dict:
+        from medlite.train import fit  # Lightning (about 3 s to import): only when a model is trained
+
         if cfg.pretrained and cfg.pretrained != "imagenet" and not Path(cfg.pretrained).is_file():
             raise UsageError(f"{name}.pretrained: weights file {cfg.pretrained!r} not found")
         model = ctx.models.build(cfg.arch, cfg.pretrained)

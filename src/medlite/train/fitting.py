@@ -1,0 +1,191 @@
+"""`fit()`: train one model with Lightning, restore its best-validation-AUC epoch, return the facts.
+
+The parts, each in its own module: `device` (device, DDP placement, precision), `data` (the
+LightningDataModule, teacher bank included), `teachers` (distillation method and teachers),
+`module` (the LightningModule: loss and metrics), `selection` (the ModelCheckpoint that keeps the
+best epoch, and the facts reported about it), `callbacks` (per-epoch log), `distributed` (DDP).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+from medlite.train.callbacks import EpochLog
+from medlite.train.data import TrainData, class_weights
+from medlite.train.device import placement, precision, resolve_device
+from medlite.train.distributed import ShareFacts
+from medlite.train.module import ClassifierModule
+from medlite.train.selection import BestCheckpoint, load_best, select
+from medlite.train.teachers import teaching
+
+__all__ = ["FitResult", "fit", "resolve_device"]
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_auc: float | None
+    epochs: int
+    epoch_seconds: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    teacher_cache_seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    selected_by: str = "val_auc"  # what chose best_epoch: val_auc, val_loss (AUC not computable), last_epoch
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        mean = float(np.mean(self.epoch_seconds)) if self.epoch_seconds else 0.0
+        return {
+            "best_epoch": self.best_epoch,
+            "best_val_auc": self.best_val_auc,
+            "epochs": self.epochs,
+            "epoch_seconds": [round(s, 3) for s in self.epoch_seconds],
+            "mean_epoch_s": round(mean, 3),
+            "seconds": round(self.seconds, 2),
+            "teacher_cache_seconds": round(self.teacher_cache_seconds, 4),
+            "history": self.history,
+            "selected_by": self.selected_by,
+            "warnings": self.warnings,
+        }
+
+
+def _quiet_lightning_info() -> None:
+    # Lightning's info lines (GPU/TPU available, LOCAL_RANK...) would drown the pipeline's own
+    # output; its warnings still show.
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextmanager
+def training_warnings() -> Iterator[None]:
+    """Warnings during training reach the user, except these named ones, which do not apply here."""
+    with warnings.catch_warnings():
+        # TrainData's loaders only draw index batches; the images are gathered on the device from
+        # tensors already in memory, so DataLoader workers would add process start-up and IPC, no speed.
+        warnings.filterwarnings("ignore", message=r"The '\w+' does not have many workers", category=PossibleUserWarning)
+        # Lightning 2.6's own pytree helper (lightning/pytorch/utilities/_pytree.py) builds torch's
+        # deprecated `LeafSpec()`; a note for Lightning's maintainers, nothing a medlite user can act on.
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)
+        # The same for LightningModule.all_gather (DDP validation), built on a deprecated torch function.
+        warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
+                                category=FutureWarning)
+        yield
+
+
+def fit(
+    model,
+    dataset,
+    cfg,
+    *,
+    data_cfg,
+    seed: int,
+    log_dir: Path,
+    label: str = "train",
+    teacher=None,
+    distill=None,
+    fixed_views: bool = False,
+    callbacks: tuple = (),
+    device: str = "auto",
+    say: Callable[[str], None] | None = None,
+    progress: bool | None = None,
+    teacher_views: int = 8,
+    select_best: bool = True,
+    score_start: bool = False,
+    trainer_cfg=None,
+) -> FitResult:
+    """Train `model` (in place) for `cfg.epochs` and restore the epoch with the best validation AUC.
+
+    `cfg` is a recipe TrainConfig (optimizer, lr, schedule, batch size, label smoothing).
+    With `teacher` (a module, or a list: an ensemble) and `distill` (a recipe distill section) the
+    loss is that distillation method's. Logit methods read the teachers' outputs from a bank of
+    fixed augmented views; `fixed_views=True` gives a run without a teacher the very same views
+    (the scratch baseline of a logit method), so only the loss differs. `select_best=False`
+    keeps the last epoch (e.g. when callbacks change the model as training goes on).
+    `score_start=True` (fine-tuning) also scores the starting weights on validation: when no
+    epoch beats them, they are kept and `best_epoch` is -1, so fine-tuning never makes it worse.
+    """
+    start = time.perf_counter()
+    if cfg.epochs == 0:
+        return FitResult(best_epoch=-1, best_val_auc=None, epochs=0)
+    device = resolve_device(device)
+    where = placement(trainer_cfg, device, data_cfg.balance, score_start)  # refused before any work
+    L.seed_everything(seed, workers=True, verbose=False)
+    teach = teaching(model, dataset, teacher, distill, seed=seed, epochs=cfg.epochs, fixed_views=fixed_views,
+                     teacher_views=teacher_views)
+    data = TrainData(dataset, batch_size=cfg.batch_size, balance=data_cfg.balance, augment=data_cfg.augment, seed=seed)
+    if teach.bank_views:
+        data.build_bank(teach.bank_teachers, teach.bank_views, device)
+    weights = None
+    if data_cfg.balance == "class_weights":
+        weights = class_weights(dataset.splits["train"].labels, dataset.num_classes)
+    module = ClassifierModule(
+        model, cfg, mean=dataset.mean, std=dataset.std, augment_preset=data_cfg.augment, class_weights=weights,
+        teachers=teach.teachers or None, method=teach.method, teacher_weights=teach.weights, seed=seed,
+    )
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if progress is None:
+        progress = sys.stderr.isatty()
+    _quiet_lightning_info()
+    # The best epoch's weights go to a checkpoint file, read back below; the caller saves the model.
+    with tempfile.TemporaryDirectory(prefix="medlite-best-") as best_dir, training_warnings():
+        best_ckpt = BestCheckpoint(best_dir, score_start=score_start) if select_best and data.n_val else None
+        extra = [RichProgressBar(leave=False)] if progress else []
+        if where.world > 1:
+            extra.append(ShareFacts(log_dir))
+        trainer = L.Trainer(
+            max_epochs=cfg.epochs,
+            accelerator="gpu" if device == "cuda" else "cpu",
+            devices=where.devices,
+            num_nodes=where.num_nodes,
+            strategy=where.strategy,
+            use_distributed_sampler=False,  # TrainData's index loaders shard themselves
+            precision=precision(trainer_cfg, device),
+            logger=[CSVLogger(str(log_dir), name="", version=""), TensorBoardLogger(str(log_dir), name="", version="")],
+            callbacks=[EpochLog(label, None if progress else say), LearningRateMonitor("epoch"), *extra, *callbacks,
+                       *([best_ckpt] if best_ckpt else [])],
+            enable_checkpointing=best_ckpt is not None,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=1.0 if data.n_val else 0,
+            log_every_n_steps=1,
+            deterministic=False,
+            default_root_dir=str(log_dir),
+        )
+        if best_ckpt is not None and score_start:
+            trainer.validate(module, datamodule=data, verbose=False)
+        trainer.fit(module, datamodule=data)
+        if where.world > 1:
+            ShareFacts.load(log_dir, module)  # the ranks trained in child processes: take rank 0's facts
+        best = load_best(best_ckpt.best_model_path, module) if best_ckpt is not None else None
+    model.cpu().eval()
+    chosen = select(best, select_best=select_best, epochs=cfg.epochs, history=module.history,
+                    val_passes=module.val_passes, auc_missing=module.auc_missing)
+    return FitResult(
+        best_epoch=chosen.best_epoch,
+        best_val_auc=chosen.best_val_auc,
+        epochs=cfg.epochs,
+        epoch_seconds=[row["seconds"] for row in module.history],
+        seconds=time.perf_counter() - start,
+        teacher_cache_seconds=data.bank_seconds,
+        history=module.history,
+        selected_by=chosen.selected_by,
+        warnings=chosen.notes,
+    )
+
