@@ -91,8 +91,9 @@ def main() -> None:
     md += [f"- data: {w}" for w in doc["dataset_warnings"]]
     if args.compare:
         other = {v["name"]: v for v in read_json(args.compare / "results.json")["variants"]}
-        doc["compare"] = {"label": args.compare_label, "run": str(args.compare), "variants": {}}
-        md += ["", f"AUC against {args.compare_label} (`{args.compare}`):", "",
+        # The label names the other run (a commit, a setting); its folder is this machine's, not the reader's.
+        doc["compare"] = {"label": args.compare_label, "variants": {}}
+        md += ["", f"AUC against {args.compare_label}:", "",
                "| variant | this run | " + args.compare_label + " | difference |", "|---|---|---|---|"]
         for r in rows:
             before = ((other.get(r["name"]) or {}).get("metrics") or {}).get("auc")

@@ -28,7 +28,7 @@ from medlite.compress.stages import check_targets, run_compression
 from medlite.context import Context
 from medlite.data import load_dataset, write_splits_csv
 from medlite.data.config import canonical_data
-from medlite.data.duplicates import find_duplicates, known_split_warnings, save_hashes, training_hashes
+from medlite.data.duplicates import find_duplicates, known_split_warnings, save_hashes
 from medlite.distill.stages import check_recipe as check_distillation, run_distillation, variant_names
 from medlite.evaluate.operating_point import check_config, predict_stage
 from medlite.evaluate.external import HASHES_NAME
@@ -64,9 +64,9 @@ def load_data(ctx: Context) -> None:
         if not ctx.planning:
             _write_samples(ctx)
             write_splits_csv(ctx.dataset, ctx.run.root / "splits.csv")  # which image went where, by group
-            _check_duplicates(ctx)
+            hashes = _check_duplicates(ctx)
             # Kept with the models: evaluating them on other data can say which images they have seen.
-            save_hashes(ctx.run.models / HASHES_NAME, training_hashes(ctx.dataset))
+            save_hashes(ctx.run.models / HASHES_NAME, hashes["train"])
     d = ctx.dataset
     check_config(ctx.recipe, d.class_names)
     sizes = ", ".join(f"{k} {len(s)}" for k, s in d.splits.items())
@@ -75,9 +75,10 @@ def load_data(ctx: Context) -> None:
         ctx.say(f"data: warning: {warning}")
 
 
-def _check_duplicates(ctx: Context) -> None:
+def _check_duplicates(ctx: Context) -> dict[str, np.ndarray]:
     """Exact and near-duplicate images across splits (and a known fault of an official split): kept in
-    results.json `duplicates` and said as the data's warnings (the table and the report show them)."""
+    results.json `duplicates` and said as the data's warnings (the table and the report show them).
+    Returns every split's perceptual hashes (computed once, here)."""
     d = ctx.dataset
     report = find_duplicates(d)
     ctx.duplicates = report.to_dict()
@@ -87,6 +88,7 @@ def _check_duplicates(ctx: Context) -> None:
             d.warnings.append(f"{counts.images_b_with_copy} {seen} images have an exact or near copy in {where} "
                               f"(perceptual hash within {report.max_distance} bits; pairs in results.json `duplicates`)")
     d.warnings.extend(w for w in known_split_warnings(d) if w not in d.warnings)
+    return report.hashes
 
 
 def _write_samples(ctx: Context, per_class: int = 2) -> None:

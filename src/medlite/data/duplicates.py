@@ -159,6 +159,8 @@ class DuplicateReport:
     within: list[CopyGroup] = field(default_factory=list)  # exact copies inside a split, at most MAX_LISTED per split
     within_copies: dict[str, int] = field(default_factory=dict)  # split -> images that are copies of an earlier one
     flat_images: dict[str, int] = field(default_factory=dict)  # split -> images left out of the near search
+    # split -> the perceptual hash of every image (the training ones are what a run keeps with its model)
+    hashes: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def cross_split(self) -> int:
@@ -197,7 +199,8 @@ def find_duplicates(dataset: Dataset, max_distance: int = DEFAULT_MAX_DISTANCE, 
     exact = {name: exact_hashes(s.images) for name, s in splits.items()}
     percept = {name: image_hashes(s.images) for name, s in splits.items()}
     flat = {name: flat_images(s.images) for name, s in splits.items()}
-    report = DuplicateReport(max_distance=max_distance, flat_images={n: int(f.sum()) for n, f in flat.items()})
+    report = DuplicateReport(max_distance=max_distance, flat_images={n: int(f.sum()) for n, f in flat.items()},
+                             hashes=percept)
 
     for a, b in PAIRS:
         if a not in splits or b not in splits:
