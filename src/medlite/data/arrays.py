@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import Field
 
 from medlite.data.config import DataConfig
-from medlite.data.dataset import Part, Source
+from medlite.data.dataset import Part, Source, rename_classes
 from medlite.data.paths import resolve_dir
 from medlite.data.registry import register_source
 from medlite.errors import DataError
@@ -142,12 +142,7 @@ def load(cfg: ArraysData, data_root: Path) -> Source:
     root = resolve_dir(cfg.root, data_root, "data.root")
     raw = read_arrays(root)
     n_classes = check_labels(raw, root)
-    class_names = [str(i) for i in range(n_classes)]
-    unknown = sorted(set(cfg.class_map or {}) - set(class_names))
-    if unknown:
-        raise DataError(f"data.class_map: {unknown[0]!r} is not a label of {root} (labels: {', '.join(class_names)})")
-    if cfg.class_map:
-        class_names = [cfg.class_map.get(n, n) for n in class_names]
+    class_names = rename_classes([str(i) for i in range(n_classes)], cfg.class_map, str(root), "label", "labels: ")
     parts = {
         split: Part(labels, np.array([f"X_{split}.npy[{i}]" for i in range(len(labels))], dtype=object), images=images)
         for split, (images, labels) in raw.items()

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medlite.data.preprocess import PreprocessSpec
+from medlite.errors import DataError
 
 SPLITS = ("train", "val", "test")
 MULTICLASS, MULTILABEL = "multiclass", "multilabel"
@@ -169,3 +170,13 @@ class Dataset:
                 name: hashlib.sha256(s.images.tobytes() + s.labels.tobytes()).hexdigest()[:16] for name, s in self.splits.items()
             },
         }
+
+
+def rename_classes(class_names: list[str], class_map: dict[str, str] | None, of: str, noun: str = "class",
+                   listing: str = "") -> list[str]:
+    """`data.class_map` applied to a source's class names; a key that is not one of them is refused,
+    naming it and the names there are (`listing` prefixes that list, e.g. "labels: ")."""
+    unknown = sorted(set(class_map or {}) - set(class_names))
+    if unknown:
+        raise DataError(f"data.class_map: {unknown[0]!r} is not a {noun} of {of} ({listing}{', '.join(class_names)})")
+    return [class_map.get(n, n) for n in class_names] if class_map else list(class_names)

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from medlite.data.config import DataConfig
-from medlite.data.dataset import Part, Source
+from medlite.data.dataset import Part, Source, rename_classes
 from medlite.data.registry import register_source
 from medlite.errors import DataError
 
@@ -248,12 +248,7 @@ def load(cfg: MedMNISTData, data_root: Path) -> Source:
     info = flag_info(cfg.flag)
     path = locate(cfg.flag, cfg.size, data_root)
     raw = read_npz(path)
-    class_names = [info["label"][str(i)] for i in range(len(info["label"]))]
-    unknown = sorted(set(cfg.class_map or {}) - set(class_names))
-    if unknown:
-        raise DataError(f"data.class_map: {unknown[0]!r} is not a class of {cfg.flag} ({', '.join(class_names)})")
-    if cfg.class_map:
-        class_names = [cfg.class_map.get(n, n) for n in class_names]
+    class_names = rename_classes([info["label"][str(i)] for i in range(len(info["label"]))], cfg.class_map, cfg.flag)
     parts = {
         split: Part(labels, np.array([f"{split}_images[{i}]" for i in range(len(labels))], dtype=object), images=images)
         for split, (images, labels) in raw.items()
