@@ -35,3 +35,11 @@ class ExportFailed(InternalError):
     fault (a missing package is a UsageError, caught before the run), so not a UsageError."""
 
     exit_code = 1
+
+
+def unknown_name(kind: str, name: str, known: list[str]) -> str:
+    """"unknown KIND 'x' (did you mean 'y'?)", or the known names listed: the registries' one message."""
+    import difflib  # standard library; local so that importing the error classes stays instant
+
+    hint = difflib.get_close_matches(name, known, n=1)
+    return f"unknown {kind} {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else f"; choose from {', '.join(known)}")

@@ -22,10 +22,11 @@ its own, and its config model with one `register(MethodSpec(...))` call (the bui
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Callable
+
+from medlite.errors import unknown_name
 
 PYTORCH = "pytorch"
 ONNX_FP32 = "onnx-fp32"
@@ -89,10 +90,7 @@ def get(name: str) -> MethodSpec:
 
 
 def unknown_message(name: str) -> str:
-    hint = difflib.get_close_matches(name, list(METHODS), n=1)
-    return f"unknown method {name!r}" + (
-        f" (did you mean {hint[0]!r}?)" if hint else f"; choose from {', '.join(METHODS)}"
-    )
+    return unknown_name("method", name, list(METHODS))
 
 
 def check_chain(chain: list[str]) -> None:

@@ -14,10 +14,11 @@ explanations and the bench reference start from that file. Adding a format is a 
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Callable
+
+from medlite.errors import unknown_name
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,7 @@ def get(name: str) -> ExportFormat:
 
 
 def unknown_message(name: str) -> str:
-    hint = difflib.get_close_matches(name, list(FORMATS), n=1)
-    return f"unknown export format {name!r}" + (
-        f" (did you mean {hint[0]!r}?)" if hint else f"; choose from {', '.join(FORMATS)}")
+    return unknown_name("export format", name, list(FORMATS))
 
 
 def base_format() -> ExportFormat:
