@@ -1,6 +1,14 @@
 """Study outputs: study.json (everything), study.csv (one row per setting x variant), study.md and
 study.tex (the table for a paper), figures (strip/box plots per setting, the AUC-size-latency
-Pareto front) as PNG and SVG, and selected.yaml (the chosen setting as a ready recipe)."""
+Pareto front) as PNG and SVG, and selected.yaml (the chosen setting as a ready recipe).
+
+Every interval shown stays inside its quantity's range (clipped sides marked ‡), and with fewer than
+3 runs the runs are shown instead of an interval (medlite.study.stats.describe).
+
+    python -m medlite.study.outputs STUDY_DIR/study.json [--out DIR]
+
+writes them all again from a study.json alone (no training, no trial directories needed).
+"""
 
 from __future__ import annotations
 
@@ -13,21 +21,53 @@ from typing import Any
 from medlite.runstate import atomic_path, write_atomic, write_json
 
 COLUMNS = [("auc", "AUC"), ("accuracy", "Acc"), ("balanced_accuracy", "Bal. acc"), ("f1_macro", "F1"), ("ece", "ECE")]
+CLIPPED = "‡"  # an interval clipped to its quantity's range
+
+
+def _few(stat: dict) -> bool:
+    """Fewer runs than an interval needs (the summary lists them); also for a study.json from before
+    that rule, whose entries have no `runs`."""
+    from medlite.study.stats import MIN_RUNS_FOR_INTERVAL
+
+    return stat.get("runs") is not None or 0 < stat.get("n", MIN_RUNS_FOR_INTERVAL) < MIN_RUNS_FOR_INTERVAL
 
 
 def _fmt(stat: dict | None, digits: int = 3, scale: float = 1.0) -> str:
     if not stat or stat.get("mean") is None:
         return "-"
     text = f"{stat['mean'] * scale:.{digits}f}"
-    if stat.get("std") is not None:
+    # With 1 or 2 runs a spread is not worth a ± (the CI column lists the runs).
+    if stat.get("std") is not None and not _few(stat):
         text += f" ± {stat['std'] * scale:.{digits}f}"
     return text
 
 
 def _ci(stat: dict | None, digits: int = 3) -> str:
-    if not stat or not stat.get("ci"):
+    if not stat or stat.get("mean") is None:
         return ""
-    return f"[{stat['ci'][0]:.{digits}f}, {stat['ci'][1]:.{digits}f}]"
+    if _few(stat):
+        from medlite.study.stats import TOO_FEW_RUNS
+
+        runs = stat.get("runs")
+        return "runs: " + ", ".join(f"{v:.{digits}f}" for v in runs) if runs else TOO_FEW_RUNS
+    if not stat.get("ci"):
+        return ""
+    return f"[{stat['ci'][0]:.{digits}f}, {stat['ci'][1]:.{digits}f}]" + (CLIPPED if stat.get("clipped") else "")
+
+
+def refresh_intervals(document: dict) -> None:
+    """Recompute every summary statistic from the document's rows with its quantity's range
+    (`stats.metric_range`): the intervals study.json, study.csv and the tables show are bounded and
+    n < 3 lists the runs, also for a document summarised without the range or by an older medlite."""
+    from medlite.study.stats import describe, metric_range
+
+    rows = document.get("rows") or []
+    confidence = document.get("confidence", 0.95)
+    for entry in document.get("summary") or []:
+        members = [r for r in rows if (r["setting"], r["variant"]) == (entry["setting"], entry["variant"])]
+        for key, stat in entry.items():
+            if isinstance(stat, dict) and members and all(key in r for r in members):
+                entry[key] = describe([r[key] for r in members], confidence, bounds=metric_range(key))
 
 
 def _hidden(document: dict, entry: dict) -> bool:
@@ -50,7 +90,7 @@ def table_rows(document: dict) -> list[dict[str, str]]:
         row = {"setting": entry["setting"], "variant": entry["variant"], "n": str(entry["n"])}
         for key, label in COLUMNS:
             row[label] = "(not shown)" if hidden else _fmt(entry[key])
-        row["AUC 95% CI"] = "" if hidden else _ci(entry["auc"])
+        row[f"AUC {_percent(document)}% CI"] = "" if hidden else _ci(entry["auc"])
         size = entry["file_bytes"]
         row["size KB"] = _fmt(size, 1, 1 / 1024) if size.get("mean") is not None else "-"
         row["latency ms"] = _fmt(entry["latency_ms"], 3)
@@ -63,6 +103,7 @@ def table_rows(document: dict) -> list[dict[str, str]]:
             low, high = c["ci"]
             # scipy gives a NaN interval when every resample agrees (e.g. two constant predictors)
             interval = f"[{low:+.3f}, {high:+.3f}]" if math.isfinite(low) and math.isfinite(high) else "[interval n/a]"
+            interval += CLIPPED if c.get("clipped") else ""
             row["ΔAUC vs baseline"] = f"{c['delta_auc']:+.3f}{mark} {interval}"
             row["p (Holm)"] = _fmt_p(c["p_holm"])
             runs = c.get("runs") or {}
@@ -70,6 +111,23 @@ def table_rows(document: dict) -> list[dict[str, str]]:
         rows.append(row)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     return [{k: r.get(k, "") for k in keys} for r in rows]
+
+
+def _percent(document: dict) -> str:
+    return f"{document.get('confidence', 0.95) * 100:g}"
+
+
+def _ci_note(entry: dict, keys: list[str]) -> str:
+    """One CSV cell: which of the entry's intervals were clipped to their range, or why there are none."""
+    from medlite.study.stats import TOO_FEW_RUNS
+
+    parts = []
+    if any(_few(entry[k]) for k in keys if entry[k].get("mean") is not None):
+        parts.append(TOO_FEW_RUNS)
+    clipped = [f"{k} {side}" for k in keys for side in entry[k].get("clipped") or []]
+    if clipped:
+        parts.append("clipped to the range: " + ", ".join(clipped))
+    return "; ".join(parts)
 
 
 def _fmt_p(p: float) -> str:
@@ -84,19 +142,22 @@ def _csv(document: dict) -> str:
     stats_keys = [k for k in document["summary"][0] if isinstance(document["summary"][0][k], dict)] if document["summary"] else []
     for key in stats_keys:
         fields += [f"{key}_mean", f"{key}_std", f"{key}_ci_low", f"{key}_ci_high"]
-    fields += ["delta_auc", "delta_auc_ci_low", "delta_auc_ci_high", "p", "p_holm", "significant", "baseline",
+    fields += ["ci_note", "delta_auc", "delta_auc_ci_low", "delta_auc_ci_high", "p", "p_holm", "significant", "baseline",
                "runs_n", "runs_mean_delta", "runs_p", "runs_p_holm", "runs_significant"]
     writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for entry in document["summary"]:
         hidden = _hidden(document, entry)
         row: dict[str, Any] = {k: entry.get(k) for k in ("setting", "variant", "n", "arch", "format")}
+        shown = []
         for key in stats_keys:
             s = entry[key]
             if hidden and not key.startswith("val_") and key not in ("file_bytes", "latency_ms"):
                 continue
+            shown.append(key)
             row[f"{key}_mean"], row[f"{key}_std"] = s.get("mean"), s.get("std")
             row[f"{key}_ci_low"], row[f"{key}_ci_high"] = (s.get("ci") or [None, None])
+        row["ci_note"] = _ci_note(entry, shown)
         c = _comparison(document, entry)
         if c:
             row.update(delta_auc=c["delta_auc"], delta_auc_ci_low=c["ci"][0], delta_auc_ci_high=c["ci"][1], p=c["p"],
@@ -109,11 +170,43 @@ def _csv(document: dict) -> str:
     return out.getvalue()
 
 
+def _baseline_note(document: dict) -> str | None:
+    spec = document.get("spec") or {}
+    origin, base = spec.get("baseline_origin"), spec.get("baseline") or {}
+    if origin == "default":
+        return f"Baseline: {base['variant']} of each setting (default: every trial has it; `baseline: none` turns it off)."
+    if origin == "off":
+        return "No paired comparisons: the study sets `baseline: none`."
+    if origin == "absent":
+        return "No paired comparisons: the study names no `baseline` and not every trial trains student_scratch."
+    if origin == "study":
+        if base.get("setting") and base.get("variant"):
+            what = f"{base['variant']} of setting {base['setting']}"
+        elif base.get("setting"):
+            what = f"the same variant of setting {base['setting']}"
+        else:
+            what = f"{base['variant']} of each setting"
+        return f"Baseline: {what} (the study's `baseline`)."
+    return None  # a study.json from before the baseline's origin was recorded
+
+
 def _notes(document: dict) -> list[str]:
+    from medlite.study.stats import MIN_RUNS_FOR_INTERVAL, TOO_FEW_RUNS
+
     notes = [f"{document['trials_finished']}/{document['trials_total']} trials finished; mean ± std over seeds/folds; "
-             f"{int(document['confidence'] * 100)}% CI: Student t over seeds/folds."]
+             f"{_percent(document)}% CI: Student t over seeds/folds, kept inside the metric's range "
+             "([0, 1]; sizes and latencies >= 0)."]
+    shown = [e for e in document.get("summary") or [] if not _hidden(document, e)]
+    stats_of = [s for e in shown for s in e.values() if isinstance(s, dict) and s.get("mean") is not None]
+    if any(s.get("clipped") for s in stats_of) or any(c.get("clipped") for c in document.get("comparisons") or []):
+        notes.append(f"{CLIPPED} = the t interval went past the metric's range and was clipped to it.")
+    if any(_few(s) for s in stats_of):
+        notes.append(f"n < {MIN_RUNS_FOR_INTERVAL}: {TOO_FEW_RUNS}; the runs are listed instead, and no ± std.")
     if document.get("folds"):
         notes.append(f"Cross-validation: {document['folds']}.")
+    baseline = _baseline_note(document)
+    if baseline:
+        notes.append(baseline)
     if document.get("comparisons"):
         c = document["comparisons"][0]
         notes.append(f"ΔAUC: {c['method']} with {c['resamples']} resamples on the same test images; "
@@ -154,7 +247,8 @@ def _markdown(document: dict, rows: list[dict]) -> str:
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{", "}": r"\}",
-          "$": r"\$", "±": r"$\pm$", "Δ": r"$\Delta$", "*": r"$^{*}$", "†": r"$^{\dagger}$", "<": r"$<$", ">": r"$>$"}
+          "$": r"\$", "±": r"$\pm$", "Δ": r"$\Delta$", "*": r"$^{*}$", "†": r"$^{\dagger}$", "‡": r"$^{\ddagger}$",
+          "<": r"$<$", ">": r"$>$"}
 
 
 def _latex_escape(text: str) -> str:
@@ -288,6 +382,7 @@ def write_selected(document: dict, out: Path) -> None:
 
 
 def write_outputs(document: dict, out: Path) -> None:
+    refresh_intervals(document)
     rows = table_rows(document)
     document["figures"] = _figures(document, out / "figures") if document["summary"] else []
     write_json(out / "study.json", document)
@@ -295,3 +390,27 @@ def write_outputs(document: dict, out: Path) -> None:
     write_atomic(out / "study.md", _markdown(document, rows))
     write_atomic(out / "study.tex", _latex(document, rows))
     write_selected(document, out)
+
+
+def render(study_json: Path, out: Path | None = None) -> dict:
+    """Every output written again from a study.json (to its folder, or `out`): no trial is read or trained."""
+    import json
+
+    document = json.loads(Path(study_json).read_text())
+    out = Path(out) if out is not None else Path(study_json).parent
+    out.mkdir(parents=True, exist_ok=True)
+    write_outputs(document, out)
+    return document
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m medlite.study.outputs", description=render.__doc__)
+    parser.add_argument("study_json", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="folder for the outputs (default: the study.json's)")
+    args = parser.parse_args()
+    if not args.study_json.is_file():
+        parser.exit(2, f"{args.study_json}: no such file\n")
+    render(args.study_json, args.out)
+    print(f"wrote {args.out or args.study_json.parent}/study.md (and .json, .csv, .tex, figures)")

@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, computed_field, field_validator,
+                      model_validator)
 
 from medlite.errors import UsageError
 
 HEADLINE = ("auc", "accuracy", "balanced_accuracy", "f1_macro", "ece")
+# The scratch student's variant name, medlite.distill.stages.SCRATCH (not imported: that module loads torch).
+SCRATCH = "student_scratch"
+BASELINE_OFF = "none"
 
 
 class _Strict(BaseModel):
@@ -80,9 +84,38 @@ class StudySpec(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0])
     folds: Folds | None = None
     variants: list[str] | None = Field(None, description="variants to tabulate (default: all)")
-    baseline: Baseline | None = None
+    baseline: Baseline | None = Field(
+        None, description="what every variant is compared with; not given: student_scratch of each setting when "
+        "every trial trains it; `none`: no paired comparisons")
     select: Select | None = None
     stats: Stats = Stats()
+    # `baseline: none` (validated to None, so the rest of the study reads one type), and where the
+    # baseline in effect came from, set by `resolve_baseline`. Neither is a study key.
+    _baseline_off: bool = PrivateAttr(False)
+    _baseline_origin: str | None = PrivateAttr(None)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def baseline_origin(self) -> str | None:
+        """"study" (the study's `baseline`), "default" (student_scratch of each setting), "off"
+        (`baseline: none`), "absent" (none given and not every trial has student_scratch);
+        None before `expand`. Recorded in the study document, so its notes can say which."""
+        return self._baseline_origin
+
+    @field_validator("baseline", mode="before")
+    @classmethod
+    def _baseline_word(cls, value: Any) -> Any:
+        # Runs only on a value the study gave. An empty `baseline:` reads as "no baseline" but would
+        # mean "the default one", so it is an error that names both.
+        if value is None:
+            raise ValueError(f"empty; write `baseline: {BASELINE_OFF}` for no paired comparisons, or leave the "
+                             f"key out for the default ({SCRATCH} of each setting)")
+        if value == BASELINE_OFF:
+            return None  # told apart from "not given" by model_fields_set (see _references)
+        if not isinstance(value, (dict, Baseline)):
+            raise ValueError(f"write `baseline: {BASELINE_OFF}` to turn the paired comparisons off, "
+                             "or a mapping with `setting` and/or `variant`")
+        return value
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -111,6 +144,7 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> "StudySpec":
+        self._baseline_off = "baseline" in self.model_fields_set and self.baseline is None
         clash = set(self.grid) & {k for s in self.named.values() for k in s}
         if clash:
             raise ValueError(f"keys in both grid and list: {', '.join(sorted(clash))}")
@@ -246,7 +280,27 @@ def expand(spec: StudySpec, source: str = "study") -> tuple[list[Setting], list[
     dirs = [t.dirname for t in trials]
     if len(set(dirs)) != len(dirs):
         raise UsageError(f"{source}: settings whose names differ only in punctuation; rename the list entries")
+    resolve_baseline(spec, trials)
     return all_settings, trials
+
+
+def resolve_baseline(spec: StudySpec, trials: list[Trial]) -> Baseline | None:
+    """The baseline the paired comparisons use, stored back on `spec.baseline` (with its origin in
+    `spec.baseline_origin`): the study's own; else, when every trial trains student_scratch (and
+    `variants` keeps it), student_scratch of each setting, since a distillation study that has the
+    fair scratch student should be read against it; none with `baseline: none`. Runs once per spec."""
+    if spec._baseline_origin is not None:
+        return spec.baseline
+    if spec.baseline is not None:
+        origin = "study"
+    elif spec._baseline_off:
+        origin = "off"
+    elif trials and all(t.recipe.distill.scratch_baseline for t in trials) and (spec.variants is None or SCRATCH in spec.variants):
+        spec.baseline, origin = Baseline(variant=SCRATCH), "default"
+    else:
+        origin = "absent"
+    spec._baseline_origin = origin
+    return spec.baseline
 
 
 def _study_key(message: str, spec: StudySpec, setting: Setting) -> str:

@@ -1,7 +1,13 @@
 """Study statistics from scipy: summaries over seeds/folds and paired comparisons on the same test images.
 
 - Summary per (setting, variant): mean, sample std and a two-sided Student-t interval over the
-  trials (seeds x folds) of every headline metric, file size and latency.
+  trials (seeds x folds) of every headline metric, file size and latency. An interval never leaves
+  the quantity's range (`metric_range`: [0, 1] for the metrics, >= 0 for sizes and latencies): a t
+  bound past it is clipped to it and the clipped side recorded. Clipping, not a transformed or
+  bootstrap interval: a logit-scale t interval is undefined at AUC 1.0 and changes what is estimated,
+  and a bootstrap over 3-5 runs is far too narrow. With fewer than 3 runs there is no interval at all
+  (2 runs give a t interval with 1 degree of freedom, 12.7 standard errors wide): the runs themselves
+  are reported instead.
 - Paired comparison of a (setting, variant) with the baseline: the AUC difference on the very
   same test images, its paired bootstrap interval (`scipy.stats.bootstrap`, percentile method;
   images are resampled jointly for both models, so the pairing is kept) and a bootstrap p-value
@@ -24,8 +30,45 @@ import numpy as np
 from medlite.evaluate.metrics import auc_rows  # the one AUC, vectorised over resamples
 
 
-def describe(values: list[float], confidence: float = 0.95) -> dict[str, Any]:
-    """n, mean, sample std (ddof=1) and the t-interval of the mean; NaNs are left out (and counted)."""
+# The smallest number of runs a t-interval is reported for; below it, the runs themselves.
+MIN_RUNS_FOR_INTERVAL = 3
+TOO_FEW_RUNS = f"too few runs for an interval (n < {MIN_RUNS_FOR_INTERVAL})"
+
+# The range of each summarised quantity (val_ metrics share their test metric's). A metric in [0, 1];
+# a difference of two such metrics in [-1, 1]; sizes and latencies non-negative, with no upper bound.
+UNIT_RANGE: tuple[float, float] = (0.0, 1.0)
+DIFFERENCE_RANGE: tuple[float, float] = (-1.0, 1.0)
+NON_NEGATIVE: tuple[float, float] = (0.0, math.inf)
+_RANGES = {**dict.fromkeys(("auc", "accuracy", "balanced_accuracy", "f1_macro", "ece"), UNIT_RANGE),
+           "file_bytes": NON_NEGATIVE, "latency_ms": NON_NEGATIVE}
+
+
+def metric_range(key: str) -> tuple[float, float] | None:
+    """The range a summary key can take (None: unknown, not bounded)."""
+    return _RANGES.get(key.removeprefix("val_"))
+
+
+def bound_interval(ci: list[float], bounds: tuple[float, float] | None) -> tuple[list[float], list[str]]:
+    """`ci` clipped to `bounds`, and which sides were clipped ("low", "high"); NaN stays NaN."""
+    if bounds is None:
+        return list(ci), []
+    lo, hi = float(ci[0]), float(ci[1])
+    clipped = []
+    if lo < bounds[0]:
+        lo, clipped = bounds[0], clipped + ["low"]
+    if hi > bounds[1]:
+        hi, clipped = bounds[1], clipped + ["high"]
+    return [lo, hi], clipped
+
+
+def describe(values: list[float], confidence: float = 0.95,
+             bounds: tuple[float, float] | None = None) -> dict[str, Any]:
+    """n, mean, sample std (ddof=1) and the t-interval of the mean; NaNs are left out (and counted).
+
+    With `bounds` (see `metric_range`) the interval is clipped to them and `clipped` names the side(s).
+    With fewer than MIN_RUNS_FOR_INTERVAL values `ci` is None, `runs` lists the values and
+    `no_interval` says why.
+    """
     from scipy import stats
 
     x = np.asarray([v for v in values if v is not None], dtype=float)
@@ -34,17 +77,26 @@ def describe(values: list[float], confidence: float = 0.95) -> dict[str, Any]:
     out: dict[str, Any] = {"n": int(len(x)), "mean": None, "std": None, "ci": None}
     if missing or len(x) < len(values):
         out["missing"] = int(len(values) - len(x))
+    if bounds is not None:
+        # JSON has no infinity: an open side is null.
+        out["range"] = [b if math.isfinite(b) else None for b in bounds]
     if len(x) == 0:
         return out
     out["mean"] = float(x.mean())
     if len(x) >= 2:
         out["std"] = float(x.std(ddof=1))
-        sem = out["std"] / math.sqrt(len(x))
-        if sem > 0:
-            lo, hi = stats.t.interval(confidence, len(x) - 1, loc=out["mean"], scale=sem)
-            out["ci"] = [float(lo), float(hi)]
-        else:
-            out["ci"] = [out["mean"], out["mean"]]
+    if len(x) < MIN_RUNS_FOR_INTERVAL:
+        out["runs"] = [float(v) for v in x]
+        out["no_interval"] = TOO_FEW_RUNS
+        return out
+    sem = out["std"] / math.sqrt(len(x))
+    if sem > 0:
+        lo, hi = stats.t.interval(confidence, len(x) - 1, loc=out["mean"], scale=sem)
+    else:
+        lo = hi = out["mean"]
+    out["ci"], clipped = bound_interval([float(lo), float(hi)], bounds)
+    if clipped:
+        out["clipped"] = clipped
     return out
 
 
@@ -114,9 +166,14 @@ def paired_auc_difference(
     # since B resamples cannot show a tail rarer than about 1/(B+1).
     tail = min(int((dist <= 0).sum()), int((dist >= 0).sum()))
     p = float(min(1.0, 2 * (tail + 1) / (len(dist) + 1))) if len(dist) else float("nan")
+    # A percentile interval of AUC differences cannot leave [-1, 1]; bounded all the same, as every
+    # interval medlite reports is (a clipped side would be recorded, like describe's).
+    ci, clipped = bound_interval([float(res.confidence_interval.low), float(res.confidence_interval.high)],
+                                 DIFFERENCE_RANGE)
     return {
         "delta_auc": observed,
-        "ci": [float(res.confidence_interval.low), float(res.confidence_interval.high)],
+        "ci": ci,
+        **({"clipped": clipped} if clipped else {}),
         "p": p,
         "pairs": len(pairs),
         "images": total,
