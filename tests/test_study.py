@@ -279,6 +279,10 @@ def test_tiny_study_end_to_end(tmp_path, data_root):
     assert "p runs (Holm)" in (out / "study.md").read_text()
     md = (out / "study.md").read_text()
     assert "(not shown)" in md and "ΔAUC" in md
+    # 2 seeds: the runs, not a t-interval (12.7 standard errors wide, past [0, 1])
+    assert "runs: " in md and "too few runs for an interval (n < 3)" in md
+    kd_auc = next(e for e in doc["summary"] if e["setting"] == sel["setting"] and e["variant"] == "student_kd")["auc"]
+    assert kd_auc["ci"] is None and len(kd_auc["runs"]) == 2
     for name in ("study.json", "study.csv", "study.tex", "figures/auc_strip.png", "figures/auc_strip.svg",
                  "figures/pareto.png", "figures/pareto.svg"):
         assert (out / name).is_file(), name
@@ -296,6 +300,16 @@ def test_tiny_study_end_to_end(tmp_path, data_root):
     teacher = [c for c in full["comparisons"] if c["variant"] == "teacher"]
     assert len(teacher) == 2 and teacher[1]["duplicate_of"] == teacher[0]["setting"]
     assert teacher[1]["p_holm"] == teacher[0]["p_holm"] and full["comparisons"][0]["family_size"] == 3
+    # the same study without `baseline:`: every trial has student_scratch, so it is the baseline
+    default = write_study(tmp_path, "default.yaml", grid={"distill.alpha": [0.3, 0.7]}, seeds=[0, 1],
+                          variants=["student_kd", "student_scratch"], stats={"resamples": 200})
+    spec, all_settings, trials = prepare_study(default)
+    by_default = summarise(spec, all_settings, trials, out)
+    assert [(c["setting"], c["variant"], c["baseline_setting"], c["baseline_variant"]) for c in by_default["comparisons"]] \
+        == [(s, "student_kd", s, "student_scratch") for s in ("alpha=0.3", "alpha=0.7")]
+    from medlite.study.outputs import _notes
+
+    assert any("student_scratch of each setting (default: every trial has it" in n for n in _notes(by_default))
     # a rerun does nothing
     lines.clear()
     again = run_study(path, out, data_root, workers=2, say=lines.append)
