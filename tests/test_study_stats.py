@@ -164,7 +164,7 @@ def test_tables_show_runs_under_3_and_a_clipped_interval_marked():
     assert teacher["AUC 95% CI"] == f"[{lo:.3f}, 1.000]‡"
     assert kd["AUC 95% CI"] == "runs: 0.871, 0.880" and kd["AUC"] == f"{np.mean([0.871, 0.880]):.3f}"  # no ± over 2 runs
     md = _markdown(doc, rows)
-    assert "too few runs for an interval (n < 3)" in md and "‡ = the t interval went past" in md
+    assert "too few runs for an interval (n < 3)" in md and "‡ = the interval went past" in md
     tex = _latex(doc, rows)
     assert r"1.000]$^{\ddagger}$" in tex and "runs: 0.871, 0.880" in tex
     by_variant = {r["variant"]: r for r in csv.DictReader(io.StringIO(_csv(doc)))}

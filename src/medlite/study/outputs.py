@@ -199,9 +199,9 @@ def _notes(document: dict) -> list[str]:
     shown = [e for e in document.get("summary") or [] if not _hidden(document, e)]
     stats_of = [s for e in shown for s in e.values() if isinstance(s, dict) and s.get("mean") is not None]
     if any(s.get("clipped") for s in stats_of) or any(c.get("clipped") for c in document.get("comparisons") or []):
-        notes.append(f"{CLIPPED} = the t interval went past the metric's range and was clipped to it.")
+        notes.append(f"{CLIPPED} = the interval went past the metric's range and was clipped to it.")
     if any(_few(s) for s in stats_of):
-        notes.append(f"n < {MIN_RUNS_FOR_INTERVAL}: {TOO_FEW_RUNS}; the runs are listed instead, and no ± std.")
+        notes.append(f"Where n < {MIN_RUNS_FOR_INTERVAL}: {TOO_FEW_RUNS}; the CI column lists the runs, and no ± std is shown.")
     if document.get("folds"):
         notes.append(f"Cross-validation: {document['folds']}.")
     baseline = _baseline_note(document)
