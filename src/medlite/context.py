@@ -26,21 +26,23 @@ class ModelLoader:
     def __init__(self, ctx: "Context") -> None:
         self._ctx = ctx
 
-    def example_input(self):
+    def example_input(self, variant: Variant | None = None):
+        """One random input batch at the variant's own input size (default: the data's)."""
         import torch  # the pipeline's stages need torch; the context module itself does not
 
-        spec = self._ctx.dataset.preprocess
+        spec = self._ctx.data_for(variant).preprocess if variant is not None else self._ctx.dataset.preprocess
         return torch.randn(1, spec.channels, spec.image_size, spec.image_size)
 
-    def build(self, arch: str, pretrained: str | None = None):
-        """A fresh model, initialised from the recipe seed (the scratch and KD students start identical)."""
+    def build(self, arch: str, pretrained: str | None = None, image_size: int | None = None):
+        """A fresh model, initialised from the recipe seed (the scratch and KD students start identical),
+        for inputs of `image_size` pixels (default: the data's)."""
         import torch
 
         from medlite.models import create
 
         torch.manual_seed(self._ctx.recipe.seed)
         d = self._ctx.dataset
-        return create(arch, d.num_classes, d.channels, d.image_size, pretrained=pretrained)
+        return create(arch, d.num_classes, d.channels, image_size or d.image_size, pretrained=pretrained)
 
     def load(self, variant: Variant):
         """The PyTorch module behind a variant, from its safetensors checkpoint.
@@ -52,7 +54,8 @@ class ModelLoader:
 
         if variant.checkpoint is None:
             raise ValueError(f"variant {variant.name!r} has no PyTorch checkpoint (format {variant.format})")
-        return load_checkpoint(self.build(variant.arch), self._ctx.run.root / variant.checkpoint)
+        return load_checkpoint(self.build(variant.arch, image_size=self._ctx.input_size(variant)),
+                               self._ctx.run.root / variant.checkpoint)
 
 
 class Inference:
@@ -71,8 +74,9 @@ class Inference:
         if key not in self._cache:
             from medlite.evaluate import predict_artifact
 
-            split = ctx.dataset.splits[split_name]
-            self._cache[key] = predict_artifact(ctx.run.root / variant.file, split.images, ctx.dataset.preprocess,
+            data = ctx.data_for(variant)  # the images at the file's own input size
+            split = data.splits[split_name]
+            self._cache[key] = predict_artifact(ctx.run.root / variant.file, split.images, data.preprocess,
                                                 ctx.recipe.evaluate.batch_size, variant.runtime)
         return self._cache[key]
 
@@ -90,6 +94,7 @@ class Context:
         self.dataset = None
         self.device = "cpu"
         self.variants: dict[str, Variant] = {}
+        self._resized: dict[int, Any] = {}  # image size -> the dataset at that size (`data_for`)
         self.skipped: list[dict] = []  # variants a stage could not make: {"name", "reason", ...}
         self.duplicates: dict | None = None  # the data's duplicate report (medlite.data.duplicates), for results.json
         self.started = 0.0  # perf_counter() when the run began (results.json `timings.total`)
@@ -102,6 +107,21 @@ class Context:
     def planning(self) -> bool:
         """A dry run: stages are looked up, nothing is computed or written."""
         return self.ledger.planning
+
+    def input_size(self, variant: Variant) -> int:
+        """The input side in pixels of a variant's model and files: the size its trained root was trained
+        at (`training.image_size`, e.g. a cross-resolution student's `student.image_size`), else the data's."""
+        from medlite.variant import trained_root
+
+        root = trained_root(variant, self.variants) if variant.name in self.variants else variant
+        return int(root.training.get("image_size") or self.dataset.image_size)
+
+    def data_for(self, variant: Variant | None):
+        """The dataset as a variant's model sees it: every image at its input size (resized once, kept)."""
+        size = self.dataset.image_size if variant is None else self.input_size(variant)
+        if size not in self._resized:
+            self._resized[size] = self.dataset.at_size(size)
+        return self._resized[size]
 
     def add(self, variant: Variant) -> Variant:
         self.variants[variant.name] = variant

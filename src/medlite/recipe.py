@@ -59,6 +59,10 @@ class StudentConfig(TrainConfig):
 
     arch: str = "medlite_dsconv"
     lr: float = Field(3e-3, gt=0, le=10)
+    image_size: int | None = Field(
+        None, ge=8, le=1024, description="the student's (and the scratch baseline's) input side in pixels, when lower "
+        "than the data's: the teacher trains at the data's resolution and distillation gives both the same augmented "
+        "image, each at its own size (a cross-resolution student); default: the data's size")
 
 
 # The distillation section: a union of per-method configs chosen by `distill.method` (see medlite.distill).

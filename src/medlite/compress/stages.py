@@ -55,14 +55,16 @@ def _teachers_for(ctx, parent, finetune_cfg) -> list:
     return _lineage(ctx, parent)[1] if finetune_cfg.distill else []
 
 
-def _calibration(ctx, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random subset of training images (normalised exactly as at inference) and their labels."""
-    from medlite.data.preprocess import normalize
+def _calibration(ctx, count: int, variant: Variant) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random subset of training images at `variant`'s input size, normalised exactly as at
+    inference, and their labels."""
+    from medlite.data.preprocess import normalize, resize_batch
 
     train = ctx.dataset.splits["train"]
     rng = np.random.default_rng(ctx.recipe.seed)
     idx = np.sort(rng.permutation(len(train))[: min(count, len(train))])
-    return normalize(train.images[idx], ctx.dataset.preprocess), train.labels[idx]
+    spec = ctx.data_for(variant).preprocess
+    return normalize(resize_batch(train.images[idx], spec.image_size), spec), train.labels[idx]
 
 
 def _finetune(ctx, name: str, model, parent, finetune_cfg, *, callbacks=(), select_best: bool = True):
@@ -81,6 +83,8 @@ def _finetune(ctx, name: str, model, parent, finetune_cfg, *, callbacks=(), sele
         label=name, teacher=teacher_models or None,
         distill=ctx.recipe.distill if teachers else None, callbacks=callbacks, device=ctx.device,
         say=ctx.say, progress=ctx.progress, select_best=select_best, score_start=True,
+        # The copy keeps its parent's input size; each teacher sees the views at its own.
+        input_size=ctx.input_size(parent), teacher_sizes=[ctx.input_size(t) for t in teachers] or None,
     )
     if result.best_epoch < 0:
         ctx.say(f"{name}: no fine-tuning epoch beat the starting weights on validation: kept them")
@@ -171,9 +175,9 @@ def structured(ctx, parent):
         model = ctx.models.load(parent)
         batch = None
         if cfg.importance == "taylor":  # Taylor importance needs gradients from a labelled batch
-            images, labels = _calibration(ctx, 64)
+            images, labels = _calibration(ctx, 64, parent)
             batch = (torch.from_numpy(images), torch.from_numpy(labels))
-        pruned = prune_structured(model, ctx.models.example_input(), cfg.ratio, cfg.importance, cfg.ignore_layers,
+        pruned = prune_structured(model, ctx.models.example_input(parent), cfg.ratio, cfg.importance, cfg.ignore_layers,
                                   cfg.global_pruning, batch=batch)
         ctx.say(f"{name}: removed {cfg.ratio:.0%} of the channels ({cfg.importance} importance)")
         result = _finetune(ctx, name, pruned, parent, cfg)
@@ -181,8 +185,8 @@ def structured(ctx, parent):
         # `structure: pruned` tells the loader to rebuild the layers at the saved widths (no pickle).
         save_state(pruned, weights, metadata={"arch": parent.arch, "variant": name, "structure": "pruned"})
         _check_reload(ctx, parent, pruned, weights)
-        check = export_onnx(pruned, ctx.dataset.preprocess, path, {"medlite.variant": name})
-        facts = describe_model(pruned, ctx.models.example_input(), path)
+        check = export_onnx(pruned, ctx.data_for(parent).preprocess, path, {"medlite.variant": name})
+        facts = describe_model(pruned, ctx.models.example_input(parent), path)
         facts["compress"] = {
             "method": "prune_structured", "ratio": cfg.ratio, "importance": cfg.importance,
             "params_vs_parent": round(facts["params"] / parent.params, 4),
@@ -207,8 +211,8 @@ def unstructured(ctx, parent):
         schedule = GradualMagnitudePruning(cfg.initial_sparsity, cfg.final_sparsity, cfg.scope)
         # The last epoch, not the best one: earlier epochs have not reached the final sparsity.
         result = _finetune(ctx, name, model, parent, cfg, callbacks=(schedule,), select_best=False)
-        check = export_onnx(model, ctx.dataset.preprocess, path, {"medlite.variant": name})
-        facts = describe_model(model, ctx.models.example_input(), path)
+        check = export_onnx(model, ctx.data_for(parent).preprocess, path, {"medlite.variant": name})
+        facts = describe_model(model, ctx.models.example_input(parent), path)
         facts["compress"] = {
             "method": "prune_unstructured", "target_sparsity": cfg.final_sparsity, "scope": cfg.scope,
             "note": "dense ONNX stores zeros: file_bytes does not shrink; gzip_bytes shows the saving",
@@ -244,7 +248,7 @@ def static(ctx, parent):
     name = variant_name("int8_static", parent)
 
     def make(path: Path) -> dict:
-        calibration, _ = _calibration(ctx, cfg.calibration_images)
+        calibration, _ = _calibration(ctx, cfg.calibration_images, parent)
         facts = quantize_static(ctx.run.root / parent.file, path, calibration, method=cfg.calibration_method,
                                 per_channel=cfg.per_channel, percentile=cfg.percentile)
         ctx.say(f"{name}: int8 QDQ ({cfg.calibration_method} calibration on {len(calibration)} images)")
@@ -262,10 +266,10 @@ def qat(ctx, parent):
     name = variant_name("int8_qat", parent)
 
     def make(path: Path) -> dict:
-        calibration, _ = _calibration(ctx, cfg.calibration_images)
+        calibration, _ = _calibration(ctx, cfg.calibration_images, parent)
         model = prepare_qat(ctx.models.load(parent), torch.from_numpy(calibration[:64]))
         result = _finetune(ctx, name, model, parent, cfg)
-        facts = export_qat(model, ctx.dataset.preprocess, path, calibration)
+        facts = export_qat(model, ctx.data_for(parent).preprocess, path, calibration)
         out = _quantized_facts(ctx, parent, path, {**facts, "method": "int8_qat"})
         return {**out, "train": result.to_dict(), "warnings": result.warnings + out["warnings"]}
 
@@ -278,9 +282,10 @@ def _check_reload(ctx, parent, pruned, weights: Path) -> None:
 
     from medlite.variant import Variant
 
-    probe = Variant(name="probe", parent=None, stage="probe", arch=parent.arch, checkpoint=ctx.run.rel(weights))
+    probe = Variant(name="probe", parent=None, stage="probe", arch=parent.arch, checkpoint=ctx.run.rel(weights),
+                    training={"image_size": ctx.input_size(parent)})
     restored = ctx.models.load(probe).eval()
-    x = ctx.models.example_input()
+    x = ctx.models.example_input(parent)
     with torch.no_grad():
         if not torch.allclose(restored(x), pruned.eval()(x), atol=1e-5):
             raise UsageError(f"{weights}: the pruned checkpoint does not rebuild the pruned model")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medlite.data.preprocess import PreprocessSpec
+from medlite.data.preprocess import PreprocessSpec, resize_batch
 from medlite.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -126,6 +126,17 @@ class Dataset:
     @property
     def preprocess(self) -> PreprocessSpec:
         return PreprocessSpec(self.image_size, self.channels, self.mean, self.std, tuple(self.class_names))
+
+    def at_size(self, image_size: int) -> "Dataset":
+        """The same dataset with every image resized to `image_size` (`resize_batch`: the resampling every
+        deployed model's input preparation uses), for a model trained at a lower resolution than the
+        data's (`student.image_size`). Itself when the size is already the data's."""
+        if image_size == self.image_size:
+            return self
+        from dataclasses import replace
+
+        splits = {name: replace(split, images=resize_batch(split.images, image_size)) for name, split in self.splits.items()}
+        return replace(self, splits=splits, _fingerprint=None)
 
     def fingerprint(self) -> str:
         """Content hash of every image and label: resume reruns training when the data changes.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 
 class MethodConfig(BaseModel):
@@ -28,6 +28,13 @@ class MethodConfig(BaseModel):
     teacher_weights: list[float] | None = Field(
         None, description="weights of the teachers (recipe `teachers:`) in their ensemble; default: equal"
     )
+    views: Literal["live", "bank"] | None = Field(
+        None, description="what the teacher sees: `live` = the identical freshly augmented view the student sees at "
+        "every step (function matching, Beyer et al. CVPR 2022); `bank` = a few fixed augmented views computed once "
+        "(cheap). Default: bank for logit methods; feature methods always run live")
+    mixup: float = Field(
+        0.0, ge=0, le=10, description="mixup's Beta(alpha, alpha) on every batch, for teacher and student alike (0 = off); "
+        "the scratch baseline gets the same mixup. Needs views: live when distilling (a bank's logits are of unmixed views)")
 
     @field_validator("teacher_weights")
     @classmethod
@@ -40,9 +47,31 @@ class MethodConfig(BaseModel):
     # (the teacher runs live). A class fact, not a recipe key.
     uses_teacher_features: ClassVar[bool] = False
 
+    # Whether the loss reads one hard label per image beyond `hard_loss` (DKD's target-class split):
+    # such a method cannot take mixup's two labels per image.
+    uses_labels: ClassVar[bool] = False
+
     def student_arch(self, arch: str) -> str:
         """The architecture the distilled student is built as (a method may wrap it, e.g. with exits)."""
         return arch
+
+    @property
+    def resolved_views(self) -> str:
+        """`live` or `bank`: what this method's teacher sees when `views` is left to its default."""
+        if type(self).uses_teacher_features:
+            return "live"
+        return self.views or "bank"
+
+    @model_validator(mode="after")
+    def _views_fit_method(self) -> "MethodConfig":
+        if type(self).uses_teacher_features and self.views == "bank":
+            raise ValueError(f"{self.method} distils the teacher's features, which a bank of logits does not hold; "
+                             "use views: live (its default)")
+        if self.mixup and self.resolved_views == "bank":
+            raise ValueError("mixup needs views: live: the bank holds the teacher's logits on unmixed views")
+        if self.mixup and type(self).uses_labels:
+            raise ValueError(f"{self.method} splits the loss on each image's one label; mixup gives each image two")
+        return self
 
 
 class _LogitConfig(MethodConfig):
@@ -67,6 +96,7 @@ class DKDConfig(_LogitConfig):
     beta: float = Field(8.0, ge=0, description="weight of NCKD (non-target-class KD)")
     ce_weight: float = Field(1.0, ge=0, description="weight of the label cross-entropy")
     warmup_epochs: int = Field(5, ge=0, description="the KD terms ramp up linearly over these epochs")
+    uses_labels: ClassVar[bool] = True
 
 
 class DISTConfig(_LogitConfig):

@@ -43,7 +43,7 @@ def variant_names(recipe) -> list[str]:
 def _bank_control(recipe) -> bool:
     """The fixed-view scratch control exists where the distilled student learns from a bank of views."""
     d = recipe.distill
-    return d.scratch_bank_control and not type(d).uses_teacher_features
+    return d.scratch_bank_control and d.resolved_views == "bank"
 
 
 def check_recipe(recipe) -> None:
@@ -65,6 +65,17 @@ def check_recipe(recipe) -> None:
     if type(d).uses_teacher_features and n > 1 and not recipe.assistants:
         raise UsageError(f"distill.method: {d.method} distils features from one teacher, not an ensemble of {n}; "
                          "use a logit method (kd, dkd, dist) or add an assistant")
+    if recipe.student.image_size is not None and type(d).uses_teacher_features:
+        raise UsageError(f"student.image_size: {d.method} matches the teacher's feature maps, which a student at "
+                         "another resolution does not have; use a logit method (kd, dkd, dist, multistage)")
+
+
+def check_data(recipe, dataset) -> None:
+    """Checks that need the data: a cross-resolution student is smaller than the data, never larger."""
+    size = recipe.student.image_size
+    if size is not None and size > dataset.image_size:
+        raise UsageError(f"student.image_size: {size} px is larger than the data's {dataset.image_size} px; "
+                         "a student is trained at the data's size or lower")
 
 
 def _pretrained_identity(cfg):
@@ -75,27 +86,33 @@ def _pretrained_identity(cfg):
 
 
 def train_stage(ctx: Context, name: str, section: TrainSection, *, cfg=None, teachers: list[Variant] = (),
-                parent: Variant | None = None, stage: str = "train", fixed_views: bool = False) -> Stage[Variant]:
+                parent: Variant | None = None, stage: str = "train", fixed_views: bool = False,
+                mixup: float = 0.0) -> Stage[Variant]:
     """Train one model with the recipe section `section` (or `cfg`, a modified copy of it), or distil
-    it from `teachers` with the recipe's distill method; `parent` is the variant it descends from
-    (default: the first teacher). The checkpoint is the best-validation-AUC epoch."""
+    it from `teachers` with the recipe's distill method (its views and mixup); `parent` is the variant
+    it descends from (default: the first teacher). `mixup` is for training without a teacher (the
+    scratch baseline gets the distilled student's). A section with `image_size` (the student's)
+    trains at that input size. The checkpoint is the best-validation-AUC epoch."""
     recipe = ctx.recipe
     cfg = cfg if cfg is not None else section.resolve(recipe)
     teachers = list(teachers)
     parent = parent or (teachers[0] if teachers else None)
     distill = recipe.distill if teachers else None
+    mixup = distill.mixup if distill else mixup
+    input_size = getattr(cfg, "image_size", None) or ctx.dataset.image_size
     ckpt = ctx.run.checkpoints / f"{name}.safetensors"
     config = [cfg.model_dump(), recipe.data.model_dump(include={"augment", "balance"}), ctx.dataset.fingerprint(),
               recipe.seed, recipe.device, _pretrained_identity(cfg), distill.model_dump() if distill else None,
-              fixed_views]
+              fixed_views, mixup]
     if recipe.trainer != type(recipe.trainer)():  # devices/strategy/precision change the numbers
         config.append(recipe.trainer.model_dump())
 
-    # How it was trained, recorded for every comparison: a logit method distils from a bank of fixed
-    # teacher views (the student sees those views); feature methods and scratch training see live ones.
-    training = {"views": "bank" if fixed_views or (distill and not type(distill).uses_teacher_features) else "live",
-                "mixup": 0.0, "image_size": ctx.dataset.image_size, "epochs": cfg.epochs, "optimizer": cfg.optimizer,
-                "teachers": [t.name for t in teachers], "method": distill.method if distill else None}
+    # How it was trained, recorded for every comparison: what the student saw (`live` augmentation, or a
+    # `bank` of fixed views: a logit method's default, the scratch control's), mixup, its input size.
+    views = "bank" if fixed_views or (distill and distill.resolved_views == "bank") else "live"
+    training = {"views": views, "mixup": float(mixup), "image_size": input_size, "epochs": cfg.epochs,
+                "optimizer": cfg.optimizer, "teachers": [t.name for t in teachers],
+                "method": distill.method if distill else None}
 
     def lineage(**facts) -> Variant:
         return Variant(name=name, parent=parent.name if parent else None, stage=stage, arch=cfg.arch,
@@ -106,15 +123,17 @@ def train_stage(ctx: Context, name: str, section: TrainSection, *, cfg=None, tea
 
         if cfg.pretrained and cfg.pretrained != "imagenet" and not Path(cfg.pretrained).is_file():
             raise UsageError(f"{name}.pretrained: weights file {cfg.pretrained!r} not found")
-        model = ctx.models.build(cfg.arch, cfg.pretrained)
+        model = ctx.models.build(cfg.arch, cfg.pretrained, image_size=input_size)
         teacher_models = [ctx.models.load(t) for t in teachers]
-        what = f"distilling {cfg.arch} from {parent.name} ({distill.method})" if teachers else f"training {cfg.arch}"
-        ctx.say(f"{name}: {what} ({count_params(model):,} parameters, {cfg.epochs} epochs)")
+        what = f"distilling {cfg.arch} from {parent.name} ({distill.method}, {views} views)" if teachers else f"training {cfg.arch}"
+        extras = (f", mixup {mixup:g}" if mixup else "") + (f", at {input_size} px" if input_size != ctx.dataset.image_size else "")
+        ctx.say(f"{name}: {what} ({count_params(model):,} parameters, {cfg.epochs} epochs{extras})")
         result = fit(
             model, ctx.dataset, cfg, data_cfg=recipe.data, seed=recipe.seed,
             log_dir=ctx.run.stage_logs(name), label=name, teacher=teacher_models or None, distill=distill,
             fixed_views=fixed_views, device=ctx.device, say=ctx.say, progress=ctx.progress,
-            trainer_cfg=recipe.trainer,
+            trainer_cfg=recipe.trainer, input_size=input_size, mixup=mixup,
+            teacher_sizes=[ctx.input_size(t) for t in teachers] or None,
         )
         save_state(model, ckpt, metadata={"arch": cfg.arch, "variant": name})
         variant = lineage(checkpoint=ctx.run.rel(ckpt), params=count_params(model), train=result.to_dict())
@@ -162,6 +181,7 @@ def run_distillation(ctx: Context) -> None:
     d = recipe.distill
     run = ctx.ledger.run_stage
     check_recipe(recipe)
+    check_data(recipe, ctx.dataset)
     if recipe.teachers is None:
         teachers = [run(train_stage(ctx, SINGLE_TEACHER, TrainSection("teacher")))]
         parent = teachers[0]
@@ -176,11 +196,11 @@ def run_distillation(ctx: Context) -> None:
         parent = teachers[0]
     if d.scratch_baseline:
         # The fair baseline: the best scratch training at the distilled student's budget (same epochs and
-        # optimizer, live augmentation), never a handicapped one (issue 21).
-        run(train_stage(ctx, SCRATCH, TrainSection("student")))
+        # optimizer, live augmentation, the same input size and mixup), never a handicapped one (issue 21).
+        run(train_stage(ctx, SCRATCH, TrainSection("student"), mixup=d.mixup))
     if _bank_control(recipe):
         # A control: the same student on the teacher bank's fixed views, without the teacher.
-        run(train_stage(ctx, SCRATCH_BANK, TrainSection("student"), fixed_views=True))
+        run(train_stage(ctx, SCRATCH_BANK, TrainSection("student"), fixed_views=True, mixup=d.mixup))
     student = recipe.student.model_copy(update={"arch": d.student_arch(recipe.student.arch)})
     run(train_stage(ctx, STUDENT, TrainSection("student"), cfg=student, teachers=teachers, parent=parent,
                     stage="distill"))

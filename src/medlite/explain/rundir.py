@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from medlite.data import load_dataset
-from medlite.data.preprocess import IMAGE_SUFFIXES, load_image, normalize
+from medlite.data.preprocess import IMAGE_SUFFIXES, load_image
 from medlite.errors import UsageError
 from medlite.recipe import load_recipe
 from medlite.runstate import RESOLVED_RECIPE, RunDir, read_json, write_json
@@ -40,7 +40,8 @@ def explain_images(ctx, folder: Path, names: list[str]) -> dict:
     """Maps of every method for the images in `folder`, per variant; the gallery figures; a JSON summary."""
     # local: the explain stage and the figures import torch and matplotlib.
     from medlite.evaluate import predict_artifact
-    from medlite.explain.stage import explain_variant
+    from medlite.data.preprocess import resize_batch
+    from medlite.explain.stage import explain_pixels
     from medlite.report import figures
 
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
@@ -54,16 +55,17 @@ def explain_images(ctx, folder: Path, names: list[str]) -> dict:
         except (OSError, ValueError, SyntaxError) as err:
             raise UsageError(f"{path}: not a readable image ({type(err).__name__})") from None
     raw = np.stack(pixels)
-    images = normalize(raw, spec)
 
     reference = ctx.variants[names[0]]
-    targets = predict_artifact(ctx.run.root / reference.file, raw, spec).argmax(1).astype(int)
+    reference_spec = ctx.data_for(reference).preprocess  # its own input size
+    targets = predict_artifact(ctx.run.root / reference.file, resize_batch(raw, reference_spec.image_size),
+                               reference_spec).argmax(1).astype(int)
     classes = list(spec.class_names)
     summary: dict = {"images": [str(p) for p in files], "target_rule": f"the class {names[0]} predicts",
                      "targets": [classes[t] for t in targets], "variants": {}}
     columns: dict[str, list] = {}
     for name in names:
-        facts, maps = explain_variant(ctx, ctx.variants[name], images, targets, ctx.recipe.explain)
+        facts, maps = explain_pixels(ctx, ctx.variants[name], raw, targets, ctx.recipe.explain)
         summary["variants"][name] = facts
         for method, m in maps.items():
             columns.setdefault(method, []).append((name, m, np.array(facts["probabilities"])))

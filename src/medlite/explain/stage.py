@@ -95,6 +95,19 @@ def explain_variant(ctx, variant, images: np.ndarray, targets: np.ndarray, cfg) 
     return facts, maps
 
 
+def explain_pixels(ctx, variant, pixels: np.ndarray, targets: np.ndarray, cfg) -> tuple[dict, dict[str, np.ndarray]]:
+    """`explain_variant` on uint8 `pixels` (N, H, W, C), prepared at the variant's own input size; maps
+    of a variant at another size (a cross-resolution student) are resized to the pixels' grid."""
+    from medlite.data.preprocess import normalize, resize_batch
+
+    spec = ctx.data_for(variant).preprocess
+    facts, maps = explain_variant(ctx, variant, normalize(resize_batch(pixels, spec.image_size), spec), targets, cfg)
+    if spec.image_size != pixels.shape[1]:
+        maps = {method: _resize_maps(m, pixels.shape[1]) for method, m in maps.items()}
+        facts["input_size"] = spec.image_size
+    return facts, maps
+
+
 def _test_probs(ctx, variant, split_name: str, split) -> np.ndarray:
     """The deployed file's probabilities on the evaluated split: from its predictions file when the
     predict stage wrote one (same file, same images), else run once through `Context.probabilities`."""
@@ -112,15 +125,19 @@ def _test_split(ctx):
     return ctx.recipe.evaluate.split, ctx.dataset.splits[ctx.recipe.evaluate.split]
 
 
-def explain_stage(ctx: Context, variant: Variant, idx: np.ndarray, images: np.ndarray, targets: np.ndarray,
+def explain_stage(ctx: Context, variant: Variant, idx: np.ndarray, pixels: np.ndarray, targets: np.ndarray,
                   split_name: str) -> Stage[dict]:
-    """Maps of one variant for the chosen images, and their faithfulness on its deployed file."""
+    """Maps of one variant for the chosen images (uint8 `pixels` at the data's size), and their
+    faithfulness on its deployed file. A variant at another input size (a cross-resolution student)
+    explains the images at its own size; its maps are resized to the data's, so every variant's maps
+    share one grid (the gallery, the agreement between variants)."""
     cfg = ctx.recipe.explain
     out = ctx.run.root / "explain" / f"{variant.name}.npz"
+    spec = ctx.data_for(variant).preprocess
 
     def compute() -> dict:
         start = time.perf_counter()
-        facts, variant_maps = explain_variant(ctx, variant, images, targets, cfg)
+        facts, variant_maps = explain_pixels(ctx, variant, pixels, targets, cfg)
         facts.update({"split": split_name, "images": idx.tolist(), "targets": targets.tolist(),
                       "target_rule": "the true class", "seconds": round(time.perf_counter() - start, 2)})
         _save_maps(out, variant_maps)
@@ -133,21 +150,20 @@ def explain_stage(ctx: Context, variant: Variant, idx: np.ndarray, images: np.nd
         return facts
 
     config = [cfg.model_dump(exclude={"enabled", "variants"}), idx.tolist(), ctx.dataset.fingerprint(), ctx.recipe.seed]
+    if spec.image_size != ctx.dataset.image_size:
+        config.append(spec.image_size)
     return Stage(name=f"{variant.name}.explain", kind="explain", schema=EXPLAIN_SCHEMA, inputs=[variant],
                  config=config, outputs=[out], compute=compute, emit=emit, plan=lambda: {})
 
 
 def stage_explain(ctx: Context, names: list[str] | None = None) -> None:
     """Explain the chosen variants (recipe `explain.variants`, else all) and record `variant.explain`."""
-    from medlite.data.preprocess import normalize
-
     cfg = ctx.recipe.explain
     names = names or cfg.variants or list(ctx.variants)
     unknown = [n for n in names if n not in ctx.variants]
     if unknown:
         raise UsageError(f"explain.variants: no variant {unknown[0]!r} in this run (choose from {', '.join(ctx.variants)})")
     split_name, split = _test_split(ctx)
-    spec = ctx.dataset.preprocess
     if ctx.planning and any(v.planned for v in ctx.variants.values()):
         # The images are chosen from every variant's predictions: not known before they all exist.
         for name in names:
@@ -160,12 +176,12 @@ def stage_explain(ctx: Context, names: list[str] | None = None) -> None:
         for variant in ctx.variants.values():
             wrong += _test_probs(ctx, variant, split_name, split).argmax(1) != split.labels
         idx = select_images(split.labels, wrong * 2 > len(ctx.variants), cfg.images_per_class, ctx.recipe.seed)
-        images = normalize(split.images[idx], spec)
+        pixels = split.images[idx]
         targets = split.labels[idx].astype(int)
     maps: dict[str, dict[str, np.ndarray]] = {}
     for name in names:
         variant = ctx.variants[name]
-        ctx.ledger.run_stage(explain_stage(ctx, variant, idx, images, targets, split_name))
+        ctx.ledger.run_stage(explain_stage(ctx, variant, idx, pixels, targets, split_name))
         maps[name] = _load_maps(ctx.run.root / variant.explain["maps"])
     # Lineage members explained earlier (e.g. by `medlite explain --variants`) on the same images count too.
     for variant in ctx.variants.values():
@@ -181,6 +197,15 @@ def stage_explain(ctx: Context, names: list[str] | None = None) -> None:
             }
             for other in lineage(variant, ctx.variants) if other in maps
         }
+
+
+def _resize_maps(maps: np.ndarray, size: int) -> np.ndarray:
+    """(N, h, w) maps -> (N, size, size), bilinear: a lower-resolution model's maps on the data's grid."""
+    import torch
+    import torch.nn.functional as F
+
+    return F.interpolate(torch.from_numpy(np.ascontiguousarray(maps, np.float32))[:, None], size=(size, size),
+                         mode="bilinear", align_corners=False)[:, 0].numpy()
 
 
 def agreement_of(a: np.ndarray, b: np.ndarray, fraction: float) -> dict:

@@ -84,10 +84,10 @@ def write_model_cards(ctx, version: str | None) -> None:
     """A card beside every variant's deployed file (rewritten each run: metrics may have changed)."""
     from medlite.runtime import CARD_KEY, PREPROCESS_KEY, VARIANT_KEY, write_sidecar
 
-    spec = ctx.dataset.preprocess.to_dict()
     for variant in ctx.variants.values():
         if not variant.file:
             continue
+        spec = ctx.data_for(variant).preprocess.to_dict()  # the file's own input size
         # The preprocessing too: formats without metadata (.tflite) need it, and one layout serves all.
         write_sidecar(ctx.run.root / variant.file, {PREPROCESS_KEY: spec, VARIANT_KEY: variant.name,
                                                     CARD_KEY: build_card(ctx, variant, version)})

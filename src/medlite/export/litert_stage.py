@@ -36,7 +36,7 @@ def litert_stage(ctx: Context, source: Variant, mode: str, calibration: dict) ->
     from medlite.export import litert
 
     cfg = ctx.recipe.export.litert
-    spec = ctx.dataset.preprocess
+    spec = ctx.data_for(source).preprocess  # the file's own input size
     fp32_name = f"{source.name}_tflite_fp32"
     name = f"{source.name}_tflite_{mode}"
     path = ctx.run.models / f"{name}.tflite"
@@ -56,9 +56,10 @@ def litert_stage(ctx: Context, source: Variant, mode: str, calibration: dict) ->
             else:
                 if not fp32_path.is_file():
                     raise RuntimeError(f"no fp32 LiteRT file for {source.name} to quantize")
-                if mode == "int8_static" and "images" not in calibration:
-                    calibration["images"] = litert.calibration_inputs(ctx.dataset, cfg.calibration_images, ctx.recipe.seed)
-                check = litert.quantize(fp32_path, mode, path, spec, name, calibration.get("images"))
+                if mode == "int8_static" and spec.image_size not in calibration:
+                    calibration[spec.image_size] = litert.calibration_inputs(ctx.data_for(source), cfg.calibration_images,
+                                                                             ctx.recipe.seed)
+                check = litert.quantize(fp32_path, mode, path, spec, name, calibration.get(spec.image_size))
         except Exception as err:  # noqa: BLE001 - a converter's failure is recorded, never a crash
             raise ConversionFailed(litert.one_line(err)) from err
         # The sidecar is rewritten with the card later.
@@ -81,7 +82,7 @@ def export_trained(ctx: Context) -> None:
     from medlite.export import litert  # the converter's module (its heavy imports are inside its functions)
 
     modes = ["fp32"] + [m for m in ctx.recipe.export.litert.quantize if m != "fp32"]  # int8 files start from fp32
-    calibration: dict = {}  # drawn once, shared by every int8_static file
+    calibration: dict = {}  # input size -> images, drawn once, shared by every int8_static file of that size
     made: list[str] = []
     skipped: dict[str, list[str]] = {}  # reason -> the variants it stopped
     sources = _sources(ctx)

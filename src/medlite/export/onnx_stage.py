@@ -17,9 +17,10 @@ def export_stage(ctx: Context, variant: Variant) -> Stage[Variant]:
         from medlite.models.complexity import describe_model
 
         model = ctx.models.load(variant)
-        check = export_onnx(model, ctx.dataset.preprocess, path, {"medlite.variant": variant.name})
+        spec = ctx.data_for(variant).preprocess  # at the variant's own input size
+        check = export_onnx(model, spec, path, {"medlite.variant": variant.name})
         return {"file": ctx.run.rel(path), "export": {"max_abs_diff": check["max_abs_diff"]},
-                **describe_model(model, ctx.models.example_input(), path)}
+                **describe_model(model, ctx.models.example_input(variant), path)}
 
     def emit(facts: dict) -> Variant:
         for key, value in facts.items():
@@ -33,7 +34,7 @@ def export_stage(ctx: Context, variant: Variant) -> Stage[Variant]:
         return variant
 
     return Stage(name=f"{variant.name}.export", kind="export", inputs=[variant],
-                 config=ctx.dataset.preprocess.to_dict(), outputs=[path], compute=compute, emit=emit, plan=plan)
+                 config=ctx.data_for(variant).preprocess.to_dict(), outputs=[path], compute=compute, emit=emit, plan=plan)
 
 
 def export_trained(ctx: Context) -> None:

@@ -162,7 +162,7 @@ def _previous_invocations(out: Path) -> list[dict]:
 
 def summarise(spec: StudySpec, all_settings, trials: list[Trial], out: Path, *, wall_seconds: float = 0.0,
               executor: str = "local") -> dict[str, Any]:
-    from medlite.study.stats import describe
+    from medlite.study.stats import describe, metric_range
 
     rows, splits = collect(trials, out, spec.variants)
     order = {s.name: i for i, s in enumerate(all_settings)}
@@ -174,7 +174,7 @@ def summarise(spec: StudySpec, all_settings, trials: list[Trial], out: Path, *, 
         entry = {"setting": setting, "variant": variant, "n": len(members),
                  "arch": members[0]["arch"], "format": members[0]["format"]}
         for key in SUMMARY_KEYS:
-            entry[key] = describe([m[key] for m in members], spec.stats.confidence)
+            entry[key] = describe([m[key] for m in members], spec.stats.confidence, bounds=metric_range(key))
         summary.append(entry)
     selection = _select(spec, all_settings, summary, trials)
     comparisons = _compare(spec, rows, splits, out, selection)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -44,3 +45,21 @@ def augment(x: torch.Tensor, preset: str, generator: torch.Generator | None = No
         bias = uniform(-params["intensity"] / 2, params["intensity"] / 2).view(n, 1, 1, 1)
         out = (out * gain + bias).clamp(0, 1)
     return out
+
+
+def resize_to(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """(N, C, H, W) at `size` x `size` (antialiased bilinear, as PIL's BILINEAR resize of deployment
+    downsamples); `x` itself when already that size. How a cross-resolution student sees the view its
+    teacher sees at the data's resolution."""
+    if size is None or x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def mixup(x: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al., ICLR 2018) of a batch with a shuffled copy of itself: (mixed x, the partner
+    of each image, lambda ~ Beta(alpha, alpha)). One lambda per batch, drawn from `generator` (seeded)."""
+    # torch's Beta sampler takes no generator: numpy draws it, seeded from `generator`.
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator))).beta(alpha, alpha))
+    partner = torch.randperm(len(x), generator=generator).to(x.device)
+    return lam * x + (1 - lam) * x[partner], partner, lam

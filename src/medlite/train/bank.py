@@ -31,11 +31,14 @@ def build_teacher_bank(
     seed: int,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    teacher_sizes: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(views x N x C x H x W uint8 images, views x N x teachers x K float32 logits, or None without teachers).
 
     Every view is augmented (unless the preset is "none"): a short fine-tune with one view still sees augmentation.
+    Each teacher sees the view at its own input size (`teacher_sizes`; default: the images' size).
     """
+    from medlite.train.augment import resize_to
     teachers = [] if teacher is None else list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     per_view = images.numel()
     views = max(1, min(views, MAX_BANK_BYTES // max(1, per_view)))
@@ -55,7 +58,8 @@ def build_teacher_bank(
             view_images.append(x8)
             if teachers:
                 inputs = ((x8.float() / 255 - mean) / std).to(device)
-                view_logits.append(torch.stack([t(inputs).float().cpu() for t in teachers], 1))
+                sizes = teacher_sizes or [inputs.shape[-1]] * len(teachers)
+                view_logits.append(torch.stack([t(resize_to(inputs, s)).float().cpu() for t, s in zip(teachers, sizes)], 1))
         bank_images.append(torch.cat(view_images))
         if teachers:
             bank_logits.append(torch.cat(view_logits))

@@ -26,6 +26,7 @@ from torch.utils.data import (
 )
 from torch.utils.data.distributed import DistributedSampler
 
+from medlite.data.preprocess import resize_batch
 from medlite.train.bank import build_teacher_bank
 
 VAL_BATCH = 512  # validation is inference only: large batches, whatever the training batch size
@@ -101,16 +102,22 @@ class TrainData(L.LightningDataModule):
     `image`, `label` and `idx` (DDP keeps each image once when it gathers the padded shards).
     """
 
-    def __init__(self, dataset, *, batch_size: int, balance: str, augment: str, seed: int) -> None:
+    def __init__(self, dataset, *, batch_size: int, balance: str, augment: str, seed: int,
+                 input_size: int | None = None) -> None:
         super().__init__()
-        train, val = dataset.splits["train"], dataset.splits["val"]
+        train = dataset.splits["train"]
+        # Validation scores the model at its own input size (a cross-resolution student's), resized as the
+        # evaluation of its deployed file resizes (`resize_batch`, as `Dataset.at_size`); training images stay at
+        # the data's size: the teachers see them so, and the module resizes each augmented view for the student.
+        val = dataset.splits["val"]
+        val_images = resize_batch(val.images, input_size) if input_size else val.images
         self.batch_size, self.balance, self.augment, self.seed = batch_size, balance, augment, seed
         self.mean, self.std = dataset.mean, dataset.std
         self.n_train, self.n_val = len(train), len(val)
         self._labels = train.labels
         self.tensors: dict[str, torch.Tensor] = {
             "train_images": _nchw(train.images), "train_labels": torch.from_numpy(train.labels),
-            "val_images": _nchw(val.images), "val_labels": torch.from_numpy(val.labels),
+            "val_images": _nchw(val_images), "val_labels": torch.from_numpy(val.labels),
         }
         self.bank_seconds = 0.0
         self._on_device: dict[str, torch.Tensor] = {}
@@ -120,7 +127,8 @@ class TrainData(L.LightningDataModule):
     def has_bank(self) -> bool:
         return "bank_images" in self.tensors
 
-    def build_bank(self, teachers: list[torch.nn.Module] | None, views: int, device: str) -> None:
+    def build_bank(self, teachers: list[torch.nn.Module] | None, views: int, device: str,
+                   teacher_sizes: list[int] | None = None) -> None:
         """Precompute `views` fixed augmented views of the training images and the teachers' logits on them.
 
         Called before `Trainer.fit`, not in `prepare_data`/`setup`: those run inside each DDP rank
@@ -130,7 +138,7 @@ class TrainData(L.LightningDataModule):
         start = time.perf_counter()
         images, logits = build_teacher_bank(
             teachers or None, self.tensors["train_images"], views=views, augment_preset=self.augment,
-            mean=self.mean, std=self.std, seed=self.seed, device=device,
+            mean=self.mean, std=self.std, seed=self.seed, device=device, teacher_sizes=teacher_sizes,
         )
         self.tensors["bank_images"] = images.cpu()
         if logits is not None:

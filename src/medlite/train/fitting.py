@@ -108,6 +108,9 @@ def fit(
     select_best: bool = True,
     score_start: bool = False,
     trainer_cfg=None,
+    input_size: int | None = None,
+    teacher_sizes: list[int] | None = None,
+    mixup: float | None = None,
 ) -> FitResult:
     """Train `model` (in place) for `cfg.epochs` and restore the epoch with the best validation AUC.
 
@@ -126,17 +129,25 @@ def fit(
     device = resolve_device(device)
     where = placement(trainer_cfg, device, data_cfg.balance, score_start)  # refused before any work
     L.seed_everything(seed, workers=True, verbose=False)
+    if input_size == dataset.image_size:
+        input_size = None
+    if mixup is None:
+        mixup = getattr(distill, "mixup", 0.0) if teacher is not None else 0.0
     teach = teaching(model, dataset, teacher, distill, seed=seed, epochs=cfg.epochs, fixed_views=fixed_views,
-                     teacher_views=teacher_views)
-    data = TrainData(dataset, batch_size=cfg.batch_size, balance=data_cfg.balance, augment=data_cfg.augment, seed=seed)
+                     teacher_views=teacher_views, input_size=input_size)
+    if teacher_sizes is not None and len(teacher_sizes) != len(teach.teachers or teach.bank_teachers):
+        raise ValueError(f"fit: {len(teacher_sizes)} teacher sizes for {len(teach.teachers or teach.bank_teachers)} teachers")
+    data = TrainData(dataset, batch_size=cfg.batch_size, balance=data_cfg.balance, augment=data_cfg.augment, seed=seed,
+                     input_size=input_size)
     if teach.bank_views:
-        data.build_bank(teach.bank_teachers, teach.bank_views, device)
+        data.build_bank(teach.bank_teachers, teach.bank_views, device, teacher_sizes=teacher_sizes)
     weights = None
     if data_cfg.balance == "class_weights":
         weights = class_weights(dataset.splits["train"].labels, dataset.num_classes)
     module = ClassifierModule(
         model, cfg, mean=dataset.mean, std=dataset.std, augment_preset=data_cfg.augment, class_weights=weights,
         teachers=teach.teachers or None, method=teach.method, teacher_weights=teach.weights, seed=seed,
+        input_size=input_size, teacher_sizes=teacher_sizes, mixup=mixup,
     )
     log_dir.mkdir(parents=True, exist_ok=True)
     if progress is None:

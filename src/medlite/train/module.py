@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from medlite.distill.methods import StudentOutput, TeacherOutput
 from medlite.evaluate.metrics import auc as auc_score
 from medlite.models.taps import FeatureTaps
-from medlite.train.augment import augment
+from medlite.train.augment import augment, mixup, resize_to
 from medlite.train.selection import FACTS_KEY, ValScore
 
 
@@ -40,6 +40,9 @@ class ClassifierModule(L.LightningModule):
         method=None,
         teacher_weights: list[float] | None = None,
         seed: int = 0,
+        input_size: int | None = None,
+        teacher_sizes: list[int] | None = None,
+        mixup: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
@@ -53,7 +56,11 @@ class ClassifierModule(L.LightningModule):
         self._teachers = tuple(t.eval().requires_grad_(False) for t in teachers or [])
         self._student_taps = self._teacher_taps = None
         self.register_buffer("class_weights", class_weights, persistent=False)
-        self.generator = torch.Generator().manual_seed(seed)  # the live augmentation's draws
+        self.generator = torch.Generator().manual_seed(seed)  # the live augmentation's (and mixup's) draws
+        # A cross-resolution student sees each view at its own size, each teacher at its own (None: as given).
+        self.input_size = input_size
+        self.teacher_sizes = list(teacher_sizes) if teacher_sizes else [None] * len(self._teachers)
+        self.mixup = mixup
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.last_validation: ValScore | None = None  # the latest validation pass, exact (see selection)
         self.auc_missing = 0  # validation passes whose AUC could not be computed
@@ -83,7 +90,7 @@ class ClassifierModule(L.LightningModule):
         if bank_logits is not None:  # views x ... -> one tensor per teacher
             return TeacherOutput([bank_logits[:, i].float() for i in range(bank_logits.shape[1])], self.teacher_weights)
         with torch.no_grad():
-            logits = [t(x).float() for t in self._teachers]
+            logits = [t(resize_to(x, size)).float() for t, size in zip(self._teachers, self.teacher_sizes)]
         features = self._teacher_taps.take() if self._teacher_taps is not None else {}
         return TeacherOutput(logits, self.teacher_weights, features)
 
@@ -93,11 +100,17 @@ class ClassifierModule(L.LightningModule):
         x = batch["image"].float() / 255
         if not batch["fixed_view"]:
             x = augment(x, self.augment_preset, self.generator)
+        partner, lam = None, 1.0
+        if self.mixup:  # the mixed batch is what teacher and student both see (function matching)
+            x, partner, lam = mixup(x, self.mixup, self.generator)
         x = self.normalize(x)
-        logits = self.model(x)
+        logits = self.model(resize_to(x, self.input_size))
 
         def hard_loss(z: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(z, labels, weight=self.class_weights, label_smoothing=self.cfg.label_smoothing)
+            def ce(y: torch.Tensor) -> torch.Tensor:
+                return F.cross_entropy(z, y, weight=self.class_weights, label_smoothing=self.cfg.label_smoothing)
+
+            return ce(labels) if partner is None else lam * ce(labels) + (1 - lam) * ce(labels[partner])
 
         if self.method is not None:
             student = StudentOutput(logits, self._student_taps.take() if self._student_taps is not None else {})

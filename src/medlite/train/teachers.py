@@ -19,18 +19,21 @@ class Teaching:
 
 
 def teaching(model: torch.nn.Module, dataset, teacher, distill, *, seed: int, epochs: int, fixed_views: bool,
-             teacher_views: int) -> Teaching:
-    """Logit methods read the teachers' outputs from a bank of fixed augmented views; feature methods
-    (teacher taps) run the teacher live; `fixed_views` gives a run without a teacher the same views."""
+             teacher_views: int, input_size: int | None = None) -> Teaching:
+    """Where the teachers' outputs come from: with `distill.views: bank` (the logit methods' default) a bank
+    of fixed augmented views, computed once; with `live` (function matching, and every feature method,
+    whose teacher taps need the teacher's forward pass) the teacher runs on the student's very view at
+    every step. `fixed_views` gives a run without a teacher a bank's views (a control)."""
     teachers = [] if teacher is None else list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
     method = None
     if teachers and distill is not None:
         spec = dataset.preprocess
+        size = input_size or spec.image_size  # the student's example input, at its own size
         torch.manual_seed(seed)  # the method's own layers (adapters, exits) start from the seed too
-        method = build_method(distill, model, teachers, torch.zeros(2, spec.channels, spec.image_size, spec.image_size))
+        method = build_method(distill, model, teachers, torch.zeros(2, spec.channels, size, size))
     weights = getattr(distill, "teacher_weights", None)  # ignored for one teacher
-    live_teacher = method is not None and bool(method.teacher_taps())
-    bank = (teachers and not live_teacher) or (fixed_views and not teachers)
+    live_teacher = method is not None and (bool(method.teacher_taps()) or distill.resolved_views == "live")
+    bank = (teachers and method is not None and not live_teacher) or (fixed_views and not teachers)
     return Teaching(
         teachers=teachers if method is not None else [],
         method=method,
