@@ -3,6 +3,11 @@ long one training epoch of each architecture takes (to size the built-in recipes
 
     python benchmarks/distill_epoch_cost.py --data-root DIR [--flag breastmnist] [--epochs 4] [--threads 2]
     python benchmarks/distill_epoch_cost.py --data-root DIR --archs small_resnet18 medlite_dsconv ...
+    python benchmarks/distill_epoch_cost.py --data-root DIR --views [--teacher medlite_dsconv_wide]
+
+Views mode (issue 21): the epoch cost of function matching (the teacher live on the student's very
+view, mixup on every batch) against a scratch epoch with live augmentation (the fair baseline) and
+against KD from the bank, and of a cross-resolution student (half the side) on the live teacher.
 
 Method mode: trains one teacher briefly, then the student with each method for --epochs epochs through
 `medlite.train.fit` (the pipeline's own training path: teacher bank for logit methods, live teacher for
@@ -79,6 +84,47 @@ def method_costs(args) -> list[dict]:
     return rows
 
 
+def views_costs(args) -> list[dict]:
+    import torch
+
+    from medlite.distill.config import KDConfig
+    from medlite.models import create
+    from medlite.train import fit
+
+    recipe, ds = _setup(args)
+    log = Path(tempfile.mkdtemp(prefix="medlite-cost-"))
+    make = lambda arch, size=ds.image_size: (torch.manual_seed(0), create(arch, ds.num_classes, ds.channels, size))[1]  # noqa: E731
+    teacher = make(args.teacher)
+    fit(teacher, ds, recipe.teacher.model_copy(update={"arch": args.teacher, "epochs": 1}), data_cfg=recipe.data,
+        seed=0, log_dir=log / "teacher")
+    cfg = recipe.student.model_copy(update={"arch": args.student, "epochs": args.epochs})
+    half = ds.image_size // 2
+    modes = [  # name, teacher?, views, mixup, student input size
+        ("scratch (live augmentation)", False, "live", 0.0, ds.image_size),
+        ("scratch + mixup 0.2", False, "live", 0.2, ds.image_size),
+        ("kd, bank", True, "bank", 0.0, ds.image_size),
+        ("kd, live teacher", True, "live", 0.0, ds.image_size),
+        ("kd, function matching (live + mixup 0.2)", True, "live", 0.2, ds.image_size),
+        (f"kd, function matching, student at {half} px", True, "live", 0.2, half),
+        (f"scratch + mixup 0.2, student at {half} px", False, "live", 0.2, half),
+    ]
+    rows = []
+    for name, with_teacher, views, alpha, size in modes:
+        distill = KDConfig(views=views, mixup=alpha) if with_teacher else None
+        start = time.perf_counter()
+        result = fit(make(args.student, size), ds, cfg, data_cfg=recipe.data, seed=0, log_dir=log / name.replace(" ", "_"),
+                     teacher=teacher if with_teacher else None, distill=distill, mixup=None if with_teacher else alpha,
+                     input_size=size, teacher_sizes=[ds.image_size] if with_teacher else None)
+        rows.append({"mode": name, "epoch_s": _mean_epoch(result), "min_epoch_s": _min_epoch(result),
+                     "bank_s": result.teacher_cache_seconds, "total_s": time.perf_counter() - start})
+    base = rows[0]
+    for row in rows:
+        row["ratio"] = row["epoch_s"] / base["epoch_s"]
+        row["min_ratio"] = row["min_epoch_s"] / base["min_epoch_s"]
+        row["ratio_with_bank"] = (row["epoch_s"] + row["bank_s"] / args.epochs) / base["epoch_s"]
+    return rows
+
+
 def arch_costs(args) -> list[dict]:
     import torch
 
@@ -108,10 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--student", default="medlite_dsconv")
     parser.add_argument("--methods", nargs="+", default=["kd", "dkd", "dist", "fitnet", "at", "multistage"])
     parser.add_argument("--archs", nargs="+", help="time one training epoch of each architecture instead")
+    parser.add_argument("--views", action="store_true", help="time function matching and cross-resolution students instead")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     load = os.getloadavg()[0]
-    if args.archs:
+    if args.views:
+        rows = views_costs(args)
+        print(f"{args.student} with teacher {args.teacher} on {args.flag}, {args.epochs} epochs, {args.threads} threads, "
+              f"load average {load:.1f} at start\n")
+        print("| mode | mean epoch s | x scratch | fastest epoch s | x scratch | bank s (once) | x scratch incl. bank |\n"
+              "|---|---:|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['mode']} | {r['epoch_s']:.2f} | {r['ratio']:.2f} | {r['min_epoch_s']:.2f} | {r['min_ratio']:.2f} | "
+                  f"{r['bank_s']:.1f} | {r['ratio_with_bank']:.2f} |")
+    elif args.archs:
         rows = arch_costs(args)
         print(f"| arch | params | epoch s ({args.flag}, {args.threads} threads, load {load:.1f}) |\n|---|---:|---:|")
         for r in rows:

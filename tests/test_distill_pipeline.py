@@ -102,7 +102,7 @@ def test_single_teacher_methods(tmp_path, data_root, method):
     if method == "fitnet":
         # A feature method runs the teacher live (no bank), and its adapter is not in the student's file.
         assert kd["train"]["teacher_cache_seconds"] == 0
-    assert any(f"({method})" in line for line in lines)
+    assert any(f"({method}, " in line for line in lines)  # "(kd, bank views)"
 
 
 def test_feature_method_with_several_teachers_fails_before_training(tmp_path, data_root):

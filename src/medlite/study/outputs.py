@@ -73,7 +73,8 @@ def refresh_intervals(document: dict) -> None:
 def _hidden(document: dict, entry: dict) -> bool:
     """With a selection rule, test metrics are shown only for the chosen setting."""
     selection = document.get("selection") or {}
-    return "setting" in selection and entry["setting"] != selection["setting"]
+    return ("setting" in selection and selection.get("report", "chosen") == "chosen"
+            and entry["setting"] != selection["setting"])
 
 
 def _comparison(document: dict, entry: dict) -> dict | None:
@@ -87,7 +88,9 @@ def table_rows(document: dict) -> list[dict[str, str]]:
     rows = []
     for entry in document["summary"]:
         hidden = _hidden(document, entry)
-        row = {"setting": entry["setting"], "variant": entry["variant"], "n": str(entry["n"])}
+        chosen = (document.get("selection") or {}).get("setting") == entry["setting"]
+        row = {"setting": entry["setting"] + (" (chosen on val)" if chosen else ""), "variant": entry["variant"],
+               "n": str(entry["n"])}
         for key, label in COLUMNS:
             row[label] = "(not shown)" if hidden else _fmt(entry[key])
         row[f"AUC {_percent(document)}% CI"] = "" if hidden else _ci(entry["auc"])
@@ -227,8 +230,11 @@ def _notes(document: dict) -> list[str]:
         notes.append(f"Wall time: {parts}" + (f"; re-summarised {resummarised} times since." if resummarised else "."))
     selection = document.get("selection")
     if selection and "setting" in selection:
-        notes.append(f"Selected on validation ({selection['metric']} of {selection['variant']}, {selection['direction']}): "
-                     f"{selection['setting']} ({selection['value']:.4f}); test metrics shown only for it.")
+        shown = ("every setting's test metrics are reported too (report: all), compared and Holm-corrected together"
+                 if selection.get("report") == "all" else "test metrics shown only for it")
+        among = ", ".join(f"{name} {value:.4f}" for name, value in selection.get("scores", {}).items())
+        notes.append(f"Selected on validation ({selection['metric']} of {selection['variant']}, {selection['direction']}; "
+                     f"among {among}): {selection['setting']}; {shown}.")
     elif selection:
         notes.append(selection["error"])
     for f in document.get("failed", []):

@@ -208,6 +208,11 @@ def _select(spec: StudySpec, all_settings, summary: list[dict], trials: list[Tri
         return None
     sel = spec.select
     eligible = {s.name for s in all_settings if any(part in sel.over for part in s.axis.split("+")) or s.axis == "fixed"}
+    if sel.among is not None:
+        unknown = [name for name in sel.among if name not in {s.name for s in all_settings}]
+        if unknown:
+            raise UsageError(f"select.among: {unknown[0]!r} is not a setting; settings: " + ", ".join(s.name for s in all_settings))
+        eligible &= set(sel.among)
     scores = {}
     for entry in summary:
         if entry["variant"] == sel.variant and entry["setting"] in eligible:
@@ -219,7 +224,7 @@ def _select(spec: StudySpec, all_settings, summary: list[dict], trials: list[Tri
     pick = (max if sel.direction == "max" else min)(scores, key=scores.get)
     setting = next(s for s in all_settings if s.name == pick)
     return {"setting": pick, "metric": sel.metric, "variant": sel.variant, "direction": sel.direction,
-            "value": scores[pick], "scores": scores, "overrides": setting.overrides}
+            "value": scores[pick], "scores": scores, "overrides": setting.overrides, "report": sel.report}
 
 
 def _compare(spec: StudySpec, rows: list[dict], splits: dict, out: Path, selection: dict | None) -> list[dict]:
@@ -232,7 +237,8 @@ def _compare(spec: StudySpec, rows: list[dict], splits: dict, out: Path, selecti
     base = spec.baseline
     by_key = {(r["setting"], r["variant"], r["seed"], r["fold"]): r for r in rows}
     targets = list(dict.fromkeys((r["setting"], r["variant"]) for r in rows))  # first-seen order
-    if selection and "setting" in selection:  # only the chosen setting meets the test split
+    if selection and "setting" in selection and selection.get("report", "chosen") == "chosen":
+        # the strict protocol: only the chosen setting meets the test split
         targets = [sv for sv in targets if sv[0] == selection["setting"]]
     cache: dict[str, tuple] = {}
 

@@ -54,6 +54,12 @@ class Select(_Strict):
     over: list[Literal["grid", "list"]] = Field(default_factory=lambda: ["grid", "list"])
     variant: str = Field("student_kd", description="the variant whose validation metric decides")
     mode: Literal["max", "min"] | None = Field(None, description="default: min for ece, else max")
+    among: list[str] | None = Field(None, description="the settings to choose from, by name (default: every setting "
+                                    "of the `over` axes); others are reported beside them, never chosen")
+    report: Literal["chosen", "all"] = Field(
+        "chosen", description="`chosen`: only the chosen setting meets the test split (the strict protocol); `all`: "
+        "every setting's test metrics and comparisons are reported too (evidence studies), the chosen one marked, "
+        "Holm-corrected over all of them")
 
     @property
     def key(self) -> str:
