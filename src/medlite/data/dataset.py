@@ -10,9 +10,9 @@ import numpy as np
 
 from medlite.data.preprocess import PreprocessSpec
 from medlite.errors import DataError
+from medlite.task import MULTICLASS, MULTILABEL  # noqa: F401 - the task names, re-exported for the sources
 
 SPLITS = ("train", "val", "test")
-MULTICLASS, MULTILABEL = "multiclass", "multilabel"
 
 
 @dataclass
