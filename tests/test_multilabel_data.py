@@ -264,3 +264,9 @@ def test_a_label_absent_from_train_after_the_split_is_refused(tmp_path):
         load_dataset(_data(section), tmp_path, 0, multilabel=True)
     assert "label 'rare' never occurs in the train split (after the split)" in str(info.value)
     assert isinstance(info.value, UsageError)
+
+
+def test_medlite_data_on_the_chestmnist_recipe_offline_names_the_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MEDLITE_OFFLINE", "1")
+    code, _, err = _run_cli(monkeypatch, capsys, "data", "chestmnist", "--data-root", str(tmp_path))
+    assert code == 2 and "chestmnist.npz: not found in" in err and len(err.strip().splitlines()) == 1, err
