@@ -143,3 +143,18 @@ def test_task_objects():
     assert MULTI_LABEL_TASK.metrics(probs, labels, NAMES, ece_bins=15)["auc"] == mean_auc(probs, labels)
     with pytest.raises(UsageError, match="task 'regression'"):
         task_of("regression")
+
+
+def test_bootstrap_intervals_equal_sklearn_on_the_same_resamples():
+    """The same seeded resamples scored one by one with scikit-learn give the same percentiles."""
+    from medlite.evaluate.multilabel import bootstrap_intervals
+
+    probs, labels = _random(n=40, seed=11)
+    per_label, mean_ci = bootstrap_intervals(probs, labels, 50, 0.9, seed=4)
+    idx = np.random.default_rng(4).integers(0, 40, (50, 40))
+    by_hand = np.array([[roc_auc_score(labels[i, k], probs[i, k]) for k in range(3)] for i in idx])
+    for k in range(3):
+        np.testing.assert_allclose(per_label[k]["auc"], np.percentile(by_hand[:, k], [5, 95]), atol=1e-12)
+        accuracy = [((probs[i, k] > 0.5) == labels[i, k]).mean() for i in idx]
+        np.testing.assert_allclose(per_label[k]["accuracy"], np.percentile(accuracy, [5, 95]), atol=1e-12)
+    np.testing.assert_allclose(mean_ci["auc"], np.percentile(by_hand.mean(axis=1), [5, 95]), atol=1e-12)

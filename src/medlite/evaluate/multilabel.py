@@ -3,8 +3,8 @@
 `probs` are (N, K) per-label probabilities (sigmoid outputs, rows need not sum to 1) and `labels`
 (N, K) multi-hot 0/1. The headline figures are MedMNIST's for multi-label data (its `getAUC` /
 `getACC`): the mean AUC over labels and the mean per-label accuracy at 0.5 (positive when p > 0.5).
-Beside them: per-label AUC with percentile-bootstrap intervals (`metrics.bootstrap_ci`, the
-single-label code, on each label as a binary task), macro and micro average precision
+Beside them: per-label AUC with percentile-bootstrap intervals (`metrics.auc_rows`, the
+single-label code's vectorised AUC, on each label as a binary task), macro and micro average precision
 (scikit-learn), and per-label sensitivity / specificity at thresholds chosen on validation by the
 operating-point rule (`operating_point.choose_threshold`).
 
@@ -22,7 +22,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from medlite.errors import UsageError
-from medlite.evaluate.metrics import auc_rows, bootstrap_ci
+from medlite.evaluate.metrics import auc_rows
 
 
 def _as_arrays(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -129,6 +129,7 @@ def multilabel_metrics(
         raise ValueError(f"{probs.shape[1]} probability columns for {len(class_names)} labels")
     aucs = per_label_auc(probs, labels)
     ap, ap_macro, ap_micro = average_precision(probs, labels)
+    label_ci, mean_ci = bootstrap_intervals(probs, labels, bootstrap, confidence, seed)
     undefined: list[str] = []
     per_label: dict[str, dict] = {}
     for k, name in enumerate(class_names):
@@ -159,11 +160,7 @@ def multilabel_metrics(
             decided = p >= threshold
             row["sensitivity"], row["specificity"] = sens_spec(decided, y)
             row["ci"] = bootstrap_sens_spec(decided, y, bootstrap, confidence, seed)
-        if np.isfinite(aucs[k]):
-            # The single-label bootstrap on the label as a binary task: [1 - p, p] and its argmax
-            # (p > 0.5, MedMNIST's rule) give this label's AUC and accuracy intervals.
-            binary = bootstrap_ci(np.column_stack([1 - p, p]), y.astype(np.int64), bootstrap, confidence, seed)
-            row["ci"] = {**row["ci"], **binary}
+        row["ci"] = {**row["ci"], **label_ci[k]}
         per_label[name] = row
     if not np.isfinite(aucs).any():
         undefined.append(f"mean AUC: no label has both positive and negative images in the {split} split")
@@ -174,20 +171,39 @@ def multilabel_metrics(
         "ap_micro": ap_micro,
         "labels_defined": int(np.isfinite(aucs).sum()),
         "per_label": per_label,
-        "ci": _mean_auc_ci(probs, labels, bootstrap, confidence, seed),
+        "ci": mean_ci,
         "undefined": undefined,
         "n": int(len(labels)),
     }
 
 
-def _mean_auc_ci(probs: np.ndarray, labels: np.ndarray, resamples: int, confidence: float, seed: int) -> dict:
-    """Percentile-bootstrap interval of the mean AUC (images resampled jointly across labels, so the
-    labels' correlation is kept), with scipy.stats.bootstrap as `metrics.bootstrap_ci` does."""
-    if resamples <= 0 or len(labels) == 0 or not _defined(labels).any():
-        return {}
-    from scipy.stats import bootstrap
+def bootstrap_intervals(probs: np.ndarray, labels: np.ndarray, resamples: int, confidence: float,
+                        seed: int) -> tuple[list[dict], dict]:
+    """Percentile-bootstrap intervals: per label its AUC and accuracy at 0.5, and the mean AUC.
 
-    res = bootstrap((np.arange(len(labels)),), lambda idx: mean_auc(probs[idx], labels[idx]), n_resamples=resamples,
-                    confidence_level=confidence, method="percentile", vectorized=False, rng=np.random.default_rng(seed))
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    return {"auc": [lo, hi]} if np.isfinite(lo) and np.isfinite(hi) else {}
+    Images are resampled jointly (every label sees the same resamples, so the mean AUC's interval
+    keeps the labels' correlation), all resamples at once through `metrics.auc_rows` (the
+    vectorised Mann-Whitney AUC the single-label code uses) on [1 - p, p] per label. As in
+    `metrics.bootstrap_ci`, a label's AUC interval is left out when some resample lacks its
+    positives or negatives (a rare label in a small split); the mean AUC of a resample is over the
+    labels defined in it, as the point estimate is.
+    """
+    probs, labels = _as_arrays(probs, labels)
+    k = probs.shape[1]
+    if resamples <= 0 or len(labels) == 0:
+        return [{} for _ in range(k)], {}
+    idx = np.random.default_rng(seed).integers(0, len(labels), (resamples, len(labels)))
+    tail = (1 - confidence) / 2 * 100
+    cut = lambda values: [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]  # noqa: E731
+    per_label, rows = [], np.full((resamples, k), np.nan)
+    for j in range(k):
+        y = labels[:, j].astype(np.int64)
+        out = {"accuracy": cut(((probs[:, j] > 0.5) == labels[:, j])[idx].mean(axis=1))}
+        if _defined(labels[:, [j]])[0]:
+            rows[:, j] = auc_rows(np.column_stack([1 - probs[:, j], probs[:, j]]), y, idx)
+            if np.isfinite(rows[:, j]).all():
+                out["auc"] = cut(rows[:, j])
+        per_label.append(out)
+    means = np.array([_nanmean(r) for r in rows])
+    means = means[np.isfinite(means)]
+    return per_label, ({"auc": cut(means)} if len(means) else {})
