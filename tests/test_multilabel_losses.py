@@ -36,7 +36,7 @@ def test_binary_kl_is_zero_on_the_teacher_and_finite_where_the_sigmoid_saturates
     assert float(same.detach()) == pytest.approx(0.0, abs=1e-6)
     far = binary_kl(z, torch.tensor([[0.0, 1.0, 0.5]]), 1.0)  # teacher certain of the opposite
     far.backward()
-    assert torch.isfinite(far) and torch.isfinite(z.grad).all() and float(far) > 10
+    assert torch.isfinite(far) and torch.isfinite(z.grad).all() and float(far.detach()) > 10
 
 
 def test_multilabel_kd_mixes_soft_and_hard_with_alpha():
@@ -87,3 +87,35 @@ def test_the_task_picks_the_hard_loss():
         MULTI_LABEL_TASK.hard_loss(z, target, loss="focal")
     probs = MULTI_LABEL_TASK.torch_probabilities(z, 2.0)
     assert torch.allclose(probs, soften_binary(z, 2.0))
+
+
+def test_the_task_picks_the_kd_loss_and_refuses_what_has_no_multi_label_meaning():
+    from medlite.distill.losses import kd_loss
+    from medlite.task import SINGLE_LABEL_TASK
+
+    student, teacher, _ = _batch(5)
+    s, t = torch.tensor(student), torch.tensor(teacher)
+    hard = torch.tensor(0.5)
+    soft = MULTI_LABEL_TASK.torch_probabilities(t, 4.0)
+    assert float(MULTI_LABEL_TASK.kd_loss(s, soft, hard, 4.0, 0.7)) == pytest.approx(float(multilabel_kd_loss(s, soft, hard, 4.0, 0.7)))
+    single = SINGLE_LABEL_TASK.torch_probabilities(t, 4.0)
+    assert float(SINGLE_LABEL_TASK.kd_loss(s, single, hard, 4.0, 0.7)) == pytest.approx(float(kd_loss(s, single, hard, 4.0, 0.7)))
+    with pytest.raises(UsageError, match="distill.standardize"):
+        MULTI_LABEL_TASK.kd_loss(s, soft, hard, 4.0, 0.7, standardized=True)
+    with pytest.raises(UsageError, match="data.balance: 'sampler'"):
+        MULTI_LABEL_TASK.check_balance("sampler")
+    MULTI_LABEL_TASK.check_balance("class_weights")
+    SINGLE_LABEL_TASK.check_balance("sampler")
+
+
+def test_numpy_sigmoid_is_stable_and_precise_at_the_extremes():
+    import warnings
+
+    from medlite.task import sigmoid
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning
+        p = sigmoid(np.array([-1000.0, -40.0, 0.0, 40.0, 1000.0]))
+    assert p[0] == 0.0 and p[-1] == 1.0 and p[2] == 0.5
+    assert p[1] == pytest.approx(np.exp(-40.0), rel=1e-12)  # not 1 - (a number near 1) = 0
+    np.testing.assert_allclose(sigmoid(np.linspace(-5, 5, 11)), torch.sigmoid(torch.linspace(-5, 5, 11, dtype=torch.float64)).numpy())

@@ -40,10 +40,11 @@ def refuse_untrainable(task: str, what: str) -> None:
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """Element-wise logistic in float64, stable for large |z| (scipy's expit)."""
-    from scipy.special import expit
-
-    return expit(np.asarray(logits, dtype=np.float64))
+    """Element-wise logistic in float64, numpy only (devices have no scipy): exp(-|z|) never
+    overflows, and small probabilities keep their precision (not 1 - a number near 1)."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def pos_weight(labels: np.ndarray) -> np.ndarray:
@@ -97,6 +98,17 @@ class Task:
         import torch.nn.functional as F
 
         return F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=label_smoothing)
+
+    def kd_loss(self, student_logits: "torch.Tensor", teacher_probs: "torch.Tensor", hard: "torch.Tensor",
+                temperature: float, alpha: float, standardized: bool = False) -> "torch.Tensor":
+        """Logit KD: Hinton's softmax KD (`distill.losses.kd_loss`). `teacher_probs` are
+        `torch_probabilities(teacher_logits, T)` (or an ensemble's mean of them)."""
+        from medlite.distill.losses import kd_loss
+
+        return kd_loss(student_logits, teacher_probs, hard, temperature, alpha, standardized)
+
+    def check_balance(self, balance: str) -> None:
+        """Refuse a `data.balance` that has no meaning for this task (every option has one here)."""
 
     def validation_auc(self, probs: np.ndarray, labels: np.ndarray) -> float:
         """The score that picks the best epoch: the macro one-vs-rest AUC (NaN when undefined)."""
@@ -152,6 +164,23 @@ class MultiLabel(Task):
         if loss == "asymmetric":
             return asymmetric_loss(logits, labels, pos_weight=pos_weight, **(asl or {}))
         raise UsageError(f"multi-label loss {loss!r}: known: bce, asymmetric")
+
+    def kd_loss(self, student_logits: "torch.Tensor", teacher_probs: "torch.Tensor", hard: "torch.Tensor",
+                temperature: float, alpha: float, standardized: bool = False) -> "torch.Tensor":
+        """Per-label binary KD (`distill.losses.multilabel_kd_loss`); `teacher_probs` are per-label
+        sigmoids at T. Logit standardisation z-scores a softmax's logit vector: not defined here."""
+        from medlite.distill.losses import multilabel_kd_loss
+
+        if standardized:
+            raise UsageError("distill.standardize: logit standardisation is defined for one softmax, not for multi-label data")
+        return multilabel_kd_loss(student_logits, teacher_probs, hard, temperature, alpha)
+
+    def check_balance(self, balance: str) -> None:
+        """`class_weights` is a per-label `pos_weight` (`pos_weight(train labels)`); a balanced
+        sampler draws one class per image, which several labels per image do not have."""
+        if balance == "sampler":
+            raise UsageError("data.balance: 'sampler' balances one class per image; for multi-label data use "
+                             "class_weights (a per-label pos_weight) or none")
 
     def validation_auc(self, probs: np.ndarray, labels: np.ndarray) -> float:
         """Mean AUC over the labels defined in the split (MedMNIST's multi-label AUC)."""
