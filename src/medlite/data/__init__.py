@@ -217,7 +217,7 @@ def _check_multilabel(splits: dict[str, Split], class_names: list[str]) -> None:
     if never:
         raise DataError(
             f"data: label {', '.join(map(repr, never))} never occurs in the train split (after the split): the model cannot "
-            "learn it; drop the label, or choose another data.split / data.fold seed"
+            "learn it (drop the label, or change data.split, data.fold or data.limit)"
         )
     always = [class_names[i] for i in np.flatnonzero(positives == len(train))]
     if always:
