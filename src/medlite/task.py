@@ -35,7 +35,7 @@ def refuse_untrainable(task: str, what: str) -> None:
 
     `what` names the data for the message ("labels.csv: multi-label data (14 labels: ...)").
     """
-    if task == MULTILABEL and not MULTILABEL_TRAINING:
+    if task_of(task).multilabel and not MULTILABEL_TRAINING:
         raise DataError(f"{what}: training on multi-label data is not supported yet (`medlite data` summarises it)")
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medlite.data.dataset import MULTILABEL, SPLITS, Dataset, Part, Source, Split
+from medlite.data.dataset import SPLITS, Dataset, Part, Source, Split
 from medlite.data.preprocess import load_image, match_channels, resize_batch
 from medlite.data.registry import known_sources, register_source, source_spec
 from medlite.data.splits import (
@@ -30,7 +30,7 @@ from medlite.data.splits import (
 )
 from medlite.errors import DataError
 from medlite.runstate import write_atomic
-from medlite.task import refuse_untrainable
+from medlite.task import refuse_untrainable, task_of
 
 if TYPE_CHECKING:  # the recipe section's model (pydantic): this package is imported by the runtime on devices
     from medlite.data.config import DataConfig
@@ -70,7 +70,7 @@ def load_dataset(cfg: DataConfig, data_root: Path, seed: int, *, multilabel: boo
         if cfg.limit is not None and len(part) > cfg.limit:
             part = part.take(stratified_subset(strata(part.labels), cfg.limit, seed))
         splits[name] = _materialise(part, size, channels, source)
-    _check(splits, source.class_names, multilabel=source.task == MULTILABEL)
+    _check(splits, source.class_names, multilabel=task_of(source).multilabel)
     return Dataset(
         name=source.name,
         source=cfg.source,

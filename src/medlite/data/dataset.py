@@ -10,7 +10,7 @@ import numpy as np
 
 from medlite.data.preprocess import PreprocessSpec
 from medlite.errors import DataError
-from medlite.task import MULTICLASS, MULTILABEL  # noqa: F401 - the task names, re-exported for the sources
+from medlite.task import MULTICLASS, MULTILABEL, task_of  # noqa: F401 - the task names, re-exported for the sources
 
 SPLITS = ("train", "val", "test")
 
@@ -113,7 +113,7 @@ class Dataset:
 
     @property
     def multilabel(self) -> bool:
-        return self.task == MULTILABEL
+        return task_of(self.task).multilabel
 
     @property
     def channels(self) -> int:
