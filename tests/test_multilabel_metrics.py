@@ -158,3 +158,18 @@ def test_bootstrap_intervals_equal_sklearn_on_the_same_resamples():
         accuracy = [((probs[i, k] > 0.5) == labels[i, k]).mean() for i in idx]
         np.testing.assert_allclose(per_label[k]["accuracy"], np.percentile(accuracy, [5, 95]), atol=1e-12)
     np.testing.assert_allclose(mean_ci["auc"], np.percentile(by_hand.mean(axis=1), [5, 95]), atol=1e-12)
+
+
+def test_both_tasks_take_the_same_metric_and_accuracy_calls():
+    import torch
+
+    probs, labels = _random(seed=12)
+    logits = np.log(probs / (1 - probs))
+    assert float(MULTI_LABEL_TASK.torch_accuracy(torch.tensor(logits), torch.tensor(labels))) == pytest.approx(mean_accuracy(probs, labels))
+    single_probs, single_labels = np.column_stack([1 - probs[:, 0], probs[:, 0]]), labels[:, 0].astype(np.int64)
+    common = dict(bootstrap=0, confidence=0.95, seed=0, ece_bins=10, split="test", thresholds=None)
+    assert SINGLE_LABEL_TASK.metrics(single_probs, single_labels, ["no", "yes"], **common)["auc"] == pytest.approx(
+        roc_auc_score(single_labels, probs[:, 0]))
+    assert MULTI_LABEL_TASK.metrics(probs, labels, NAMES, **common)["auc"] == pytest.approx(mean_auc(probs, labels))
+    assert float(SINGLE_LABEL_TASK.torch_accuracy(torch.tensor(single_probs), torch.tensor(single_labels))) == pytest.approx(
+        ((probs[:, 0] > 0.5) == labels[:, 0]).mean())

@@ -119,6 +119,10 @@ class Task:
     def accuracy(self, probs: np.ndarray, labels: np.ndarray) -> float:
         return float((probs.argmax(axis=1) == labels).mean()) if len(labels) else float("nan")
 
+    def torch_accuracy(self, logits: "torch.Tensor", labels: "torch.Tensor") -> "torch.Tensor":
+        """The training step's accuracy, in torch (no copy to the host)."""
+        return (logits.argmax(1) == labels).float().mean()
+
     # -- evaluation ---------------------------------------------------------------------------
 
     def metrics(self, probs: np.ndarray, labels: np.ndarray, class_names: list[str], **kwargs: Any) -> dict:
@@ -126,6 +130,7 @@ class Task:
         from medlite.evaluate.metrics import classification_metrics
 
         kwargs.pop("thresholds", None)  # per-label operating points: multi-label only
+        kwargs.pop("split", None)  # names the split in multi-label `undefined` notes
         return classification_metrics(probs, labels, class_names, **kwargs)
 
 
@@ -191,6 +196,10 @@ class MultiLabel(Task):
     def accuracy(self, probs: np.ndarray, labels: np.ndarray) -> float:
         """Mean per-label accuracy at 0.5 (MedMNIST's multi-label ACC)."""
         return float((self.decisions(probs) == labels).mean()) if len(labels) else float("nan")
+
+    def torch_accuracy(self, logits: "torch.Tensor", labels: "torch.Tensor") -> "torch.Tensor":
+        """Mean per-label accuracy at p > 0.5, i.e. logit > 0."""
+        return ((logits > 0) == labels.bool()).float().mean()
 
     def metrics(self, probs: np.ndarray, labels: np.ndarray, class_names: list[str], **kwargs: Any) -> dict:
         """`evaluate.multilabel.multilabel_metrics` (`thresholds`: the per-label operating points chosen on val)."""
