@@ -97,7 +97,8 @@ def data(
         return
     from medlite.data import load_dataset
 
-    summary = load_dataset(parsed.data, resolve_data_root(data_root), parsed.seed).summary()
+    # multilabel=True: a summary of multi-label data is fine even where the pipeline cannot train on it yet
+    summary = load_dataset(parsed.data, resolve_data_root(data_root), parsed.seed, multilabel=True).summary()
     if json_:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -107,9 +108,11 @@ def data(
 def _print_summary(summary: dict, console) -> None:
     from rich.table import Table
 
+    from medlite.task import task_of
+
     console.print(f"{summary['name']} ({summary['source']}): {summary['origin']}")
     console.print(
-        f"{summary['num_classes']} classes; split: {summary['split']}; native {summary['native_size']} px x "
+        f"{summary['num_classes']} {'labels (multi-label)' if task_of(summary['task']).multilabel else 'classes'}; split: {summary['split']}; native {summary['native_size']} px x "
         f"{summary['native_channels']} ch -> model input {summary['image_size']} px x {summary['channels']} ch"
         + (f"; {summary['skipped_images']} unreadable images skipped" if summary["skipped_images"] else "")
     )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medlite.data.dataset import MULTILABEL, SPLITS, Dataset, Part, Source, Split
+from medlite.data.dataset import SPLITS, Dataset, Part, Source, Split
 from medlite.data.preprocess import load_image, match_channels, resize_batch
 from medlite.data.registry import known_sources, register_source, source_spec
 from medlite.data.splits import (
@@ -30,6 +30,7 @@ from medlite.data.splits import (
 )
 from medlite.errors import DataError
 from medlite.runstate import write_atomic
+from medlite.task import refuse_untrainable, task_of
 
 if TYPE_CHECKING:  # the recipe section's model (pydantic): this package is imported by the runtime on devices
     from medlite.data.config import DataConfig
@@ -43,17 +44,18 @@ __all__ = [
 def load_dataset(cfg: DataConfig, data_root: Path, seed: int, *, multilabel: bool = False) -> Dataset:
     """Load the data a recipe's `data` section describes.
 
-    Multi-label data (a table with several 0/1 columns, or a separated label column) is refused
-    unless `multilabel=True`: training does not support it yet, `medlite data` can summarise it.
+    Multi-label data (0/1 columns or a separated label column of a table, a multi-label MedMNIST
+    flag, multi-hot arrays) is loaded for the pipeline only where `medlite.task.refuse_untrainable`
+    lets it through (`MULTILABEL_TRAINING`); `multilabel=True` (`medlite data`, `--verify`) loads
+    it regardless.
     """
     spec = source_spec(cfg.source)
+    if not multilabel and cfg.declared_task() is not None:  # refused before reading (or downloading) anything
+        refuse_untrainable(cfg.declared_task(), f"data ({cfg.source}): {getattr(cfg, 'flag', None) or cfg.source!r} is multi-label data")
     source = spec.load(cfg, data_root)
-    if source.task == MULTILABEL and not multilabel:
+    if not multilabel:
         shown = ", ".join(source.class_names[:4]) + (", ..." if len(source.class_names) > 4 else "")
-        raise DataError(
-            f"{source.origin}: multi-label data ({len(source.class_names)} labels: {shown}): training on multi-label "
-            "data is not supported yet (`medlite data` summarises it)"
-        )
+        refuse_untrainable(source.task, f"{source.origin}: multi-label data ({len(source.class_names)} labels: {shown})")
     channels = cfg.channels or source.native_channels
     size = cfg.image_size or source.native_size
     parts = {}
@@ -68,7 +70,7 @@ def load_dataset(cfg: DataConfig, data_root: Path, seed: int, *, multilabel: boo
         if cfg.limit is not None and len(part) > cfg.limit:
             part = part.take(stratified_subset(strata(part.labels), cfg.limit, seed))
         splits[name] = _materialise(part, size, channels, source)
-    _check(splits, source.class_names, multilabel=source.task == MULTILABEL)
+    _check(splits, source.class_names, multilabel=task_of(source).multilabel)
     return Dataset(
         name=source.name,
         source=cfg.source,
@@ -176,6 +178,7 @@ def _materialise(part: Part, size: int, channels: int, source: Source) -> Split:
 
 
 def _check(splits: dict[str, Split], class_names: list[str], multilabel: bool = False) -> None:
+    """Refuse data no model can be trained on."""
     if multilabel:
         if not class_names:
             raise DataError("data: no label columns")
@@ -185,6 +188,7 @@ def _check(splits: dict[str, Split], class_names: list[str], multilabel: bool = 
         if len(splits[name]) == 0:
             raise DataError(f"data: the {name} split is empty")
     if multilabel:
+        _check_multilabel(splits, class_names)
         return
     for name, split in splits.items():  # a label outside the classes would train a phantom class
         if len(split) and (split.labels.min() < 0 or split.labels.max() >= len(class_names)):
@@ -193,6 +197,31 @@ def _check(splits: dict[str, Split], class_names: list[str], multilabel: bool = 
     present = np.unique(splits["train"].labels)
     if len(present) < 2:
         raise DataError(f"data: the train split has only one class ({class_names[present[0]]})")
+
+
+def _check_multilabel(splits: dict[str, Split], class_names: list[str]) -> None:
+    """Multi-hot (N, K) 0/1 labels, K the label names; every label positive and negative somewhere in
+    train (after the split: a model cannot learn a finding it never sees, nor one it always sees).
+    A label without positives in val or test is not refused: its figures there are undefined, and
+    the metrics say so (`evaluate.multilabel`), as `medlite data --verify` does."""
+    k = len(class_names)
+    for name, split in splits.items():
+        labels = split.labels
+        if labels.ndim != 2 or labels.shape[1] != k:
+            raise DataError(f"data: the {name} split's labels have shape {labels.shape}, not (N, {k}) multi-hot for the {k} labels")
+        if len(labels) and not np.isin(labels, (0, 1)).all():
+            raise DataError(f"data: the {name} split's multi-hot labels hold {labels[~np.isin(labels, (0, 1))][0].item()!r}, not 0 or 1")
+    train = splits["train"].labels
+    positives = train.sum(axis=0)
+    never = [class_names[i] for i in np.flatnonzero(positives == 0)]
+    if never:
+        raise DataError(
+            f"data: label {', '.join(map(repr, never))} never occurs in the train split (after the split): the model cannot "
+            "learn it (drop the label, or change data.split, data.fold or data.limit)"
+        )
+    always = [class_names[i] for i in np.flatnonzero(positives == len(train))]
+    if always:
+        raise DataError(f"data: label {', '.join(map(repr, always))} is positive on every image of the train split: nothing to learn")
 
 
 def write_splits_csv(dataset: Dataset, path: Path) -> Path:

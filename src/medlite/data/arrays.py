@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from medlite.data.config import DataConfig
-from medlite.data.dataset import Part, Source, rename_classes
+from medlite.data.dataset import MULTICLASS, MULTILABEL, Part, Source, rename_classes
 from medlite.data.paths import resolve_dir
 from medlite.data.registry import register_source
 from medlite.errors import DataError
@@ -65,7 +65,7 @@ def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
         raise DataError(f"{path}: labels must have shape (N,) or (N, classes), got {array.shape}")
     if array.ndim == 2 and array.shape[1] > 1:
         if not np.all((array == 0) | (array == 1)) or not np.all(array.sum(axis=1) == 1):
-            raise DataError(f"{path}: 2-D labels must be one-hot (one 1 per row)")
+            raise DataError(f"{path}: 2-D labels must be one-hot (one 1 per row; multi-hot rows: set data.multilabel: true)")
         return array.argmax(axis=1).astype(np.int64)
     flat = array.reshape(len(array))
     if flat.dtype.kind == "f":
@@ -74,6 +74,27 @@ def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
         if not np.array_equal(flat, np.round(flat)):
             raise DataError(f"{path}: labels must be whole numbers, found {flat[flat != np.round(flat)][0]:g}")
     return flat.astype(np.int64)
+
+
+def _as_multi_hot(array: np.ndarray, path: Path) -> np.ndarray:
+    """(N, K) rows of 0/1 (several findings per image) -> uint8; nothing else is accepted."""
+    if array.dtype.kind not in "buif":
+        raise DataError(f"{path}: multi-hot labels must be numbers, got dtype {array.dtype}")
+    if array.ndim != 2:
+        raise DataError(f"{path}: multi-hot labels (data.multilabel: true) must have shape (N, labels), got {array.shape}")
+    if not np.isin(array, (0, 1)).all():
+        raise DataError(f"{path}: multi-hot labels must be 0 or 1, found {array[~np.isin(array, (0, 1))][0].item()!r}")
+    return array.astype(np.uint8)
+
+
+def check_multi_hot(splits: dict[str, tuple[np.ndarray, np.ndarray]], root: Path, label_names: list[str] | None) -> int:
+    """The number of labels K: every split's y has K columns (K = len(data.label_names) when given)."""
+    width = len(label_names) if label_names else splits["train"][1].shape[1]
+    source = "data.label_names" if label_names else "y_train.npy"
+    for split, (_, labels) in splits.items():
+        if labels.shape[1] != width:
+            raise DataError(f"{root / f'y_{split}.npy'}: multi-hot labels have {labels.shape[1]} columns, {source} {width}")
+    return width
 
 
 def check_labels(splits: dict[str, tuple[np.ndarray, np.ndarray]], root: Path) -> int:
@@ -99,8 +120,9 @@ def check_labels(splits: dict[str, tuple[np.ndarray, np.ndarray]], root: Path) -
     return k
 
 
-def read_arrays(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{'train': (X, y), and 'val'/'test' where present}; X_train/y_train are required."""
+def read_arrays(root: Path, multilabel: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{'train': (X, y), and 'val'/'test' where present}; X_train/y_train are required. With
+    `multilabel` y holds (N, K) multi-hot rows (checked by `check_multi_hot`, not `check_labels`)."""
     if not root.is_dir():
         raise DataError(f"{root}: arrays folder not found")
     splits = {}
@@ -124,9 +146,11 @@ def read_arrays(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         images, labels = loaded
         if labels.ndim >= 1 and images.ndim >= 1 and len(images) != len(labels):
             raise DataError(f"{y_path}: {len(labels)} labels for {len(images)} images in {x_path.name}")
-        images, labels = _as_uint8_images(images, x_path), _as_labels(labels, y_path)
+        images = _as_uint8_images(images, x_path)
+        labels = _as_multi_hot(labels, y_path) if multilabel else _as_labels(labels, y_path)
         splits[split] = (images, labels)
-    check_labels(splits, root)
+    if not multilabel:
+        check_labels(splits, root)
     return splits
 
 
@@ -136,13 +160,29 @@ class ArraysData(DataConfig):
     source: Literal["arrays"] = "arrays"
     root: str | None = Field(None, description="directory of the .npy files")
     class_map: dict[str, str] | None = Field(None, description="rename classes (label number -> class name)")
+    multilabel: bool = Field(False, description="y holds (N, K) multi-hot rows: several findings per image")
+    label_names: list[str] | None = Field(
+        None, min_length=1, description="with multilabel: the names of y's K columns, in order (y must have K columns)"
+    )
+
+    @model_validator(mode="after")
+    def _names_need_multilabel(self) -> "ArraysData":
+        if self.label_names is not None and not self.multilabel:
+            raise ValueError("label_names names the columns of multi-hot labels: set multilabel: true too")
+        if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
+            raise ValueError("label_names: every name once")
+        return self
 
 
 def load(cfg: ArraysData, data_root: Path) -> Source:
     root = resolve_dir(cfg.root, data_root, "data.root")
-    raw = read_arrays(root)
-    n_classes = check_labels(raw, root)
-    class_names = rename_classes([str(i) for i in range(n_classes)], cfg.class_map, str(root), "label", "labels: ")
+    raw = read_arrays(root, multilabel=cfg.multilabel)
+    if cfg.multilabel:
+        n_classes = check_multi_hot(raw, root, cfg.label_names)
+    else:
+        n_classes = check_labels(raw, root)
+    names = list(cfg.label_names) if cfg.label_names else [str(i) for i in range(n_classes)]
+    class_names = rename_classes(names, cfg.class_map, str(root), "label", "labels: ")
     parts = {
         split: Part(labels, np.array([f"X_{split}.npy[{i}]" for i in range(len(labels))], dtype=object), images=images)
         for split, (images, labels) in raw.items()
@@ -154,6 +194,7 @@ def load(cfg: ArraysData, data_root: Path) -> Source:
         parts=parts,
         native_channels=raw["train"][0].shape[3],
         native_size=raw["train"][0].shape[1],
+        task=MULTILABEL if cfg.multilabel else MULTICLASS,
     )
 
 

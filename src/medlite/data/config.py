@@ -95,6 +95,12 @@ class DataConfig(Strict):
             return _SECTION.validate_python(obj, **kwargs)
         return super().model_validate(obj, **kwargs)
 
+    def declared_task(self) -> str | None:
+        """The task ('multiclass', 'multilabel') this section names before any data is read, where
+        the source knows it from the section alone (a MedMNIST flag); None: known once read. Lets
+        the pipeline refuse what it cannot train before a download."""
+        return None
+
     @model_validator(mode="before")
     @classmethod
     def _drop_legacy_defaults(cls, data: Any) -> Any:

@@ -10,9 +10,9 @@ import numpy as np
 
 from medlite.data.preprocess import PreprocessSpec, resize_batch
 from medlite.errors import DataError
+from medlite.task import MULTICLASS, MULTILABEL, task_of  # noqa: F401 - the task names, re-exported for the sources
 
 SPLITS = ("train", "val", "test")
-MULTICLASS, MULTILABEL = "multiclass", "multilabel"
 
 
 @dataclass
@@ -113,7 +113,7 @@ class Dataset:
 
     @property
     def multilabel(self) -> bool:
-        return self.task == MULTILABEL
+        return task_of(self.task).multilabel
 
     @property
     def channels(self) -> int:

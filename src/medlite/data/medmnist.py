@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from medlite.data.config import DataConfig
-from medlite.data.dataset import Part, Source, rename_classes
+from medlite.data.dataset import MULTICLASS, MULTILABEL, Part, Source, rename_classes
 from medlite.data.registry import register_source
 from medlite.errors import DataError
 
@@ -52,9 +52,12 @@ def flag_info(flag: str) -> dict:
         )
     if flag.endswith("3d"):
         raise DataError(f"data.flag: {flag!r} is a 3D dataset: not supported yet")
-    if "multi-label" in info[flag]["task"]:
-        raise DataError(f"data.flag: {flag!r} is multi-label ({info[flag]['task']}): not supported yet")
     return info[flag]
+
+
+def is_multilabel(info: dict) -> bool:
+    """A flag whose images carry several 0/1 labels (chestmnist: 'multi-label, binary-class (14)')."""
+    return "multi-label" in info["task"]
 
 
 def file_name(flag: str, size: int) -> str:
@@ -192,8 +195,9 @@ def locate(flag: str, size: int, data_root: Path, download: bool = True) -> Path
 _NPZ_FAULTS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, TypeError, AttributeError)
 
 
-def read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{'train': (images uint8 NHWC, labels int64 N), 'val': ..., 'test': ...}.
+def read_npz(path: Path, multi_hot: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{'train': (images uint8 NHWC, labels int64 N), 'val': ..., 'test': ...}; with `multi_hot=K`
+    (a multi-label flag) the labels are uint8 (N, K) 0/1 rows, of exactly K columns.
 
     A damaged file (truncated, zero bytes, not a zip, missing keys) is a DataError naming it.
     """
@@ -221,7 +225,15 @@ def read_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 raise DataError(
                     f"{path}: {split} arrays are not MedMNIST's (images {images.dtype} {images.shape}, labels {labels.shape})"
                 )
-            splits[split] = (images, labels.reshape(len(labels), -1)[:, 0].astype(np.int64))
+            if multi_hot is None:
+                splits[split] = (images, labels.reshape(len(labels), -1)[:, 0].astype(np.int64))
+                continue
+            rows = labels.reshape(len(labels), -1)
+            if rows.shape[1] != multi_hot:
+                raise DataError(f"{path}: {split}_labels has {rows.shape[1]} columns, not the {multi_hot} labels of this flag")
+            if not np.isin(rows, (0, 1)).all():
+                raise DataError(f"{path}: {split}_labels holds {rows[~np.isin(rows, (0, 1))][0].item()!r}: multi-hot labels must be 0 or 1")
+            splits[split] = (images, rows.astype(np.uint8))
     return splits
 
 
@@ -243,11 +255,16 @@ class MedMNISTData(DataConfig):
     def _lower(cls, value: str) -> str:
         return value.lower()
 
+    def declared_task(self) -> str:
+        """Known from the flag's metadata, before the file is read (or downloaded)."""
+        return MULTILABEL if is_multilabel(flag_info(self.flag)) else MULTICLASS
+
 
 def load(cfg: MedMNISTData, data_root: Path) -> Source:
     info = flag_info(cfg.flag)
+    multilabel = is_multilabel(info)
     path = locate(cfg.flag, cfg.size, data_root)
-    raw = read_npz(path)
+    raw = read_npz(path, multi_hot=len(info["label"]) if multilabel else None)
     class_names = rename_classes([info["label"][str(i)] for i in range(len(info["label"]))], cfg.class_map, cfg.flag)
     parts = {
         split: Part(labels, np.array([f"{split}_images[{i}]" for i in range(len(labels))], dtype=object), images=images)
@@ -260,6 +277,7 @@ def load(cfg: MedMNISTData, data_root: Path) -> Source:
         parts=parts,
         native_channels=raw["train"][0].shape[3],
         native_size=raw["train"][0].shape[1],
+        task=MULTILABEL if multilabel else MULTICLASS,
     )
 
 

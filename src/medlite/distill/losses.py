@@ -121,3 +121,53 @@ def at_loss(student_feature: torch.Tensor, teacher_feature: torch.Tensor, p: flo
     a_s = attention_map(student_feature, p, size)
     a_t = attention_map(teacher_feature.detach(), p)
     return (a_s - a_t).pow(2).mean()
+
+
+# -- multi-label (several independent findings per image: one sigmoid per label) ----------------------
+
+
+def multilabel_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy with logits, averaged over images and labels; `pos_weight` (K,) scales
+    each label's positive term (`medlite.task.pos_weight`: negatives / positives balances a label)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=pos_weight)
+
+
+def asymmetric_loss(logits: torch.Tensor, targets: torch.Tensor, *, gamma_neg: float = 4.0, gamma_pos: float = 1.0,
+                    clip: float = 0.05, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The asymmetric loss (Ridnik et al., ICCV 2021) as timm implements it (`AsymmetricLossMultiLabel`),
+    with the paper's defaults. Reduction 'mean' (over images and labels), so its scale is BCE's: the
+    paper's 'sum' grows with the batch size, and timm's default 'batchmean' with the label count."""
+    from timm.loss import AsymmetricLossMultiLabel
+
+    loss = AsymmetricLossMultiLabel(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, reduction="mean",
+                                    pos_weight=pos_weight)
+    return loss.to(logits.device)(logits, targets)
+
+
+def soften_binary(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """sigmoid(z / T) per label: a multi-label teacher's soft targets (an ensemble averages these)."""
+    return torch.sigmoid(logits / temperature)
+
+
+def binary_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-label binary KD (Yang et al., "Multi-Label Knowledge Distillation", ICCV 2023): for every
+    label the KL divergence between the teacher's and the student's Bernoulli distributions
+    (p, 1 - p) at temperature T, times T^2, averaged over images and labels (the scale of BCE
+    averaged the same way, so `alpha` mixes like single-label KD's).
+
+    `teacher_probs` are `soften_binary(teacher_logits, T)` (or an ensemble's mean of them). The
+    student's log-probabilities come from logsigmoid (log(1 - sigmoid(z)) = logsigmoid(-z)): exact
+    where the sigmoid saturates.
+    """
+    z = student_logits.float() / temperature
+    p_t = teacher_probs.detach().float()
+    q_t = 1 - p_t
+    kl = torch.xlogy(p_t, p_t) + torch.xlogy(q_t, q_t) - p_t * F.logsigmoid(z) - q_t * F.logsigmoid(-z)
+    return kl.mean() * temperature * temperature
+
+
+def multilabel_kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, hard: torch.Tensor,
+                       temperature: float, alpha: float) -> torch.Tensor:
+    """alpha * binary_kl + (1 - alpha) * hard: `kd_loss` for multi-label data. `hard` is the trainer's
+    hard-label loss on `student_logits` (BCE or the asymmetric loss, `Task.hard_loss`)."""
+    return alpha * binary_kl(student_logits, teacher_probs, temperature) + (1 - alpha) * hard
