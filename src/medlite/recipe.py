@@ -179,12 +179,18 @@ class BenchConfig(_Strict):
 class TrainerConfig(_Strict):
     """Where training runs, handed to Lightning's Trainer. `strategy: ddp` with `devices: 2` on CPU
     trains in 2 processes (gloo); on GPUs one process per GPU (NCCL). Defaults: one device, full
-    precision on CPU, bf16/16 mixed precision on a GPU (`precision: auto`)."""
+    precision on CPU, bf16/16 mixed precision on a GPU (`precision: auto`), and nondeterministic
+    kernels allowed (`deterministic: false`: a seed then fixes what is drawn, not every last bit)."""
 
     devices: int = Field(1, ge=1, le=1024, description="processes (CPU) or GPUs per node")
     num_nodes: int = Field(1, ge=1, le=1024)
     strategy: Literal["auto", "ddp"] = "auto"
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    deterministic: bool = Field(
+        False,
+        description="Lightning's Trainer(deterministic=True): deterministic kernels only, so two runs on the same "
+        "machine, thread count and library versions give bitwise-identical weights (docs/reproducibility.md)",
+    )
 
 
 class Recipe(_Strict):
