@@ -79,7 +79,7 @@ def render_html(results: dict, **extra) -> str:
     env.filters["bytes"] = _fmt_bytes
     context = {"dataset_figure": None, "variant_figures": {}, "training_figure": None, "pareto_figure": None,
                "galleries": [], "faithfulness": [], "agreement": [], "operating_points": [], "files": [],
-               "warnings": {}}
+               "warnings": {}, "deploy": None}
     context.update(extra)
     return env.from_string(template).render(results=results, columns=COLUMNS, rows=table_rows(results), **context)
 
