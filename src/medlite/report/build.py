@@ -47,19 +47,19 @@ def deploy_choice(root: Path, results: dict) -> dict:
     The choice is `medlite.deploy.select.choose_variant`'s (the same function predict, serve and
     `medlite models` call, reading the results.json just written), never a rule of the report's own.
     """
-    from medlite.deploy.select import _evaluate_split, _selection_auc, choose_variant
+    from medlite.deploy.select import evaluate_split, selection_auc, choose_variant
     from medlite.runtime import ArtifactError
 
     try:
         path, variant, rule = choose_variant(root)
     except ArtifactError as err:  # nothing deployable (e.g. a runtime not installed here): say why
         return {"error": str(err)}
-    split = _evaluate_split(root)
+    split = evaluate_split(root)
     metrics = variant.get("metrics") or {}
     ci = (metrics.get("ci") or {}).get("auc")
     return {
         "variant": variant["name"], "file": str(path.relative_to(root)), "runtime": variant.get("runtime"),
-        "bytes": variant.get("file_bytes") or path.stat().st_size, "val_auc": _selection_auc(variant, split),
+        "bytes": variant.get("file_bytes") or path.stat().st_size, "val_auc": selection_auc(variant, split),
         "split": split, "reported_auc": metrics.get("auc") if split != "val" else None,
         "reported_ci": _ci(ci) if ci and split != "val" else None, "rule": rule,
         # The evaluate stage's own verdict (medlite.evaluate.stage.no_better_than_chance), kept on the variant.
