@@ -39,8 +39,17 @@ def run(
     from medlite.pipeline import run_pipeline
     from medlite.report import print_table
 
-    results = run_pipeline(parsed, out, resolve_data_root(data_root), fresh=fresh, say=console.print, progress=None,
-                           default_out=default_out)
+    from medlite.runstate import Before, discard_skeleton
+
+    before = Before.of(out)
+    try:
+        results = run_pipeline(parsed, out, resolve_data_root(data_root), fresh=fresh, say=console.print,
+                               progress=None, default_out=default_out)
+    except BaseException:
+        # A run that failed before computing anything (missing data, a recipe its data refutes)
+        # leaves no skeleton folder behind; anything computed stays for the rerun to resume.
+        discard_skeleton(before)
+        raise
     print_table(results, console)
     cached = len(results["cached_stages"])
     console.print(
