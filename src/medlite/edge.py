@@ -177,7 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(report, indent=args.indent or None))
+    try:
+        print(json.dumps(report, indent=args.indent or None))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`... | head -1`): it has what it wanted. Point stdout at /dev/null
+        # so the interpreter's last flush cannot print a BrokenPipe traceback.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     return 0
 
 

@@ -122,13 +122,29 @@ class _Signals:
             sys.exit(_SIGNAL_EXIT[self.signum])
 
 
+def _stdout_closed() -> None:
+    """The reader of our stdout went away (`medlite ... | head -1`): what it wanted it has, so exit 0
+    quietly. stdout is pointed at /dev/null first, so the interpreter's last flush cannot fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    sys.exit(0)
+
+
 def main() -> None:
     """The `medlite` entry point: run the app, turn what ends it into one line and an exit code."""
     options = CliState()
     with _Signals() as signals:
         try:
             _dispatch(options, signals)
-        except SystemExit:
+            sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        except BrokenPipeError:
+            _stdout_closed()
+        except SystemExit as exit_:
+            if isinstance(exit_.__context__, BrokenPipeError):  # click turns EPIPE into sys.exit(1)
+                _stdout_closed()
             signals.exit()  # an interrupt decides the exit code, whatever code the command ended with
             raise
         except BaseException:
@@ -185,6 +201,8 @@ def _dispatch(options: CliState, signals: _Signals) -> None:
         else:
             print(f"medlite: error: {err.format_message()}", file=sys.stderr)
         sys.exit(getattr(err, "exit_code", 2))
+    except BrokenPipeError:
+        raise  # main(): the reader of stdout has gone, exit 0 quietly
     except Exception as err:
         if options.debug:
             raise
