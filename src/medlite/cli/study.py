@@ -39,7 +39,10 @@ def study(
 ) -> None:
     """Run a study: a grid / list of settings x seeds x folds, each trial an ordinary run; statistics and tables."""
     # local: the study runner imports the pipeline (torch) and, for --executor ray, ray.
+    from medlite.recipe import check_yaml_file
     from medlite.study.runner import run_study
+
+    check_yaml_file(study_file)  # a key given twice would silently keep the last
 
     console = state(ctx).console
     if not dry_run:  # before any trial: a study's hours must not end in "cannot write"

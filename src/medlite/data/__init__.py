@@ -71,6 +71,8 @@ def load_dataset(cfg: DataConfig, data_root: Path, seed: int, *, multilabel: boo
             part = part.take(stratified_subset(strata(part.labels), cfg.limit, seed))
         splits[name] = _materialise(part, size, channels, source)
     _check(splits, source.class_names, multilabel=task_of(source).multilabel)
+    if not multilabel and not task_of(source).multilabel:  # for training: every class must be learnable
+        _check_every_class_trains(splits["train"], source.class_names, cfg.limit)
     return Dataset(
         name=source.name,
         source=cfg.source,
@@ -175,6 +177,19 @@ def _materialise(part: Part, size: int, channels: int, source: Source) -> Split:
     kept = part.take(np.asarray(keep, np.int64))
     stacked = np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8)
     return Split(stacked, kept.labels, kept.ids, kept.groups, kept.folds)
+
+
+def _check_every_class_trains(train: Split, class_names: list[str], limit: int | None) -> None:
+    """A class with no training image cannot be learnt, yet it would be predicted (never correctly)
+    and scored: refused, naming it. `medlite data` still shows such a split (its table shows the 0)."""
+    counts = np.bincount(train.labels, minlength=len(class_names)) if len(train) else np.zeros(len(class_names), int)
+    missing = [class_names[i] for i in np.flatnonzero(counts == 0)]
+    if not missing:
+        return
+    why = (f"data.limit={limit} is fewer images than the {len(class_names)} classes" if limit is not None and limit < len(class_names)
+           else "after the split" + (f" and data.limit={limit}" if limit is not None else ""))
+    raise DataError(f"data: class {', '.join(map(repr, missing))} has no image in the train split ({why}): "
+                    "the model cannot learn it; raise data.limit, change data.split, or drop the class")
 
 
 def _check(splits: dict[str, Split], class_names: list[str], multilabel: bool = False) -> None:
