@@ -51,7 +51,10 @@ def predict(
     try:
         path, runtime, rule = resolve_model(model)
         console.print(f"model: {rule}")
-        files, missing = expand_inputs(images)
+        hidden: list[int] = []
+        files, missing = expand_inputs(images, hidden)
+        if hidden[0]:
+            console.print(f"skipped {hidden[0]} hidden files (macOS ._* files, hidden folders such as .thumbs/)")
         if not files:
             raise ArtifactError("no images to classify" + (f" ({missing[0]['file']}: {missing[0]['error']})" if missing else ""))
         if len(files) >= 50 and console.is_terminal:

@@ -125,6 +125,14 @@ def _print_summary(summary: dict, console) -> None:
         f"{summary['native_channels']} ch -> model input {summary['image_size']} px x {summary['channels']} ch"
         + (f"; {summary['skipped_images']} unreadable images skipped" if summary["skipped_images"] else "")
     )
+    files = summary.get("files") or {}
+    if any(files.values()):
+        console.print(f"files: {files.get('hidden_skipped', 0)} hidden skipped (._*, .thumbs/ ...), "
+                      f"{files.get('symlinked', 0)} symlinked, {files.get('nested', 0)} in sub-folders", markup=False)
+    for item in (summary.get("skipped") or [])[:20]:
+        console.print(f"skipped: {item['file']}: {item['reason']}", markup=False)
+    if len(summary.get("skipped") or []) > 20:
+        console.print(f"(first 20 of {len(summary['skipped'])} skipped; all in --json)")
     table = Table()
     table.add_column("class")
     for split in summary["images"]:

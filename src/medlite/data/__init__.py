@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medlite.data.dataset import SPLITS, Dataset, Part, Source, Split
+from medlite.data.dataset import SPLITS, Dataset, Part, Source, Split, unreadable_reason
 from medlite.data.preprocess import load_image, match_channels, resize_batch
 from medlite.data.registry import known_sources, register_source, source_spec
 from medlite.data.splits import (
@@ -86,9 +86,23 @@ def load_dataset(cfg: DataConfig, data_root: Path, seed: int, *, multilabel: boo
         split_origin=split_origin,
         skipped=source.skipped,
         task=source.task,
-        warnings=warnings,
+        warnings=warnings + _skip_warning(source),
         group_column=source.group_column,
+        skip_reasons=source.skip_reasons,
+        listing=source.listing,
     )
+
+
+SKIPPED_MARK = "unreadable images skipped (data.skip_bad)"  # `medlite data --verify` says it in its own check
+
+
+def _skip_warning(source: Source) -> list[str]:
+    """data.skip_bad left images out: said with the data (the table, the report), the list in results.json."""
+    if not source.skipped:
+        return []
+    first = source.skipped[0]
+    return [f"{len(source.skipped)} {SKIPPED_MARK}, e.g. {first} "
+            f"({source.skip_reasons.get(first, 'unreadable')}); every file and reason in results.json dataset.skipped"]
 
 
 def _split(parts: dict[str, Part], source: Source, cfg: DataConfig, seed: int) -> tuple[dict[str, Part], str, list[str]]:
@@ -172,6 +186,7 @@ def _materialise(part: Part, size: int, channels: int, source: Source) -> Split:
             if not source.skip_bad:
                 raise DataError(f"{path}: unreadable image ({type(err).__name__}); fix or remove it, or set data.skip_bad: true") from None
             source.skipped.append(str(path))
+            source.skip_reasons[str(path)] = unreadable_reason(err)
             continue
         keep.append(i)
     kept = part.take(np.asarray(keep, np.int64))
