@@ -184,7 +184,7 @@ def _materialise(part: Part, size: int, channels: int, source: Source) -> Split:
             images.append(load_image(path, channels, size))
         except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             if not source.skip_bad:
-                raise DataError(f"{path}: unreadable image ({type(err).__name__}); fix or remove it, or set data.skip_bad: true") from None
+                raise DataError(f"{path}: unreadable image ({unreadable_reason(err)}); fix or remove it, or set data.skip_bad: true") from None
             source.skipped.append(str(path))
             source.skip_reasons[str(path)] = unreadable_reason(err)
             continue

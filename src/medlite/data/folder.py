@@ -77,7 +77,7 @@ def read_images(
             images.append(load_image(path, channels, image_size))
         except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             if not skip_bad:
-                raise DataError(f"{path}: unreadable image ({type(err).__name__}); fix or remove it, or set data.skip_bad: true") from None
+                raise DataError(f"{path}: unreadable image ({unreadable_reason(err)}); fix or remove it, or set data.skip_bad: true") from None
             skipped.append({"file": str(path), "reason": unreadable_reason(err)})
             continue
         labels.append(index[name])

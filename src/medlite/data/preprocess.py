@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+# .dcm/.dicom: DICOM, read through medlite.data.dicom (pydicom, the `dicom` extra) by `load_image`.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom")
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,31 @@ def upright(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def load_image(path: str | Path, channels: int, image_size: int) -> np.ndarray:
-    """Read and convert one image file (EXIF orientation applied); raises OSError/ValueError when the
-    file is not a readable image."""
-    with Image.open(path) as image:
+def open_image_file(path: str | Path) -> Image.Image:
+    """One image file, decoded: DICOM through medlite.data.dicom (its window applied; DicomError, a
+    ValueError, with the reason when it cannot be), anything else through Pillow, EXIF orientation
+    applied. The caller closes it."""
+    if Path(path).suffix.lower() in (".dcm", ".dicom"):
+        from medlite.data.dicom import read_dicom  # local: pydicom is an optional extra
+
+        return read_dicom(path)
+    image = Image.open(path)
+    try:
         image.load()
-        return convert_image(upright(image), channels, image_size)
+        turned = upright(image)
+    except BaseException:
+        image.close()
+        raise
+    if turned is not image:
+        image.close()
+    return turned
+
+
+def load_image(path: str | Path, channels: int, image_size: int) -> np.ndarray:
+    """Read and convert one image file (EXIF orientation applied; DICOM windowed); raises
+    OSError/ValueError when the file is not a readable image."""
+    with open_image_file(path) as image:
+        return convert_image(image, channels, image_size)
 
 
 def is_hidden(path: Path, root: Path) -> bool:

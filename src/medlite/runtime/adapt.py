@@ -37,6 +37,13 @@ def open_image(source: str | Path | bytes | BinaryIO) -> Image.Image:
     """Decode (really decode, not just read the header) an image from a path, bytes or a file object."""
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
+    from medlite.data.dicom import DicomError, is_dicom, read_dicom  # numpy + PIL; pydicom only when used
+
+    if is_dicom(source):  # a .dcm file, or an upload with the DICM marker
+        try:
+            return read_dicom(source)
+        except DicomError as err:
+            raise ImageError(str(err)) from None
     try:
         image = Image.open(source)  # reads the header only
         if image.width * image.height > MAX_PIXELS:
