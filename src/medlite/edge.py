@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from medlite.data.preprocess import IMAGE_SUFFIXES, PreprocessSpec, normalize
+from medlite.data.preprocess import IMAGE_SUFFIXES, PreprocessSpec, list_images, normalize
 from medlite.runtime import ArtifactError as EdgeError  # a fault the user can fix: one line, exit 2
 from medlite.runtime import (  # noqa: F401 - re-exported for callers of the first version
     PREPROCESS_KEY,
@@ -54,12 +54,16 @@ def read_spec(model_path: Path, session=None) -> tuple[PreprocessSpec | None, st
     return art.spec, art.spec_source
 
 
-def find_images(target: Path) -> list[Path]:
-    """One file, or every image under a folder (recursive, sorted so output order is stable)."""
+def find_images(target: Path, hidden: list[int] | None = None) -> list[Path]:
+    """One file, or every image under a folder (recursive, sorted so output order is stable), hidden
+    entries (macOS `._*`, `.thumbs/`) left out; `hidden`, when given, gets their count appended."""
     if target.is_file():
         return [target]
     if target.is_dir():
-        return sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        listing = list_images(target)
+        if hidden is not None:
+            hidden.append(listing.hidden)
+        return listing.files
     raise EdgeError(f"{target}: no such file or folder")
 
 
@@ -81,7 +85,8 @@ def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1, r
         raise EdgeError(f"{model_path}: model file not found")
     if top_k < 1:
         raise EdgeError(f"--top-k {top_k}: must be at least 1")
-    images = find_images(target)
+    hidden: list[int] = []
+    images = find_images(target, hidden)
     if not images:
         raise EdgeError(f"{target}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
 
@@ -144,6 +149,7 @@ def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1, r
         "summary": {
             "count": len(results),
             "skipped": len(skipped),
+            "hidden_skipped": hidden[0] if hidden else 0,  # macOS ._* files, .thumbs/: never images to classify
             "warnings": sum(1 for r in results if r["input"]["warnings"]),
             "prep_ms_mean": round(float(prep.mean()), 4),
             "inference_ms_mean": round(float(inference.mean()), 4),
@@ -177,7 +183,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(report, indent=args.indent or None))
+    try:
+        print(json.dumps(report, indent=args.indent or None))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`... | head -1`): it has what it wanted. Point stdout at /dev/null
+        # so the interpreter's last flush cannot print a BrokenPipe traceback.
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
     return 0
 
 

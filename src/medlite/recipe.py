@@ -401,7 +401,6 @@ def validate_tree(tree: Any, source: str, overrides: list[str] | None = None) ->
     try:
         recipe = Recipe.model_validate(tree)
         recipe._notes = notes
-        return recipe
     except ValidationError as err:
         errors = sorted(err.errors(), key=lambda e: _ERROR_ORDER.get(e["type"], 1))
         for error in errors:
@@ -412,6 +411,19 @@ def validate_tree(tree: Any, source: str, overrides: list[str] | None = None) ->
         raise UsageError(_one_line(f"{where}: {_describe(first)}{more}", 300)) from None
     except (RecursionError, TypeError, ValueError) as err:  # e.g. a YAML alias that contains itself
         raise UsageError(f"{source}: cannot read the recipe ({_one_line(err, 100)})") from None
+    for key, cfg in _trained_models(recipe):
+        if cfg.epochs == 0 and not cfg.pretrained:
+            where = _source_of(tuple(key.split(".")) + ("epochs",), applied, source)
+            raise UsageError(
+                f"{where}: {key}.epochs=0 with no {key}.pretrained: the {key.split('.')[0].rstrip('s')} would be "
+                "deployed untrained (random weights); give epochs >= 1, or pretrained weights to start from")
+    return recipe
+
+
+def _trained_models(recipe: Recipe) -> list[tuple[str, TrainConfig]]:
+    """Every model the recipe trains, by the key that configures it."""
+    teachers = [(f"teachers.{i}", t) for i, t in enumerate(recipe.teachers)] if recipe.teachers else [("teacher", recipe.teacher)]
+    return [*teachers, *((f"assistants.{i}", a) for i, a in enumerate(recipe.assistants)), ("student", recipe.student)]
 
 
 def _switch_distill_method(tree: dict, file_method: str, set_keys: list[list[str]]) -> list[str]:
@@ -494,6 +506,49 @@ def _yaml_kind(value: Any) -> str:
     return {list: "list", str: "text", int: "number", float: "number", bool: "boolean"}.get(type(value), type(value).__name__)
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping gives one key twice: PyYAML would keep the last silently (`teacher:` twice keeps
+    only the second section)."""
+
+    def __init__(self, key: Any, first: yaml.Mark, second: yaml.Mark) -> None:
+        super().__init__(None, None, f"key {key!r} given twice (line {first.line + 1} and line {second.line + 1})", second)
+        self.key, self.first_line, self.second_line = key, first.line + 1, second.line + 1
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (merge keys `<<` excepted)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first is not None:
+                raise DuplicateKey(key, first, key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load`, refusing duplicate keys (DuplicateKey, a yaml.YAMLError, names both lines)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def check_yaml_file(path: Path, what: str = "file") -> None:
+    """UsageError naming the file, the key and both lines when a YAML file gives one key twice."""
+    try:
+        load_yaml(Path(path).read_text())
+    except DuplicateKey as err:
+        raise UsageError(f"{path}: {err.problem}; keep one") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        pass  # not this check's to report: the file's own reader names those faults
+
+
 _MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of settings; a bigger file is the wrong file
 
 
@@ -508,7 +563,9 @@ def read_recipe_file(path: Path) -> dict:
     except OSError as err:
         raise UsageError(f"{path}: cannot read ({err.strerror or err})") from None
     try:
-        tree = yaml.safe_load(text)
+        tree = load_yaml(text)
+    except DuplicateKey as err:
+        raise UsageError(f"{path}: {err.problem}; keep one") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -29,6 +29,7 @@ import signal
 import socket
 import time
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -184,6 +185,74 @@ def _describe_data(identity: dict | None) -> str:
         return "unknown data"
     where = identity.get("root") or identity.get("flag") or identity.get("table")
     return f"data.source={identity.get('source')} ({where}, limit {identity.get('limit')})"
+
+
+@dataclass(frozen=True)
+class Before:
+    """What a run directory held before a run opened it: the folders the run will create (`root`
+    and its missing parents, deepest first) and the names already in `root`."""
+
+    root: Path
+    created: tuple[Path, ...]
+    names: frozenset[str]
+
+    @classmethod
+    def of(cls, root: Path) -> "Before":
+        root = root.absolute()
+        created = []
+        for path in (root, *root.parents):
+            if path.exists() or path.is_symlink():
+                break
+            created.append(path)
+        names = frozenset(p.name for p in root.iterdir()) if root.is_dir() else frozenset()
+        return cls(root, tuple(created), names)
+
+
+# What a run writes before it has computed anything (opening the folder, the resolved recipe).
+_SKELETON_FILES = {MARKER, LOCK, RESOLVED_RECIPE, "environment.json"}
+
+
+def discard_skeleton(before: Before) -> bool:
+    """Remove what a failed run made when it failed before computing anything (a missing dataset, a
+    recipe the data refutes): the empty sub-folders, marker, lock and resolved recipe it wrote, then
+    the folders it created (`before.created`) where they are left empty.
+
+    Nothing else is touched: a folder an earlier run made (it had the marker), any entry that was
+    there before, a folder holding any other file, one another live run holds. Returns True when
+    something was removed."""
+    root = before.root
+    if MARKER in before.names or not root.is_dir():
+        return False
+    new = [p for p in root.iterdir() if p.name not in before.names]
+    for path in new:
+        if path.name in _SKELETON_FILES or _TMP_FILE.match(path.name) and path.is_file():
+            continue
+        if path.name in MANAGED and path.is_dir() and not path.is_symlink() and \
+                not any(p.is_file() or p.is_symlink() for p in path.rglob("*")):
+            continue
+        return False  # something was computed (or put here): keep it all for the rerun
+    if not new:
+        return False
+    holder = RunDir(root)
+    try:
+        holder.lock()  # a run that took the folder over since must keep it
+    except UsageError:
+        return False
+    try:
+        for path in new:
+            if path.name in MANAGED:
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.name != LOCK:
+                path.unlink(missing_ok=True)
+        (root / LOCK).unlink(missing_ok=True)
+    finally:
+        holder.close()
+    for folder in before.created:  # deepest first, each only when empty
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+    return True
 
 
 class RunDir:

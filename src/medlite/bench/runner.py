@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from medlite.data.preprocess import IMAGE_SUFFIXES
+from medlite.data.preprocess import IMAGE_SUFFIXES, list_images
 from medlite.errors import UsageError
 from medlite.runstate import read_json, write_json
 
@@ -69,7 +69,7 @@ def find_images(target: Path | None, limit: int = MAX_SAMPLE_IMAGES) -> list[Pat
         return [target]
     if not target.is_dir():
         raise UsageError(f"{target}: images path not found")
-    found = sorted(p for p in target.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = list_images(target).files  # hidden entries (macOS ._*, .thumbs/) left out
     if not found:
         raise UsageError(f"{target}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     return found[:limit]

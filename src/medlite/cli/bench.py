@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from medlite.cli.common import DebugOpt
+from medlite.cli.common import DebugOpt, check_writable
 from medlite.errors import UsageError
 from medlite.runstate import RESOLVED_RECIPE, RunDir, is_run_dir, write_json
 
@@ -158,6 +158,7 @@ def _soak(target: Path, seconds: float, out: Optional[Path], threads: Optional[s
     except ArtifactError as err:
         raise UsageError(str(err)) from None
     out = out or (target / "figures" / "soak.csv" if target.is_dir() else Path("soak.csv"))
+    check_writable(out, "--soak-out")  # before the soak: its minutes must not end in "cannot write"
     console.print(f"model: {rule}")
     with console.status(f"soak: {seconds:g} s of sustained inference..."):
         try:

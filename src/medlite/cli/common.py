@@ -53,6 +53,39 @@ def _record_debug(ctx: typer.Context, value: bool) -> bool:
     return value
 
 
+def check_writable(path: Path, option: str = "--out", *, folder: bool = False, parents: bool = True) -> None:
+    """Refuse now, before any work, an output the command could not write: exit 2 naming `path`.
+
+    `folder`: `path` is a directory the command makes (else a file); `parents`: the command makes
+    missing parent folders itself (else the parent must exist). Tried by creating (and at once
+    removing) an anonymous file in the nearest existing folder: permission bits, a read-only
+    mount and root's rights all answer as they will for the real write.
+    """
+    import errno
+    import os
+    import tempfile
+
+    from medlite.errors import UsageError
+
+    if path.exists() and path.is_dir() != folder:
+        raise UsageError(f"{option} {path}: is {'a file, not a folder' if folder else 'a folder, not a file'}")
+    target = path if folder else path.parent
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option} {path}: {existing} is a file, not a folder")
+    if existing != target and not parents:
+        raise UsageError(f"{option} {path}: folder {target} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        hint = " (disk full?)" if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise UsageError(f"{option} {path}: cannot write in {existing}: {reason}{hint}") from None
+
+
 def data_root(option: Path | None) -> Path:
     """--data-root, else $MEDLITE_DATA_ROOT, else ~/.cache/medlite."""
     # local: medlite.data pulls in numpy and the dataset code, which --help does not need.

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from medlite.cli.common import DebugOpt
+from medlite.cli.common import DebugOpt, check_writable
 from medlite.errors import UsageError
 
 
@@ -44,10 +44,17 @@ def predict(
         console = Console(stderr=True, highlight=False, width=240)
     if batch_size < 1:
         raise _usage(ValueError(f"--batch-size {batch_size}: must be at least 1"))
+    if out is not None:
+        if out.suffix.lower() not in (".csv", ".json"):
+            raise UsageError(f"--out {out}: use a .csv or .json file name")
+        check_writable(out, parents=False)  # before classifying: a long run must not end in "cannot write"
     try:
         path, runtime, rule = resolve_model(model)
         console.print(f"model: {rule}")
-        files, missing = expand_inputs(images)
+        hidden: list[int] = []
+        files, missing = expand_inputs(images, hidden)
+        if hidden[0]:
+            console.print(f"skipped {hidden[0]} hidden files (macOS ._* files, hidden folders such as .thumbs/)")
         if not files:
             raise ArtifactError("no images to classify" + (f" ({missing[0]['file']}: {missing[0]['error']})" if missing else ""))
         if len(files) >= 50 and console.is_terminal:
@@ -70,6 +77,12 @@ def predict(
             write_output(result, out)
     except ArtifactError as err:
         raise _usage(err) from None
+    except OSError as err:
+        from medlite.runstate import DISK_ERRNOS, write_error
+
+        if out is None or err.errno not in DISK_ERRNOS:
+            raise
+        raise write_error(out, err) from None
     for warning in ((result.get("model") or {}).get("card") or {}).get("warnings") or []:
         console.print(f"model warning: {warning}", markup=False)  # e.g. a model no better than chance
     _print(result, console, out)
@@ -132,8 +145,10 @@ def serve(
         raise _usage(ValueError(f"--port {port}: must be 1..65535"))
     if max_upload_mb <= 0 or max_files < 1:
         raise _usage(ValueError("--max-upload-mb must be > 0 and --max-files >= 1"))
-    from medlite.deploy.serve import check_exposure
+    from medlite.deploy.serve import check_exposure, check_port
     from medlite.deploy.serve import serve as run_server  # local: imports fastapi, checked just above
+
+    check_port(host, port)  # a port in use: one line now, not "serving on ..." and then uvicorn's exit 3
 
     try:
         check_exposure(host, token, no_auth, ssl_certfile, ssl_keyfile)  # before the model loads

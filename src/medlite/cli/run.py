@@ -39,8 +39,17 @@ def run(
     from medlite.pipeline import run_pipeline
     from medlite.report import print_table
 
-    results = run_pipeline(parsed, out, resolve_data_root(data_root), fresh=fresh, say=console.print, progress=None,
-                           default_out=default_out)
+    from medlite.runstate import Before, discard_skeleton
+
+    before = Before.of(out)
+    try:
+        results = run_pipeline(parsed, out, resolve_data_root(data_root), fresh=fresh, say=console.print,
+                               progress=None, default_out=default_out)
+    except BaseException:
+        # A run that failed before computing anything (missing data, a recipe its data refutes)
+        # leaves no skeleton folder behind; anything computed stays for the rerun to resume.
+        discard_skeleton(before)
+        raise
     print_table(results, console)
     cached = len(results["cached_stages"])
     console.print(
@@ -116,6 +125,14 @@ def _print_summary(summary: dict, console) -> None:
         f"{summary['native_channels']} ch -> model input {summary['image_size']} px x {summary['channels']} ch"
         + (f"; {summary['skipped_images']} unreadable images skipped" if summary["skipped_images"] else "")
     )
+    files = summary.get("files") or {}
+    if any(files.values()):
+        console.print(f"files: {files.get('hidden_skipped', 0)} hidden skipped (._*, .thumbs/ ...), "
+                      f"{files.get('symlinked', 0)} symlinked, {files.get('nested', 0)} in sub-folders", markup=False)
+    for item in (summary.get("skipped") or [])[:20]:
+        console.print(f"skipped: {item['file']}: {item['reason']}", markup=False)
+    if len(summary.get("skipped") or []) > 20:
+        console.print(f"(first 20 of {len(summary['skipped'])} skipped; all in --json)")
     table = Table()
     table.add_column("class")
     for split in summary["images"]:

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
-from medlite.cli.common import DebugOpt, data_root as resolve_data_root, state
+from medlite.cli.common import DebugOpt, check_writable, data_root as resolve_data_root, state
+
+
+@contextmanager
+def _write_faults(out: Path) -> Iterator[None]:
+    """A disk or permission fault while writing under `out`: exit 2 naming the path, not "unexpected error"."""
+    from medlite.runstate import DISK_ERRNOS, write_error
+
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            raise
+        raise write_error(Path(err.filename) if err.filename else out, err) from None
 
 
 def study(
@@ -25,14 +39,20 @@ def study(
 ) -> None:
     """Run a study: a grid / list of settings x seeds x folds, each trial an ordinary run; statistics and tables."""
     # local: the study runner imports the pipeline (torch) and, for --executor ray, ray.
+    from medlite.recipe import check_yaml_file
     from medlite.study.runner import run_study
 
+    check_yaml_file(study_file)  # a key given twice would silently keep the last
+
     console = state(ctx).console
-    document = run_study(
-        study_file, out, data_root.expanduser() if data_root else None, executor=executor, address=address,
-        workers=workers, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, dry_run=dry_run,
-        say=console.print, console=console,
-    )
+    if not dry_run:  # before any trial: a study's hours must not end in "cannot write"
+        check_writable(out or Path("runs"), folder=True)
+    with _write_faults(out or Path("runs")):
+        document = run_study(
+            study_file, out, data_root.expanduser() if data_root else None, executor=executor, address=address,
+            workers=workers, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, dry_run=dry_run,
+            say=console.print, console=console,
+        )
     if dry_run:
         return
     # local: rich tables and the study outputs are not for --help.
@@ -75,8 +95,10 @@ def tune(
     console = state(ctx).console
     name = load_recipe(recipe, set_ or []).name
     out = out or Path("runs") / f"tune-{name}"
-    doc = run_tune(recipe, out, resolve_data_root(data_root), overrides=set_ or [], budget_s=budget, max_trials=trials,
-                   seed=seed, say=console.print)
+    check_writable(out, folder=True)  # before any trial
+    with _write_faults(out):
+        doc = run_tune(recipe, out, resolve_data_root(data_root), overrides=set_ or [], budget_s=budget, max_trials=trials,
+                       seed=seed, say=console.print)
     best = doc["best"]
     console.print(f"tune: {len(doc['trials'])} trials in {doc['seconds']:.0f}s; best trial {best['trial']} "
                   f"(val AUC {best['val_auc']:.4f}): {best['params']}")

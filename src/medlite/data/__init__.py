@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from medlite.data.dataset import SPLITS, Dataset, Part, Source, Split
+from medlite.data.dataset import SPLITS, Dataset, Part, Source, Split, unreadable_reason
 from medlite.data.preprocess import load_image, match_channels, resize_batch
 from medlite.data.registry import known_sources, register_source, source_spec
 from medlite.data.splits import (
@@ -71,6 +71,8 @@ def load_dataset(cfg: DataConfig, data_root: Path, seed: int, *, multilabel: boo
             part = part.take(stratified_subset(strata(part.labels), cfg.limit, seed))
         splits[name] = _materialise(part, size, channels, source)
     _check(splits, source.class_names, multilabel=task_of(source).multilabel)
+    if not multilabel and not task_of(source).multilabel:  # for training: every class must be learnable
+        _check_every_class_trains(splits["train"], source.class_names, cfg.limit)
     return Dataset(
         name=source.name,
         source=cfg.source,
@@ -84,9 +86,23 @@ def load_dataset(cfg: DataConfig, data_root: Path, seed: int, *, multilabel: boo
         split_origin=split_origin,
         skipped=source.skipped,
         task=source.task,
-        warnings=warnings,
+        warnings=warnings + _skip_warning(source),
         group_column=source.group_column,
+        skip_reasons=source.skip_reasons,
+        listing=source.listing,
     )
+
+
+SKIPPED_MARK = "unreadable images skipped (data.skip_bad)"  # `medlite data --verify` says it in its own check
+
+
+def _skip_warning(source: Source) -> list[str]:
+    """data.skip_bad left images out: said with the data (the table, the report), the list in results.json."""
+    if not source.skipped:
+        return []
+    first = source.skipped[0]
+    return [f"{len(source.skipped)} {SKIPPED_MARK}, e.g. {first} "
+            f"({source.skip_reasons.get(first, 'unreadable')}); every file and reason in results.json dataset.skipped"]
 
 
 def _split(parts: dict[str, Part], source: Source, cfg: DataConfig, seed: int) -> tuple[dict[str, Part], str, list[str]]:
@@ -168,13 +184,27 @@ def _materialise(part: Part, size: int, channels: int, source: Source) -> Split:
             images.append(load_image(path, channels, size))
         except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             if not source.skip_bad:
-                raise DataError(f"{path}: unreadable image ({type(err).__name__}); fix or remove it, or set data.skip_bad: true") from None
+                raise DataError(f"{path}: unreadable image ({unreadable_reason(err)}); fix or remove it, or set data.skip_bad: true") from None
             source.skipped.append(str(path))
+            source.skip_reasons[str(path)] = unreadable_reason(err)
             continue
         keep.append(i)
     kept = part.take(np.asarray(keep, np.int64))
     stacked = np.stack(images) if images else np.zeros((0, size, size, channels), np.uint8)
     return Split(stacked, kept.labels, kept.ids, kept.groups, kept.folds)
+
+
+def _check_every_class_trains(train: Split, class_names: list[str], limit: int | None) -> None:
+    """A class with no training image cannot be learnt, yet it would be predicted (never correctly)
+    and scored: refused, naming it. `medlite data` still shows such a split (its table shows the 0)."""
+    counts = np.bincount(train.labels, minlength=len(class_names)) if len(train) else np.zeros(len(class_names), int)
+    missing = [class_names[i] for i in np.flatnonzero(counts == 0)]
+    if not missing:
+        return
+    why = (f"data.limit={limit} is fewer images than the {len(class_names)} classes" if limit is not None and limit < len(class_names)
+           else "after the split" + (f" and data.limit={limit}" if limit is not None else ""))
+    raise DataError(f"data: class {', '.join(map(repr, missing))} has no image in the train split ({why}): "
+                    "the model cannot learn it; raise data.limit, change data.split, or drop the class")
 
 
 def _check(splits: dict[str, Split], class_names: list[str], multilabel: bool = False) -> None:

@@ -87,6 +87,8 @@ class Source:
     warnings: list[str] = field(default_factory=list)
     group_column: str | None = None  # what a group is ('lesion_id'), for messages
     skip_bad: bool = False  # lazily read files: skip unreadable ones instead of failing
+    skip_reasons: dict[str, str] = field(default_factory=dict)  # skipped file -> why it could not be read
+    listing: dict[str, int] = field(default_factory=dict)  # a folder's hidden_skipped, symlinked, nested counts
 
 
 @dataclass
@@ -105,6 +107,8 @@ class Dataset:
     task: str = MULTICLASS  # "multilabel": labels are (N, K) multi-hot, class_names the K findings
     warnings: list[str] = field(default_factory=list)  # e.g. accepted group leakage: shown in tables and the report
     group_column: str | None = None
+    skip_reasons: dict[str, str] = field(default_factory=dict)
+    listing: dict[str, int] = field(default_factory=dict)
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -174,6 +178,9 @@ class Dataset:
             "image_size": self.image_size,
             "channels": self.channels,
             "skipped_images": len(self.skipped),
+            # what data.skip_bad left out, and why: a clinician can find every dropped image
+            "skipped": [{"file": f, "reason": self.skip_reasons.get(f, "unreadable")} for f in self.skipped],
+            "files": dict(self.listing),  # a folder's hidden files left out, symlinked and nested files taken
             "warnings": list(self.warnings),
             "fingerprint": self.fingerprint(),
             # per split: studies pair runs evaluated on the very same test images by this
@@ -181,6 +188,14 @@ class Dataset:
                 name: hashlib.sha256(s.images.tobytes() + s.labels.tobytes()).hexdigest()[:16] for name, s in self.splits.items()
             },
         }
+
+
+def unreadable_reason(err: BaseException) -> str:
+    """Why an image file could not be read, in one short line (recorded for data.skip_bad)."""
+    text = " ".join(str(err).split())
+    if "cannot identify image file" in text:
+        text = "not an image file Pillow can decode"
+    return f"{type(err).__name__}: {text}"[:200] if text else type(err).__name__
 
 
 def rename_classes(class_names: list[str], class_map: dict[str, str] | None, of: str, noun: str = "class",

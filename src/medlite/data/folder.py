@@ -10,9 +10,9 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import Field, field_validator
 
 from medlite.data.config import DataConfig
-from medlite.data.dataset import Part, Source
+from medlite.data.dataset import Part, Source, unreadable_reason
 from medlite.data.paths import resolve_dir
-from medlite.data.preprocess import IMAGE_SUFFIXES, load_image
+from medlite.data.preprocess import FolderListing, list_images, load_image
 from medlite.data.registry import register_source
 from medlite.data.sample import native_channels, native_size
 from medlite.data.table import GroupTable, folder_groups
@@ -25,12 +25,12 @@ def _class_dirs(folder: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".")}
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def scan(root: Path, class_map: dict[str, str] | None,
+         listing: FolderListing | None = None) -> tuple[dict[str, list[tuple[Path, str]]], bool]:
+    """(files per split {'all'} or {'train','val','test'}, presplit) with class names mapped.
 
-
-def scan(root: Path, class_map: dict[str, str] | None) -> tuple[dict[str, list[tuple[Path, str]]], bool]:
-    """(files per split {'all'} or {'train','val','test'}, presplit) with class names mapped."""
+    Hidden entries (`._*`, `.thumbs/`) are left out; `listing`, when given, counts them and the
+    symlinked and nested files taken."""
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found")
     top = _class_dirs(root)
@@ -44,7 +44,10 @@ def scan(root: Path, class_map: dict[str, str] | None) -> tuple[dict[str, list[t
         entries = []
         for raw_name, class_dir in _class_dirs(folder).items():
             name = mapping.get(raw_name, raw_name)
-            entries += [(path, name) for path in _images_in(class_dir)]
+            found = list_images(class_dir)
+            if listing is not None:
+                listing.add(found)
+            entries += [(path, name) for path in found.files]
         files[split] = entries
         classes_per_split[split] = {name for _, name in entries}
     if presplit:
@@ -66,7 +69,7 @@ def scan(root: Path, class_map: dict[str, str] | None) -> tuple[dict[str, list[t
 def read_images(
     entries: list[tuple[Path, str]], classes: list[str], channels: int, image_size: int, skip_bad: bool
 ) -> tuple[np.ndarray, np.ndarray, list[Path], list[Path]]:
-    """Load and convert every image; (images uint8 NHWC, labels, skipped files, files read)."""
+    """Load and convert every image; (images uint8 NHWC, labels, skipped {"file", "reason"}, files read)."""
     index = {name: i for i, name in enumerate(classes)}
     images, labels, skipped, kept = [], [], [], []
     for path, name in entries:
@@ -74,8 +77,8 @@ def read_images(
             images.append(load_image(path, channels, image_size))
         except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
             if not skip_bad:
-                raise DataError(f"{path}: unreadable image ({type(err).__name__}); fix or remove it, or set data.skip_bad: true") from None
-            skipped.append(path)
+                raise DataError(f"{path}: unreadable image ({unreadable_reason(err)}); fix or remove it, or set data.skip_bad: true") from None
+            skipped.append({"file": str(path), "reason": unreadable_reason(err)})
             continue
         labels.append(index[name])
         kept.append(path)
@@ -105,7 +108,8 @@ class FolderData(DataConfig):
 
 def load(cfg: FolderData, data_root: Path) -> Source:
     root = resolve_dir(cfg.root, data_root, "data.root")
-    files, presplit = scan(root, cfg.class_map)
+    listing = FolderListing()
+    files, presplit = scan(root, cfg.class_map, listing)
     every = [entry for entries in files.values() for entry in entries]
     if not every:
         raise DataError(f"{root}: no images found (expected {root}/<class>/*.png or {root}/train/<class>/...)")
@@ -115,7 +119,7 @@ def load(cfg: FolderData, data_root: Path) -> Source:
     parts, skipped = {}, []
     for split, entries in files.items():
         images, labels, bad, kept = read_images(entries, class_names, channels, size, cfg.skip_bad)
-        skipped += [str(p) for p in bad]
+        skipped += bad
         ids = np.array([p.relative_to(root).as_posix() for p in kept], dtype=object)
         parts["train" if split == "all" else split] = Part(labels, ids, images=images)
     if cfg.groups is not None:
@@ -129,7 +133,10 @@ def load(cfg: FolderData, data_root: Path) -> Source:
         native_channels=channels_native,
         native_size=size_native,
         given_split="folders" if presplit else None,
-        skipped=skipped,
+        skipped=[s["file"] for s in skipped],
+        skip_reasons={s["file"]: s["reason"] for s in skipped},
+        warnings=[n for n in listing.notes(str(root)) if "hidden" in n],  # said with the run's data line
+        listing={"hidden_skipped": listing.hidden, "symlinked": listing.symlinked, "nested": listing.nested},
         group_column=None if cfg.groups is None else cfg.groups.group,
     )
 

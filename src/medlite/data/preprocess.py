@@ -8,13 +8,14 @@ exactly what the trained one saw.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+# .dcm/.dicom: DICOM, read through medlite.data.dicom (pydicom, the `dicom` extra) by `load_image`.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm", ".dicom")
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,94 @@ def convert_image(image: Image.Image, channels: int, image_size: int) -> np.ndar
     return array[:, :, None] if array.ndim == 2 else array
 
 
-def load_image(path: str | Path, channels: int, image_size: int) -> np.ndarray:
-    """Read and convert one image file; raises OSError/ValueError when the file is not a readable image."""
-    with Image.open(path) as image:
+EXIF_ORIENTATION = 0x0112
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: its EXIF orientation applied (a phone photo taken
+    sideways stores the pixels sideways and a tag saying so). Itself when there is no such tag."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) in (1, None):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def open_image_file(path: str | Path) -> Image.Image:
+    """One image file, decoded: DICOM through medlite.data.dicom (its window applied; DicomError, a
+    ValueError, with the reason when it cannot be), anything else through Pillow, EXIF orientation
+    applied. The caller closes it."""
+    if Path(path).suffix.lower() in (".dcm", ".dicom"):
+        from medlite.data.dicom import read_dicom  # local: pydicom is an optional extra
+
+        return read_dicom(path)
+    image = Image.open(path)
+    try:
         image.load()
+        turned = upright(image)
+    except BaseException:
+        image.close()
+        raise
+    if turned is not image:
+        image.close()
+    return turned
+
+
+def load_image(path: str | Path, channels: int, image_size: int) -> np.ndarray:
+    """Read and convert one image file (EXIF orientation applied; DICOM windowed); raises
+    OSError/ValueError when the file is not a readable image."""
+    with open_image_file(path) as image:
         return convert_image(image, channels, image_size)
+
+
+def is_hidden(path: Path, root: Path) -> bool:
+    """A hidden entry under `root`: a name starting with '.' anywhere below it (macOS `._x.png`
+    resource forks, `.DS_Store`, `.thumbs/`, `.git/`). Never images of the data set."""
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+@dataclass
+class FolderListing:
+    """The image files under a folder, and what listing it met: hidden entries left out, files that
+    are symbolic links (or under a linked folder), files in sub-folders."""
+
+    files: list[Path] = field(default_factory=list)
+    hidden: int = 0
+    symlinked: int = 0
+    nested: int = 0
+
+    def notes(self, where: str) -> list[str]:
+        """What a user should be told about the listing, one sentence each."""
+        out = []
+        if self.hidden:
+            out.append(f"{where}: skipped {self.hidden} hidden files (macOS ._* files, hidden folders such as .thumbs/)")
+        if self.symlinked:
+            out.append(f"{where}: {self.symlinked} images are symbolic links (or under a linked folder)")
+        if self.nested:
+            out.append(f"{where}: {self.nested} images are in sub-folders (included)")
+        return out
+
+    def add(self, other: "FolderListing") -> None:
+        self.files += other.files
+        self.hidden += other.hidden
+        self.symlinked += other.symlinked
+        self.nested += other.nested
+
+
+def list_images(folder: Path) -> FolderListing:
+    """Every image file under `folder` (recursive, sorted), hidden entries left out and counted."""
+    listing = FolderListing()
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if is_hidden(path, folder):
+            listing.hidden += 1
+            continue
+        listing.files.append(path)
+        rel = path.relative_to(folder)
+        if len(rel.parts) > 1:
+            listing.nested += 1
+        if path.is_symlink() or any((folder / Path(*rel.parts[:i])).is_symlink() for i in range(1, len(rel.parts))):
+            listing.symlinked += 1
+    return listing
 
 
 def is_grey(image: Image.Image) -> bool:

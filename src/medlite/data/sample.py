@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from medlite.data.preprocess import is_grey
+from medlite.data.preprocess import is_grey, open_image_file
 
 
 def native_channels(entries: list[tuple[Path, str]], sample: int = 200) -> int:
@@ -15,7 +15,7 @@ def native_channels(entries: list[tuple[Path, str]], sample: int = 200) -> int:
     step = max(1, len(entries) // sample)
     for path, _ in entries[::step]:
         try:
-            with Image.open(path) as image:
+            with open_image_file(path) as image:  # DICOM too
                 if not is_grey(image):
                     return 3
         except (OSError, ValueError, UnidentifiedImageError):
@@ -29,7 +29,7 @@ def native_size(entries: list[tuple[Path, str]], sample: int = 50) -> int:
     step = max(1, len(entries) // sample)
     for path, _ in entries[::step]:
         try:
-            with Image.open(path) as image:
+            with open_image_file(path) as image:
                 sizes.append(max(image.size))
         except (OSError, ValueError, UnidentifiedImageError):
             continue

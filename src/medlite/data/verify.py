@@ -122,7 +122,10 @@ def verify_data(cfg: DataConfig, data_root: Path, seed: int, max_distance: int =
         return report
     report.origin = dataset.origin
     report.summary = dataset.summary()
-    report.summary["warnings"] = [w for w in dataset.warnings if _ACCEPTED_LEAKAGE not in w]
+    from medlite.data import SKIPPED_MARK  # local, like load_dataset above
+
+    # Accepted leakage and skipped files are said by their own checks below, once.
+    report.summary["warnings"] = [w for w in dataset.warnings if _ACCEPTED_LEAKAGE not in w and SKIPPED_MARK not in w]
     for text in report.summary["warnings"]:
         report.add(WARNING, "source", text)
 

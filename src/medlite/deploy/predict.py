@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from medlite.data.preprocess import IMAGE_SUFFIXES
+from medlite.data.preprocess import list_images
 from medlite.runtime import ArtifactError, open_artifact
 from medlite.runtime.adapt import ImageError, load_for_model
 
@@ -28,14 +28,20 @@ LIST_SUFFIXES = (".txt", ".lst", ".list")
 DEFAULT_MIN_CONFIDENCE = 0.6
 
 
-def expand_inputs(items: Iterable[Path]) -> tuple[list[Path], list[dict]]:
-    """(image paths in order, [{"file", "error"}] for inputs that do not exist)."""
+def expand_inputs(items: Iterable[Path], hidden: list[int] | None = None) -> tuple[list[Path], list[dict]]:
+    """(image paths in order, [{"file", "error"}] for inputs that do not exist).
+
+    Folders are searched recursively, leaving out hidden entries (macOS `._*` files, `.thumbs/`):
+    never images to classify. `hidden`, when given, gets their count appended."""
     images: list[Path] = []
     missing: list[dict] = []
+    left_out = 0
     for item in items:
         item = Path(item)
         if item.is_dir():
-            images += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            listing = list_images(item)  # hidden entries (._*, .thumbs/) left out
+            images += listing.files
+            left_out += listing.hidden
         elif item.is_file() and item.suffix.lower() in LIST_SUFFIXES:
             try:
                 lines = item.read_text().splitlines()
@@ -56,6 +62,8 @@ def expand_inputs(items: Iterable[Path]) -> tuple[list[Path], list[dict]]:
             images.append(item)  # any suffix: decoding decides whether it is an image
         else:
             missing.append({"file": str(item), "error": "no such file or folder"})
+    if hidden is not None:
+        hidden.append(left_out)
     return images, missing
 
 

@@ -19,6 +19,7 @@ upload gets a 4xx with a one-line message and the server keeps serving.
 
 import asyncio
 import collections
+import errno
 import hmac
 import ipaddress
 import shutil
@@ -233,6 +234,30 @@ def check_exposure(host: str, token: str | None, no_auth: bool, certfile: Path |
             warnings.append(f"warning: listening on {host} without TLS: the token and the images cross the network "
                             "in clear (--ssl-certfile/--ssl-keyfile)")
     return warnings
+
+
+def check_port(host: str, port: int) -> None:
+    """UsageError naming `host:port` when it cannot be listened on (in use, or not an address here).
+
+    Bound and released at once, with SO_REUSEADDR as uvicorn binds: a port another server listens
+    on is refused, one left in TIME_WAIT by the last server is not."""
+    import socket
+
+    from medlite.errors import UsageError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise UsageError(f"--host {host}: not an address of this machine ({err.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            why = "in use (another server listens there); choose another --port" \
+                if err.errno == errno.EADDRINUSE else (err.strerror or str(err))
+            raise UsageError(f"--port {port}: cannot listen on {host}:{port}: {why}") from None
 
 
 def serve(model_path: Path, *, host: str = "127.0.0.1", port: int = 8000, runtime: str | None = None,

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from medlite.data import load_dataset
-from medlite.data.preprocess import IMAGE_SUFFIXES, load_image
+from medlite.data.preprocess import IMAGE_SUFFIXES, list_images, load_image
 from medlite.errors import UsageError
 from medlite.recipe import load_recipe
 from medlite.runstate import RESOLVED_RECIPE, RunDir, read_json, write_json
@@ -44,7 +44,7 @@ def explain_images(ctx, folder: Path, names: list[str]) -> dict:
     from medlite.explain.stage import explain_pixels
     from medlite.report import figures
 
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    files = list_images(folder).files if folder.is_dir() else []  # hidden entries (._*, .thumbs/) left out
     if not files:
         raise UsageError(f"--images {folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     spec = ctx.dataset.preprocess

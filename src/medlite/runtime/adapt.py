@@ -18,7 +18,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from medlite.data.preprocess import PreprocessSpec, convert_image, is_grey
+from medlite.data.preprocess import EXIF_ORIENTATION, PreprocessSpec, convert_image, is_grey, upright
 
 # Beyond this aspect-ratio factor (relative to the training images) the resize distorts anatomy.
 ASPECT_WARN = 1.5
@@ -37,6 +37,13 @@ def open_image(source: str | Path | bytes | BinaryIO) -> Image.Image:
     """Decode (really decode, not just read the header) an image from a path, bytes or a file object."""
     if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
+    from medlite.data.dicom import DicomError, is_dicom, read_dicom  # numpy + PIL; pydicom only when used
+
+    if is_dicom(source):  # a .dcm file, or an upload with the DICM marker
+        try:
+            return read_dicom(source)
+        except DicomError as err:
+            raise ImageError(str(err)) from None
     try:
         image = Image.open(source)  # reads the header only
         if image.width * image.height > MAX_PIXELS:
@@ -54,7 +61,12 @@ def open_image(source: str | Path | bytes | BinaryIO) -> Image.Image:
         raise ImageError(msg[:200]) from None
     if image.width < 1 or image.height < 1:
         raise ImageError("empty image (0 pixels)")
-    return image
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    turned = upright(image)  # as training reads files (medlite.data.preprocess.load_image)
+    if turned is not image:
+        image.close()
+        turned.info["medlite_exif_orientation"] = orientation  # said in the adaptation report
+    return turned
 
 
 def training_shape(card: dict | None, spec: PreprocessSpec) -> tuple[float, int | None]:
@@ -83,6 +95,7 @@ def adapt(image: Image.Image, spec: PreprocessSpec, card: dict | None = None) ->
     report = {
         "original_size": [width, height],
         "original_mode": image.mode,
+        "exif_orientation": image.info.get("medlite_exif_orientation"),  # applied before anything else
         "resized_to": [spec.image_size, spec.image_size] if (width, height) != (spec.image_size,) * 2 else None,
         "scale": round(spec.image_size / max(width, height), 4),
         "aspect_ratio": round(aspect, 3),

@@ -60,13 +60,35 @@ def tune(
     from medlite.stagestore import StageStore
     from medlite.study.schema import _override
 
-    space = space or SPACE
+    from medlite.recipe import parse_override
+
+    # A key the user fixed with --set is not searched: the search would override it (issue 18:
+    # `--set student.epochs=2` trained 50-epoch students). Dropped from the default space (and
+    # said); a space the caller gave that names one is a contradiction, refused.
+    pinned = {".".join(parse_override(text)[0]) for text in overrides or []}
+    if space is not None:
+        clash = sorted(pinned & set(space))
+        if clash:
+            raise UsageError(f"tune: {clash[0]} is fixed with --set and also in the search space; "
+                             "remove it from one of them")
+    else:
+        space = {k: v for k, v in SPACE.items() if k not in pinned}
+        dropped = [k for k in SPACE if k in pinned]
+        if dropped:
+            say(f"tune: not searching {', '.join(dropped)} (fixed with --set)")
+    if not space:
+        raise UsageError("tune: every key of the search space is fixed with --set; nothing to tune")
     fixed = list(overrides or []) + ["compress.methods=[]", "bench.enabled=false", "distill.scratch_baseline=false"]
     base = load_recipe(recipe, fixed)  # validate before anything trains
     for key, spec in space.items():  # every key of the space must be a recipe key with valid values
         for value in ([spec[1], spec[2]] if spec[0] != "cat" else spec[1]):
             load_recipe(recipe, fixed + [_override(key, value)])
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        from medlite.runstate import write_error
+
+        raise write_error(out, err) from None
     store = StageStore(out / "store")
     records: list[dict] = []
     start = time.perf_counter()
