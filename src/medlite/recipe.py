@@ -46,6 +46,10 @@ class TrainConfig(_Strict):
     step_size: int = Field(10, ge=1, description="epochs between lr drops (schedule=step)")
     batch_size: int = Field(64, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    loss: Literal["cross_entropy", "bce", "asymmetric"] | None = Field(
+        None, description="the hard-label loss; default: the data's (cross_entropy for one class per image, bce "
+        "with logits for multi-label data, where asymmetric is timm's asymmetric loss with the paper's defaults; "
+        "data.balance: class_weights gives either a per-label pos_weight)")
 
 
 class TeacherConfig(TrainConfig):
