@@ -1,0 +1,227 @@
+"""Multi-label classification end to end (issue 17) on the real NIH table: training, per-label KD,
+int8, per-label metrics measured on the files, per-label thresholds in the files, predict / serve /
+edge per label, the model card, the report's per-label figures; and the pieces it is made of."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medlite.errors import UsageError
+from medlite.recipe import Recipe
+from medlite.task import MULTI_LABEL_TASK, SINGLE_LABEL_TASK
+
+NIH = {"source": "table", "table": "folders/NIH_ChestXray14_1000/labels.csv", "image": "images/{image}",
+       "labels": "all", "group": "patient_id", "image_size": 32, "limit": 150,
+       "split": {"train": 0.6, "val": 0.2, "test": 0.2}}
+BASE = {
+    "name": "nih_tiny",
+    "data": NIH,
+    "teacher": {"arch": "medlite_cnn_tiny", "epochs": 1},
+    "student": {"arch": "medlite_dsconv_tiny", "epochs": 1},
+    "evaluate": {"bootstrap": 50},
+    "compress": {"targets": ["student_kd"], "methods": ["int8_static"]},
+    "bench": {"enabled": False},
+}
+
+
+def _run(out, root, **sections):
+    from medlite.pipeline import run_pipeline
+
+    tree = json.loads(json.dumps(BASE))
+    tree.update(sections)
+    lines: list[str] = []
+    results = run_pipeline(Recipe.model_validate(tree), out, root, say=lines.append, progress=False)
+    return results, {v["name"]: v for v in results["variants"]}, lines
+
+
+@pytest.fixture(scope="module")
+def nih_run(shared_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("nih") / "run"
+    results, variants, _ = _run(out, shared_root, explain={"methods": ["occlusion"], "images_per_class": 1,
+                                                            "label": "Effusion"})
+    return out, results, variants
+
+
+def test_nih_end_to_end_per_label_aucs_are_those_of_the_int8_file(nih_run, shared_root):
+    from medlite.data import load_dataset
+    from medlite.evaluate import predict_artifact
+    from medlite.evaluate.multilabel import per_label_auc
+    from medlite.runtime import open_artifact
+
+    out, results, variants = nih_run
+    assert {"teacher", "student_scratch", "student_kd", "student_kd_int8_static"} <= set(variants)
+    int8 = variants["student_kd_int8_static"]
+    assert int8["format"] == "onnx-int8-qdq"
+    names = results["dataset"]["classes"]
+    assert len(names) == 14
+    m = int8["metrics"]
+    assert set(m["per_label"]) == set(names)
+    # The figures are the deployed int8 file's, recomputed here from it on the test split.
+    ds = load_dataset(Recipe.model_validate(BASE).data, shared_root, seed=0)
+    test = ds.splits["test"]
+    probs = predict_artifact(out / int8["file"], test.images, ds.preprocess, 256, int8["runtime"])
+    assert ((probs > 0) & (probs < 1)).all() and not np.allclose(probs.sum(1), 1)  # sigmoids, not a softmax
+    aucs = per_label_auc(probs, test.labels)
+    for k, name in enumerate(names):
+        stored = m["per_label"][name]["auc"]
+        assert (np.isnan(stored) and np.isnan(aucs[k])) or stored == pytest.approx(aucs[k])
+    assert m["auc"] == pytest.approx(np.nanmean(aucs))  # `auc` is the mean AUC: tables and studies rank by it
+    assert m["undefined"] == [] or all(":" in line for line in m["undefined"])
+    # Per-label thresholds chosen on validation travel in the file; the predictions file is multi-hot.
+    art = open_artifact(out / int8["file"])
+    assert art.spec.activation == "sigmoid"
+    thresholds = art.operating_point["thresholds"]
+    assert set(thresholds) == set(names) and all(0 < t < 1 for t in thresholds.values())
+    assert thresholds == pytest.approx(m["operating_point"]["thresholds"])
+    with open(out / m["predictions"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(test)
+    assert {f"true_{n}" for n in names} | {f"prob_{n}" for n in names} | {f"decision_{n}" for n in names} <= set(rows[0])
+    decided = np.array([[int(r[f"decision_{n}"]) for n in names] for r in rows])
+    cut = np.array([thresholds[n] for n in names])
+    assert (decided == (probs >= cut)).all()
+    # Training chose the best epoch by the mean validation AUC.
+    assert variants["teacher"]["train"]["selected_by"] in ("val_auc", "val_loss", "last_epoch")
+
+
+def test_nih_predict_edge_and_card_give_every_label_at_its_threshold(nih_run, folders_root):
+    from medlite.deploy.predict import predict_files, to_csv
+    from medlite.edge import classify
+
+    out, results, variants = nih_run
+    names = results["dataset"]["classes"]
+    model = out / variants["student_kd_int8_static"]["file"]
+    images = sorted((folders_root / "NIH_ChestXray14_1000" / "images").glob("*.png"))[:3]
+    result = predict_files(model, images)
+    assert result["task"] == "multilabel" and "its threshold" in result["decision"]
+    for row in result["predictions"]:
+        assert set(row["labels"]) == set(names)
+        assert row["positive_labels"] == [n for n in names if row["labels"][n]["probability"] >= row["labels"][n]["threshold"]]
+    text = to_csv(result)
+    assert "decision_Effusion" in text.splitlines()[0] and len(text.splitlines()) == 4
+    edge = classify(model, images[0])
+    one = edge["images"][0]
+    assert set(one["labels"]) == set(names) and one["decision"] == "per-label thresholds stored in the model"
+    assert one["labels"] == {n: result["predictions"][0]["labels"][n] | {"probability": one["labels"][n]["probability"],
+                                                                          "threshold": one["labels"][n]["threshold"]}
+                             for n in names}
+    card = json.loads((out / (variants["student_kd_int8_static"]["file"] + ".json")).read_text())["medlite.card"]
+    assert card["task"] == "multilabel" and [row["label"] for row in card["labels"]] == names
+    assert all(0 < row["threshold"] < 1 for row in card["labels"])
+
+
+def test_nih_report_has_per_label_roc_table_cooccurrence_and_label_explanations(nih_run):
+    out, results, variants = nih_run
+    for name in variants:
+        assert (out / "figures" / f"variant_{name}.png").is_file()
+    assert (out / "figures" / "label_cooccurrence.png").is_file()
+    with open(out / "per_label_report.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 14 * len(variants) and {"auc", "threshold", "sensitivity"} <= set(rows[0])
+    html = (out / "report.html").read_text()
+    assert "Per-label AUC" in html and "Hernia" in html
+    explained = variants["student_kd_int8_static"]["explain"]
+    names = results["dataset"]["classes"]
+    assert explained["target_rule"] == "the label 'Effusion' (explain.label)"
+    assert set(explained["targets"]) == {names.index("Effusion")}
+
+
+def test_feature_method_distils_multi_label_data(shared_root, tmp_path):
+    """A feature method (AT) on multi-label data: its label term is the task's BCE."""
+    _, variants, _ = _run(tmp_path / "run", shared_root, distill={"method": "at"}, compress={"methods": []},
+                          explain={"enabled": False})
+    assert variants["student_kd"]["metrics"]["per_label"] and 0 <= variants["student_kd"]["metrics"]["auc"] <= 1
+
+
+# -- the pieces -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["dkd", "dist"])
+def test_softmax_only_methods_refuse_multi_label_naming_the_key(method):
+    from medlite.distill.config import CONFIGS
+    from medlite.distill.methods import build_method
+    from medlite.models import create
+
+    student = create("medlite_dsconv_tiny", 3, 1, 16)
+    with pytest.raises(UsageError) as info:
+        build_method(CONFIGS[method](method=method), student, [create("medlite_cnn_tiny", 3, 1, 16)],
+                     torch.zeros(2, 1, 16, 16), task=MULTI_LABEL_TASK)
+    assert f"distill.method: {method}" in str(info.value) and "multi-label" in str(info.value)
+    assert "kd" in str(info.value)
+
+
+def test_multi_label_teacher_targets_are_per_label_sigmoids_averaged():
+    from medlite.distill import losses
+    from medlite.distill.methods import KD, StudentOutput, TeacherOutput
+    from medlite.distill.config import CONFIGS
+
+    torch.manual_seed(0)
+    a, b, s = torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 3)
+    teacher = TeacherOutput([a, b], [1.0, 3.0], task=MULTI_LABEL_TASK)
+    expected = 0.25 * torch.sigmoid(a / 2) + 0.75 * torch.sigmoid(b / 2)
+    assert torch.allclose(teacher.probs(2.0), expected)
+    y = (torch.rand(4, 3) > 0.5).float()
+    kd = KD(CONFIGS["kd"](method="kd", temperature=2.0, alpha=0.6))
+    loss = kd.loss(StudentOutput(s), teacher, y, hard_loss=lambda z: losses.multilabel_bce(z, y), epoch=0)
+    assert torch.allclose(loss, losses.multilabel_kd_loss(s, expected, losses.multilabel_bce(s, y), 2.0, 0.6))
+    # single-label: unchanged (softmax KD)
+    single = TeacherOutput([a], task=SINGLE_LABEL_TASK)
+    assert torch.allclose(single.probs(2.0), torch.softmax(a / 2, 1))
+
+
+def test_the_loss_key_is_checked_against_the_task():
+    from medlite.train.fitting import hard_loss_kind
+
+    assert hard_loss_kind(MULTI_LABEL_TASK, "asymmetric") == "asymmetric"
+    assert hard_loss_kind(SINGLE_LABEL_TASK, None) is None
+    with pytest.raises(UsageError, match="loss: 'cross_entropy' is not a loss for multi-label data"):
+        hard_loss_kind(MULTI_LABEL_TASK, "cross_entropy")
+    with pytest.raises(UsageError, match="loss: 'bce'"):
+        hard_loss_kind(SINGLE_LABEL_TASK, "bce")
+
+
+def test_multi_hot_predictions_file_round_trips(tmp_path):
+    from medlite.evaluate.predictions import read_predictions, write_predictions
+
+    probs = np.array([[0.1, 0.9], [0.6, 0.2]])
+    labels = np.array([[0, 1], [1, 1]], np.uint8)
+    path = write_predictions(tmp_path / "p.csv", probs, labels, ["a", "b"], (probs >= 0.5).astype(np.uint8))
+    ids, got_labels, got_probs, names = read_predictions(path)
+    assert names == ["a", "b"] and (got_labels == labels).all() and np.allclose(got_probs, probs)
+    assert path.read_text().splitlines()[0] == "image_id,true_a,true_b,prob_a,prob_b,decision_a,decision_b"
+
+
+@pytest.mark.parametrize("value, words", [
+    ({"thresholds": {"a": 0.3}}, "miss ['b']"),
+    ({"thresholds": {"a": 0.3, "b": 1.5}}, "threshold of 'b'"),
+    ({"thresholds": {"a": 0.3, "b": 0.4, "c": 0.2}}, "name ['c']"),
+])
+def test_bad_per_label_operating_points_are_refused_naming_the_file(value, words):
+    from medlite.runtime import ArtifactError, read_operating_point
+
+    with pytest.raises(ArtifactError, match="model.onnx") as info:
+        read_operating_point({"medlite.operating_point": json.dumps(value)}, None, ["a", "b"], "model.onnx")
+    assert words in str(info.value)
+    ok = read_operating_point({"medlite.operating_point": json.dumps({"thresholds": {"a": 0.3, "b": 0.6}})}, None,
+                              ["a", "b"], "model.onnx")
+    assert ok["thresholds"] == {"a": 0.3, "b": 0.6}
+
+
+def test_single_label_spec_bytes_are_unchanged_and_sigmoid_is_read_back():
+    from medlite.data.preprocess import PreprocessSpec
+    from medlite.runtime import activate
+
+    single = PreprocessSpec(28, 1, 0.5, 0.25, ("a", "b"))
+    assert "activation" not in single.to_dict()  # a single-label file's metadata is as before
+    multi = PreprocessSpec.from_dict({**single.to_dict(), "activation": "sigmoid"})
+    assert multi.multilabel and multi.to_dict()["activation"] == "sigmoid"
+    z = np.array([[0.0, 2.0]])
+    assert np.allclose(activate(z, multi), 1 / (1 + np.exp(-z)))
+    assert np.allclose(activate(z, single).sum(1), 1)
+    with pytest.raises(ValueError, match="activation 'relu'"):
+        PreprocessSpec.from_dict({**single.to_dict(), "activation": "relu"})
