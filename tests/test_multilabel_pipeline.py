@@ -131,11 +131,17 @@ def test_nih_report_has_per_label_roc_table_cooccurrence_and_label_explanations(
     assert set(explained["targets"]) == {names.index("Effusion")}
 
 
-def test_feature_method_distils_multi_label_data(shared_root, tmp_path):
-    """A feature method (AT) on multi-label data: its label term is the task's BCE."""
-    _, variants, _ = _run(tmp_path / "run", shared_root, distill={"method": "at"}, compress={"methods": []},
+@pytest.mark.parametrize("distill", [{"method": "at"}, {"method": "kd", "views": "live", "mixup": 0.4}],
+                         ids=["at", "kd-function-matching-mixup"])
+def test_feature_method_and_mixup_distil_multi_label_data(shared_root, tmp_path, distill):
+    """A feature method (AT) on multi-label data: its label term is the task's BCE; function matching with
+    mixup mixes the multi-hot targets (lam * y + (1 - lam) * y[partner]) for the student and its baseline."""
+    _, variants, _ = _run(tmp_path / "run", shared_root, distill=distill, compress={"methods": []},
                           explain={"enabled": False})
-    assert variants["student_kd"]["metrics"]["per_label"] and 0 <= variants["student_kd"]["metrics"]["auc"] <= 1
+    for name in ("student_kd", "student_scratch"):
+        m = variants[name]["metrics"]
+        assert len(m["per_label"]) == 14 and 0 <= m["auc"] <= 1
+        assert np.isfinite(variants[name]["train"]["history"][0]["train_loss"])
 
 
 # -- the pieces -------------------------------------------------------------------------------
