@@ -34,6 +34,7 @@ def _run(out, root, **sections):
 
     tree = json.loads(json.dumps(BASE))
     tree.update(sections)
+    tree = {k: v for k, v in tree.items() if v is not None}  # None: leave the section out
     lines: list[str] = []
     results = run_pipeline(Recipe.model_validate(tree), out, root, say=lines.append, progress=False)
     return results, {v["name"]: v for v in results["variants"]}, lines
@@ -258,3 +259,26 @@ def test_paired_study_tests_compare_the_mean_auc_and_each_label():
     out = _per_label(pairs, ["x", "y", "z"], spec, seed=0)
     assert "p_holm" in out["x"] and np.isnan(out["z"]["delta_auc"]) and "p_holm" not in out["z"]
     assert "no positive" in out["z"]["undefined"]
+
+
+def test_multi_label_ensemble_averages_per_label_sigmoids():
+    from medlite.models import create
+    from medlite.models.composite import Ensemble
+
+    torch.manual_seed(0)
+    members = [create("medlite_cnn_tiny", 3, 1, 16).eval(), create("medlite_dsconv_tiny", 3, 1, 16).eval()]
+    ensemble = Ensemble(members, [1.0, 3.0]).eval()
+    ensemble.multilabel = True
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        expected = 0.25 * torch.sigmoid(members[0](x)) + 0.75 * torch.sigmoid(members[1](x))
+        assert torch.allclose(torch.sigmoid(ensemble(x)), expected, atol=1e-6)
+    assert "multilabel" not in ensemble.state_dict()  # checkpoints of either task have the same keys
+
+
+def test_teacher_ensemble_distils_and_deploys_on_multi_label_data(shared_root, tmp_path):
+    _, variants, _ = _run(tmp_path / "run", shared_root, teacher=None, compress={"methods": []}, explain={"enabled": False},
+                          teachers=[{"arch": "medlite_cnn_tiny", "epochs": 1}, {"arch": "medlite_dsconv_tiny", "epochs": 1}])
+    assert {"teacher_0", "teacher_1", "teacher_ensemble", "student_kd"} <= set(variants)
+    for name in ("teacher_ensemble", "student_kd"):
+        assert len(variants[name]["metrics"]["per_label"]) == 14

@@ -165,6 +165,7 @@ def ensemble_stage(ctx: Context, members: list[Variant], weights: list[float] | 
         from medlite.models.weights import save_state
 
         model = Ensemble([ctx.models.load(m) for m in members], weights)
+        model.multilabel = ctx.dataset.multilabel  # per-label sigmoids averaged (not kept in the checkpoint)
         save_state(model, ckpt, metadata={"arch": arch, "variant": ENSEMBLE})
         ctx.say(f"{ENSEMBLE}: mean of the probabilities of {', '.join(m.name for m in members)}")
         return lineage(checkpoint=ctx.run.rel(ckpt), params=sum(p.numel() for p in model.parameters()),

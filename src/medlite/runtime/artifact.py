@@ -163,7 +163,8 @@ class Artifact:
         which overrides its value; for a two-class model without one, class 1 is positive), else argmax.
         Multi-label models: multi-hot (N, K) at the stored per-label thresholds (0.5 without them, or `threshold`
         for every label when given)."""
-        if self.spec is not None and self.spec.multilabel:
+        spec = getattr(self, "spec", None)  # (a bare Artifact in tests has only an operating point)
+        if spec is not None and spec.multilabel:
             names = self.class_names
             op = {"thresholds": dict.fromkeys(names, threshold)} if threshold is not None else self.operating_point
             return decide_labels(probs, op, names)
