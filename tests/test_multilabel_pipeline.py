@@ -282,3 +282,16 @@ def test_teacher_ensemble_distils_and_deploys_on_multi_label_data(shared_root, t
     assert {"teacher_0", "teacher_1", "teacher_ensemble", "student_kd"} <= set(variants)
     for name in ("teacher_ensemble", "student_kd"):
         assert len(variants[name]["metrics"]["per_label"]) == 14
+
+
+@pytest.mark.parametrize("sections, words", [
+    ({"distill": {"method": "dkd"}}, "distill.method: dkd is defined for one softmax"),
+    ({"student": {"arch": "medlite_dsconv_tiny", "epochs": 1, "loss": "cross_entropy"}},
+     "student.loss: 'cross_entropy' is not a loss for multi-label data"),
+    ({"teacher": {"arch": "medlite_cnn_tiny", "epochs": 1, "label_smoothing": 0.1}}, "teacher.label_smoothing"),
+])
+def test_settings_for_one_class_per_image_are_refused_before_any_training(shared_root, tmp_path, sections, words):
+    with pytest.raises(UsageError, match=words.replace(".", r"\.").replace("(", r"\(")) as info:
+        _run(tmp_path / "run", shared_root, **sections)
+    assert "\n" not in str(info.value)
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.safetensors"))  # refused before the teacher trained
