@@ -154,10 +154,18 @@ def refresh_records(run, path: Path) -> None:
             write_json(record_path, record)
 
 
-def check_config(recipe, class_names: list[str]) -> None:
-    """Fail before training when the operating point names a class the data does not have."""
-    if recipe.evaluate.operating_point is not None:
-        positive_index(recipe.evaluate.operating_point, class_names)
+def check_config(recipe, class_names: list[str], multilabel: bool = False) -> None:
+    """Fail before training when the operating point names a class the data does not have. Multi-label
+    data gets a threshold per label by the operating point's rule: a positive class has no meaning there."""
+    cfg = recipe.evaluate.operating_point
+    if cfg is None:
+        return
+    if multilabel:
+        if cfg.positive_class is not None:
+            raise UsageError("evaluate.operating_point.positive_class: multi-label data gets a threshold per label "
+                             "(by the rule: sensitivity, specificity or youden); leave positive_class out")
+        return
+    positive_index(cfg, class_names)
 
 
 def predict_stage(ctx, variant) -> Stage:

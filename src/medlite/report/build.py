@@ -170,5 +170,9 @@ def _explanations(root: Path, results: dict, dataset, classes: list[str], extra:
             if method in maps:
                 columns.append((v["name"], maps[method], np.array(e["probabilities"])))
         if columns:
-            fig = figures.explanation_gallery(method, images, [classes[t] for t in targets], columns, classes, targets, root / "figures")
+            rule = first.get("target_rule", "the true class")
+            title = None if rule == "the true class" else (  # multi-label: the explained label, per row
+                f"{method}: where each variant looks for the explained label ({rule}; row: that label)")
+            fig = figures.explanation_gallery(method, images, [classes[t] for t in targets], columns, classes, targets,
+                                              root / "figures", title=title)
             extra["galleries"].append({"method": method, "figure": fig, "variants": [c[0] for c in columns]})
