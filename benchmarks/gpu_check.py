@@ -6,11 +6,19 @@ when $OUT is set). Needs no network: the data root must hold breastmnist.npz.
 
 Every number comes from a real training run on the real data: seconds of `fit()` (Lightning,
 the recipe's student), its best validation AUC, and the test AUC of the trained model.
+
+`peak_gpu_mb` is each configuration's own peak: the CUDA caching allocator's peak counter is reset
+(`torch.cuda.reset_peak_memory_stats`) and its cache emptied (`torch.cuda.empty_cache`) before
+every configuration. Without the reset the counter is the peak since the process started, so every
+configuration reported the first one's (`benchmarks/results/gpu_check_h200.json`, made before the
+reset, shows 246.8 MB everywhere: only its fp32 figure is that configuration's own; the others are
+upper bounds). It counts this process's allocations only.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -54,6 +62,11 @@ def train_student(dataset, recipe, trainer_overrides: list[str], epochs: int | N
     r = load_recipe("breastmnist", trainer_overrides + ([f"student.epochs={epochs}"] if epochs else []))
     torch.manual_seed(r.seed)
     model = create(r.student.arch, dataset.num_classes, dataset.channels, dataset.image_size)
+    # This configuration's own peak: free what the previous one left (its model and optimizer state
+    # are garbage once train_student returned) and restart the peak counter from what is held now.
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as logs:
         torch.cuda.synchronize()
         start = time.perf_counter()

@@ -559,3 +559,48 @@ def test_every_builtin_recipe_resolves_and_reads_back_equal(name):
 
     recipe = load_recipe(name)
     assert validate_tree(yaml.safe_load(dump_recipe(recipe)), "resolved") == recipe
+
+
+def test_switching_the_dataset_drops_the_files_class_settings(data_root):
+    """Issue 21: `--set data.flag=retinamnist` on the default recipe exited 2 on its `malignant` operating point."""
+    from medlite.data import load_dataset
+    from medlite.evaluate.operating_point import check_config
+
+    recipe = load_recipe("breastmnist", ["data.flag=pneumoniamnist", "data.limit=16"])
+    assert recipe.data.flag == "pneumoniamnist" and recipe.evaluate.operating_point is None
+    assert len(recipe._notes) == 1 and "dropped evaluate.operating_point" in recipe._notes[0]
+    assert "'breastmnist'" in recipe._notes[0] and "'pneumoniamnist'" in recipe._notes[0]
+    dataset = load_dataset(recipe.data, data_root, recipe.seed)
+    check_config(recipe, dataset.class_names)  # what the pipeline checks at its start: nothing left to refuse
+    # The same data: nothing dropped.
+    assert load_recipe("breastmnist", ["data.flag=breastmnist"]).evaluate.operating_point is not None
+    assert load_recipe("breastmnist", ["data.flag=breastmnist"])._notes == []
+
+
+def test_a_dataset_switch_drops_the_files_class_map_and_the_old_sources_keys(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("data: {flag: breastmnist, size: 28, class_map: {malignant: cancer}}\n"
+                    "evaluate: {operating_point: {positive_class: cancer, youden: true}}\n")
+    recipe = load_recipe(str(path), ["data.flag=pneumoniamnist"])
+    assert recipe.data.class_map is None and recipe.data.size == 28 and recipe.evaluate.operating_point is None
+    assert "dropped evaluate.operating_point, data.class_map" in recipe._notes[0]
+    folder = load_recipe(str(path), ["data.source=folder", "data.root=BUSI"])
+    assert folder.data.source == "folder" and "data.flag, data.size" in folder._notes[0]
+
+
+def test_keys_the_user_sets_for_the_old_dataset_stay_errors(data_root):
+    """Only the file's settings are dropped: an operating point given with --set is kept, and refused
+    naming its key once the dataset's classes are read."""
+    from medlite.data import load_dataset
+    from medlite.evaluate.operating_point import check_config
+
+    recipe = load_recipe("breastmnist", ["data.flag=pneumoniamnist", "data.limit=16",
+                                         "evaluate.operating_point.positive_class=malignant"])
+    assert recipe.evaluate.operating_point.positive_class == "malignant" and recipe._notes == []
+    dataset = load_dataset(recipe.data, data_root, recipe.seed)
+    with pytest.raises(UsageError, match=r"^evaluate\.operating_point\.positive_class: 'malignant' is not a class"):
+        check_config(recipe, dataset.class_names)
+    mapped = load_recipe("breastmnist", ["data.flag=pneumoniamnist", "data.limit=16", "data.class_map.malignant=x"])
+    assert mapped.data.class_map == {"malignant": "x"}
+    with pytest.raises(Exception, match=r"data\.class_map: 'malignant' is not a class"):
+        load_dataset(mapped.data, data_root, mapped.seed)

@@ -183,3 +183,37 @@ def test_report_renders_in_chromium_without_errors(tiny_run, tmp_path):
     keep = os.environ.get("MEDLITE_SCREENSHOT_DIR")
     if keep:
         shutil.copy(screenshot, Path(keep) / "report.png")
+
+
+def test_report_opens_with_the_file_predict_would_deploy(tiny_run):
+    """Issue 21: the report opens with the deployed file and why, as `medlite predict RUN_DIR` chooses it."""
+    from medlite.deploy.select import choose_variant
+
+    out, results = tiny_run
+    path, chosen, rule = choose_variant(out)
+    html = (out / "report.html").read_text()
+    main = html[html.index("<main>"):]
+    assert re.findall(r'<h2 id="([^"]+)"', main)[0] == "deploy"
+    section = main[: main.index('<h2 id="dataset">')]
+    assert f'<b id="deploy-variant">{chosen["name"]}</b>' in section
+    assert str(path.relative_to(out)) in section and chosen["runtime"] in section
+    assert f'{chosen["val_metrics"]["auc"]:.3f}' in section and "chosen on the validation split" in section
+    assert f'{chosen["metrics"]["auc"]:.3f}' in section and "reported after the choice" in section
+    chance = [w for w in chosen.get("warnings") or [] if w.startswith("no better than chance")]
+    assert ("no better than chance" in section) == bool(chance)
+
+
+def test_the_deploy_section_flags_a_model_no_better_than_chance(tmp_path):
+    from medlite.report import render_html
+
+    results = {"recipe": "r", "medlite": "0", "seed": 0, "variants": [], "timings": {}, "versions": {},
+               "dataset": {"name": "d", "source": "s", "origin": "o", "split": "x", "image_size": 28, "channels": 1,
+                           "classes": ["a", "b"], "images": {"test": 10}, "per_class": {"test": {"a": 5, "b": 5}}}}
+    deploy = {"variant": "student_kd", "file": "models/student_kd.onnx", "runtime": "onnxruntime", "bytes": 2048,
+              "val_auc": 0.61, "split": "test", "reported_auc": 0.52, "reported_ci": "0.40-0.64", "rule": "chosen on ...",
+              "chance": ["no better than chance: test AUC 0.520 (95% CI 0.400-0.640) includes 0.5"]}
+    html = render_html(results, deploy=deploy)
+    section = html[html.index('<h2 id="deploy">'):html.index('<h2 id="dataset">')]
+    assert "student_kd" in section and "no better than chance: test AUC 0.520" in section
+    assert "0.520" in section and "0.610" in section and "2.0 KB" in section
+    assert "None: no deployable" in render_html(results, deploy={"error": "no deployable variant"})

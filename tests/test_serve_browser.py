@@ -57,3 +57,28 @@ def test_upload_in_browser_shows_prediction_heatmap_and_card(tmp_path, breast_np
     assert errors == [], errors  # console errors, exceptions, failed loads
     image = np.asarray(Image.open(shot).convert("L"))
     assert image.shape[1] == 1400 and image.std() > 10  # a rendered page, not a blank one
+
+
+def test_a_token_server_in_the_browser_refuses_without_it_and_answers_with_it(tmp_path, breast_npz):
+    """The token path as a user meets it: the page asks for the token, a wrong one shows the 401, the
+    right one classifies."""
+    from medlite.deploy.serve import create_app
+
+    binary = require_chromium()
+    model = make_model(tmp_path, card=CARD)
+    images = write_images(tmp_path / "imgs", breast_npz, 1)
+    token = "browser-token-0123456789abcdef"
+    with live_server(create_app(model, token=token)) as url, open_page(binary, tmp_path / "browser", url + "/") as page:
+        page.wait_for("document.readyState === 'complete' && !document.getElementById('token').hidden")
+        page.evaluate("document.getElementById('token').value = 'wrong-token-000000000000'")
+        doc = page.send("DOM.getDocument")
+        node = page.send("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector="#files")["nodeId"]
+        page.send("DOM.setFileInputFiles", nodeId=node, files=[str(images[0])])
+        page.evaluate("document.getElementById('files').dispatchEvent(new Event('change'))")
+        page.wait_for("!document.getElementById('go').disabled")
+        page.evaluate("document.getElementById('go').click()")
+        page.wait_for("document.querySelectorAll('#results .err').length >= 1")
+        assert "token" in page.evaluate("document.querySelector('#results .err').textContent")
+        page.evaluate(f"document.getElementById('token').value = '{token}'")
+        labels = upload_and_classify(page, images)
+    assert [label.split(" (")[0] for label in labels] == [CLASSES[int(p.argmax())] for p in reference_probs(model, images)]

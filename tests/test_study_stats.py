@@ -278,3 +278,42 @@ def test_the_leakage_study_keeps_no_paired_baseline():
     _, trials = expand(spec)
     assert all(t.recipe.distill.scratch_baseline for t in trials)  # the default would apply without the switch
     assert spec.baseline is None and spec.baseline_origin == "off"
+
+
+# -- selection: among, report ----------------------------------------------------------------
+
+
+def _two_settings(report: str) -> dict:
+    doc = document({"student_kd": [0.80, 0.82, 0.81]})
+    second = [dict(e, setting="fm") for e in doc["summary"]]
+    doc["summary"] += second
+    doc["selection"] = {"setting": "fm", "metric": "val_auc", "variant": "student_kd", "direction": "max",
+                        "value": 0.9, "scores": {"default": 0.85, "fm": 0.9}, "overrides": {}, "report": report}
+    return doc
+
+
+@pytest.mark.parametrize("report, shown", [("chosen", 1), ("all", 2)])
+def test_report_all_shows_every_setting_and_marks_the_choice(report, shown):
+    from medlite.study.outputs import _notes, table_rows
+
+    rows = table_rows(_two_settings(report))
+    assert sum(r["AUC"] != "(not shown)" for r in rows) == shown
+    assert [r["setting"] for r in rows] == ["default", "fm (chosen on val)"]
+    notes = " ".join(_notes(_two_settings(report)))
+    assert "among default 0.8500, fm 0.9000" in notes
+    assert ("reported too (report: all)" in notes) == (report == "all")
+
+
+def test_select_among_names_settings_that_exist(tmp_path):
+    from medlite.errors import UsageError
+    from medlite.study.runner import _select, prepare_study
+    from medlite.study.schema import settings
+
+    path = study(tmp_path, list={"a": {}, "b": {"distill.alpha": 0.3}},
+                 select={"variant": "student_kd", "among": ["a", "c"]})
+    spec, _, trials = prepare_study(path)
+    with pytest.raises(UsageError, match="select.among: 'c' is not a setting"):
+        _select(spec, settings(spec), [], trials)
+    spec.select.among = ["b"]
+    summary = [{"setting": s, "variant": "student_kd", "val_auc": {"mean": m}} for s, m in (("a", 0.9), ("b", 0.7))]
+    assert _select(spec, settings(spec), summary, trials)["setting"] == "b"  # a is not a candidate

@@ -20,7 +20,7 @@ from medlite.config_base import SECTION_ANNOTATIONS, Strict, is_section
 # The data section: keys every source shares (DataConfig), validated against the model of the source
 # it names (medlite.data.registry). FoldConfig and SplitRatios are re-exported for older imports.
 from medlite.data.config import (  # noqa: F401
-    DataConfig, DataSection, FoldConfig, SplitRatios, all_source_keys, source_keys_owner,
+    DEFAULT_SOURCE, DataConfig, DataSection, FoldConfig, SplitRatios, all_source_keys, source_config, source_keys_owner,
 )
 from medlite.distill.config import CONFIGS as DISTILL_CONFIGS, MethodConfig as _MethodConfigBase, KDConfig, DistillConfig as _DistillConfig
 from medlite.compress import registry as compress_registry
@@ -187,12 +187,18 @@ class BenchConfig(_Strict):
 class TrainerConfig(_Strict):
     """Where training runs, handed to Lightning's Trainer. `strategy: ddp` with `devices: 2` on CPU
     trains in 2 processes (gloo); on GPUs one process per GPU (NCCL). Defaults: one device, full
-    precision on CPU, bf16/16 mixed precision on a GPU (`precision: auto`)."""
+    precision on CPU, bf16/16 mixed precision on a GPU (`precision: auto`), and nondeterministic
+    kernels allowed (`deterministic: false`: a seed then fixes what is drawn, not every last bit)."""
 
     devices: int = Field(1, ge=1, le=1024, description="processes (CPU) or GPUs per node")
     num_nodes: int = Field(1, ge=1, le=1024)
     strategy: Literal["auto", "ddp"] = "auto"
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
+    deterministic: bool = Field(
+        False,
+        description="Lightning's Trainer(deterministic=True): deterministic kernels only, so two runs on the same "
+        "machine, thread count and library versions give bitwise-identical weights (docs/reproducibility.md)",
+    )
 
 
 class Recipe(_Strict):
@@ -389,11 +395,13 @@ def validate_tree(tree: Any, source: str, overrides: list[str] | None = None) ->
     tree = copy.deepcopy(tree)  # overrides must not change the caller's tree
     applied: list[tuple[str, list[str]]] = []
     file_method = (tree.get("distill") or {}).get("method", "kd") if isinstance(tree.get("distill"), dict) else "kd"
+    file_dataset = _dataset_identity(tree)
     for text in overrides or []:
         keys, value = parse_override(text)
         _apply_override(tree, keys, value, f"--set {text}")
         applied.append((text, keys))
-    notes = _switch_distill_method(tree, file_method, [keys for _, keys in applied])
+    set_keys = [keys for _, keys in applied]
+    notes = _switch_distill_method(tree, file_method, set_keys) + _switch_dataset(tree, file_dataset, set_keys)
     try:
         recipe = Recipe.model_validate(tree)
         recipe._notes = notes
@@ -428,6 +436,62 @@ def _switch_distill_method(tree: dict, file_method: str, set_keys: list[list[str
         del distill[key]
     return [f"distill.method={method}: dropped {', '.join(f'distill.{k}' for k in dropped)} "
             f"(settings of {file_method}, not of {method}); {method} uses its own defaults"] if dropped else []
+
+
+# What names the dataset a recipe reads, per source (the rest of `data` says how it is read).
+_DATASET_KEYS = {"medmnist": ("flag",), "folder": ("root",), "arrays": ("root",), "table": ("table", "root")}
+# `data` keys that name the classes (or files) of one dataset: meaningless for another.
+_CLASS_NAMING_DATA_KEYS = ("class_map", "classes", "labels", "no_finding", "groups")
+
+
+def _dataset_identity(tree: dict) -> tuple | None:
+    """(source, the keys naming its dataset) of a recipe tree; None when `data` is not a section."""
+    data = tree.get("data", {})
+    if not isinstance(data, dict):
+        return None
+    source = data.get("source", DEFAULT_SOURCE)
+    defaults = {"flag": "breastmnist"} if source == "medmnist" else {}  # MedMNISTData's default flag
+    return (source, *((k, data.get(k, defaults.get(k))) for k in _DATASET_KEYS.get(str(source), ("root",))))
+
+
+def _user_set(set_keys: list[list[str]], path: list[str]) -> bool:
+    """Did a --set write `path`, a key inside it, or a section holding it?"""
+    return any(keys[: len(path)] == path or path[: len(keys)] == keys for keys in set_keys)
+
+
+def _switch_dataset(tree: dict, file_dataset: tuple | None, set_keys: list[list[str]]) -> list[str]:
+    """`--set data.flag=X` (or data.source / data.root / data.table) on a recipe written for another
+    dataset: the recipe file's settings that name that dataset's classes (`evaluate.operating_point`,
+    `data.class_map`, ...) and its source's own keys a new source lacks are dropped (and said); keys
+    the user set with --set are kept, so one that does not apply is still an error naming it."""
+    now = _dataset_identity(tree)
+    if file_dataset is None or now is None or now == file_dataset or not any(k[:1] == ["data"] for k in set_keys):
+        return []
+    dropped: list[str] = []
+    evaluate = tree.get("evaluate")
+    if isinstance(evaluate, dict) and evaluate.get("operating_point") is not None \
+            and not _user_set(set_keys, ["evaluate", "operating_point"]):
+        del evaluate["operating_point"]  # a class and a rule chosen for the old dataset's task
+        dropped.append("evaluate.operating_point")
+    data = tree["data"] if isinstance(tree.get("data"), dict) else {}
+    try:
+        fields = set(source_config(str(now[0])).model_fields)
+    except Exception:  # noqa: BLE001 - an unknown source: validation reports it, naming the key
+        fields = None
+    for key in list(data):
+        if _user_set(set_keys, ["data", key]):
+            continue
+        if key in _CLASS_NAMING_DATA_KEYS or (fields is not None and key not in fields):
+            del data[key]
+            dropped.append(f"data.{key}")
+    if not dropped:
+        return []
+
+    def named(identity: tuple) -> str:
+        return "/".join(str(v) for _, v in identity[1:] if v is not None) or str(identity[0])
+
+    return [f"data: the recipe file's dataset {named(file_dataset)!r} switched to {named(now)!r}: dropped "
+            f"{', '.join(dropped)} (settings for {named(file_dataset)}, not for {named(now)})"]
 
 
 def _yaml_kind(value: Any) -> str:

@@ -289,6 +289,9 @@ def _measure(one: Callable[[], object], many: Callable[[], object], batch: int, 
     load_before = measure.load_average()
     loop = measure.timed_loop(one, args.warmup, args.iterations, args.time_budget, energy)
     temp, temp_reason = measure.read_temperature()
+    from medlite.bench.telemetry import Telemetry  # stdlib only: fine on a device
+
+    throttled, throttled_reason = Telemetry().throttled()  # a Raspberry Pi's firmware flags, now and since boot
     # As many images as the latency loop (at least 3 batches), within the same time budget.
     max_batches = max(3, -(-args.iterations // batch))
     tp = measure.throughput(many, batch, max_batches, args.time_budget)
@@ -304,6 +307,8 @@ def _measure(one: Callable[[], object], many: Callable[[], object], batch: int, 
         "temperature_c": temp,
         "temperature_start_c": temp_start,
         "temperature_unavailable": temp_reason,
+        "throttled": throttled,
+        "throttled_unavailable": None if throttled else throttled_reason,
         "energy_j_per_inference": round(joules, 6) if joules is not None else None,
         "energy_unavailable": energy.unavailable if joules is None else None,
         "energy_scope": energy.scope if joules is not None else None,

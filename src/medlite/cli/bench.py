@@ -173,4 +173,11 @@ def _soak(target: Path, seconds: float, out: Optional[Path], threads: Optional[s
         + (f"temperature max {s['temperature_c_max']} °C" if s["temperature_c_max"] is not None
            else f"temperature unavailable ({s['temperature_unavailable']})")
     )
+    throttled = s.get("throttled")
+    console.print(
+        (f"power {s['power_w_mean']} W, {s['energy_mj_per_inference_mean']} mJ per inference (whole device)"
+         if s.get("power_w_mean") is not None else f"power unavailable ({s.get('power_unavailable')})") + "; "
+        + (("throttling: " + (", ".join(k for k, v in throttled.items() if v) or "none")) if throttled is not None
+           else f"throttling flags unavailable ({s.get('throttled_unavailable')})")
+    )
     console.print("wrote " + ", ".join(str(f) for f in files))

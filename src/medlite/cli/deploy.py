@@ -124,6 +124,12 @@ def serve(
     threads: Annotated[int, typer.Option("--threads", help="runtime threads; 0 = all cores")] = 0,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="largest accepted image file")] = 10.0,
     max_files: Annotated[int, typer.Option("--max-files", help="most images per request")] = 16,
+    token: Annotated[Optional[str], typer.Option("--token", envvar="MEDLITE_SERVE_TOKEN",
+                                                 help="require `Authorization: Bearer TOKEN` (needed off loopback)")] = None,
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="serve beyond loopback without a token (warned)")] = False,
+    rate_limit: Annotated[int, typer.Option("--rate-limit", min=0, help="/predict requests per minute per client; 0 = none")] = 120,
+    ssl_certfile: Annotated[Optional[Path], typer.Option("--ssl-certfile", help="TLS certificate (PEM)")] = None,
+    ssl_keyfile: Annotated[Optional[Path], typer.Option("--ssl-keyfile", help="TLS private key (PEM)")] = None,
     debug: DebugOpt = False,
 ) -> None:
     """Serve one page and a JSON API (POST /predict, GET /model, GET /health) for a deployed model."""
@@ -140,12 +146,18 @@ def serve(
         raise _usage(ValueError(f"--port {port}: must be 1..65535"))
     if max_upload_mb <= 0 or max_files < 1:
         raise _usage(ValueError("--max-upload-mb must be > 0 and --max-files >= 1"))
+    from medlite.deploy.serve import check_exposure
     from medlite.deploy.serve import serve as run_server  # local: imports fastapi, checked just above
 
+    try:
+        check_exposure(host, token, no_auth, ssl_certfile, ssl_keyfile)  # before the model loads
+    except ValueError as err:
+        raise _usage(err) from None
     try:
         path, runtime, rule = resolve_model(model)
         typer.echo(f"model: {rule}")
         run_server(path, host=host, port=port, runtime=runtime, selection=rule, threads=threads,
-                   max_upload_mb=max_upload_mb, max_files=max_files, say=typer.echo)
+                   max_upload_mb=max_upload_mb, max_files=max_files, say=typer.echo, token=token, no_auth=no_auth,
+                   rate_limit=rate_limit, certfile=ssl_certfile, keyfile=ssl_keyfile)
     except ArtifactError as err:
         raise _usage(err) from None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medlite.deploy.select import _evaluate_split, _load_results, _selection_auc, choose_variant
+from medlite.deploy.select import evaluate_split, load_results, selection_auc, choose_variant
 from medlite.runtime import ArtifactError, artifact_bytes, runtime_available, runtime_for
 
 
@@ -23,8 +23,8 @@ def list_models(run_dir: Path) -> dict:
     and whether it is installed here, test and validation AUC, its warnings, and `deployed`.
     """
     run_dir = Path(run_dir)
-    results = _load_results(run_dir)
-    split = _evaluate_split(run_dir)
+    results = load_results(run_dir)
+    split = evaluate_split(run_dir)
     try:
         _, chosen, rule = choose_variant(run_dir)
         deploy = {"variant": chosen.get("name"), "file": chosen.get("file"), "rule": rule}
@@ -52,7 +52,7 @@ def list_models(run_dir: Path) -> dict:
             "runtime": runtime,
             "runtime_installed": installed,
             "test_auc": reported if split == "test" else None,
-            "val_auc": _selection_auc(v, split),
+            "val_auc": selection_auc(v, split),
             "warnings": list(v.get("warnings") or []),
             "deployed": v.get("name") == deploy["variant"],
         })

@@ -91,6 +91,7 @@ td {{ border-top:1px solid var(--line); padding:6px 4px; vertical-align:top; }} 
   <h2>Classify images</h2>
   <div id="drop" tabindex="0">Drop images here or click to choose (up to {max_files}, {max_mb} MB each)
     <input id="files" type="file" accept="image/*" multiple hidden></div>
+  <input id="token" type="password" placeholder="access token" autocomplete="off"{token_hidden}>
   <button id="go" disabled>Classify</button> <span id="status" class="meta"></span>
   <div id="results"></div>
 </section>
@@ -149,7 +150,9 @@ go.onclick = async () => {{
   go.disabled = true; statusEl.textContent = "classifying…"; out.innerHTML = "";
   const form = new FormData(); for (const f of chosen) form.append("file", f);
   try {{
-    const res = await fetch("/predict?heatmap=1", {{ method: "POST", body: form }});
+    const token = $("token").value.trim();  // the server's token, when it asks for one (never stored)
+    const res = await fetch("/predict?heatmap=1", {{ method: "POST", body: form,
+      headers: token ? {{ Authorization: "Bearer " + token }} : {{}} }});
     const data = await res.json();
     if (!res.ok) {{ out.append(el("p", "err", data.error || ("error " + res.status))); }}
     else {{
@@ -175,4 +178,5 @@ def render_page(info: dict) -> str:
     return PAGE.format(
         title=html.escape(str(title)), selection=html.escape(info.get("selection") or ""), card=rows,
         max_files=info["limits"]["max_files"], max_mb=f"{info['limits']['max_upload_mb']:g}",
+        token_hidden="" if info.get("auth") else " hidden",
     )

@@ -10,7 +10,7 @@ from medlite.runtime import ArtifactError, runtime_available, runtime_for
 AUC_MARGIN = 0.01
 
 
-def _load_results(run_dir: Path) -> dict:
+def load_results(run_dir: Path) -> dict:
     path = run_dir / "results.json"
     if not path.is_file():
         raise ArtifactError(f"{run_dir}: not a run directory (no results.json) and not a model file")
@@ -23,7 +23,7 @@ def _load_results(run_dir: Path) -> dict:
     return data
 
 
-def _evaluate_split(run_dir: Path) -> str:
+def evaluate_split(run_dir: Path) -> str:
     """The split the run's metrics were measured on (recipe.resolved.yaml `evaluate.split`, default test)."""
     try:
         import yaml
@@ -34,7 +34,7 @@ def _evaluate_split(run_dir: Path) -> str:
         return "recorded"
 
 
-def _selection_auc(variant: dict, split: str) -> float | None:
+def selection_auc(variant: dict, split: str) -> float | None:
     """The AUC that may choose: measured on the validation split (never the test split it is reported on)."""
     source = variant.get("metrics") if split == "val" else variant.get("val_metrics")
     auc = (source or {}).get("auc")
@@ -51,12 +51,12 @@ def choose_variant(run_dir: Path, margin: float = AUC_MARGIN) -> tuple[Path, dic
     are printed, never applied silently.
     """
     run_dir = Path(run_dir)
-    results = _load_results(run_dir)
-    split = _evaluate_split(run_dir)
+    results = load_results(run_dir)
+    split = evaluate_split(run_dir)
     candidates, passed = [], []
     for v in results["variants"]:
         rel, name = v.get("file"), v.get("name", "?")
-        auc = _selection_auc(v, split)
+        auc = selection_auc(v, split)
         if not rel or not (run_dir / rel).is_file():
             passed.append(f"{name} (file missing)")
             continue

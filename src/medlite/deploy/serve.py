@@ -8,14 +8,18 @@ deployed file and the model card; and a JSON API:
     GET  /model     the model card, file size and measured latency
     GET  /health    liveness
 
-Safe by default: binds 127.0.0.1; the request body is capped while it streams in (a huge upload
+Safe by default: binds 127.0.0.1; another address needs a token (`Authorization: Bearer TOKEN` on
+every request but the page and /health) or an explicit `--no-auth`, and TLS is uvicorn's; a
+per-client rate limit on /predict; the request body is capped while it streams in (a huge upload
 is refused without being stored); images are checked by decoding them, never by their name;
-nothing is written outside a private temporary directory (multipart spooling goes there); a bad
+uploads stay in memory, and neither they nor their results are written to disk or logged; a bad
 upload gets a 4xx with a one-line message and the server keeps serving.
 """
 
 
 import asyncio
+import collections
+import hmac
 import ipaddress
 import shutil
 import tempfile
@@ -29,7 +33,10 @@ from medlite.runtime.adapt import ImageError, load_for_model
 
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DEFAULT_MAX_FILES = 16
+DEFAULT_RATE_LIMIT = 120  # /predict requests per minute per client address
 MIN_CONFIDENCE = 0.6
+MIN_TOKEN_CHARS = 16  # a token short enough to guess is no protection
+OPEN_PATHS = {"/", "/health"}  # the page (it asks for the token) and liveness: no model use, no data
 
 
 def measure_latency(art: Artifact, repeats: int = 30) -> dict:
@@ -47,10 +54,18 @@ def measure_latency(art: Artifact, repeats: int = 30) -> dict:
 
 
 def create_app(model_path: Path, *, runtime: str | None = None, selection: str = "", threads: int = 0,
-               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES):
-    """The FastAPI application for one deployed file (loaded once, shared by all requests)."""
+               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_files: int = DEFAULT_MAX_FILES,
+               token: str | None = None, rate_limit: int = 0):
+    """The FastAPI application for one deployed file (loaded once, shared by all requests).
+
+    `token`: every request but the page and /health needs `Authorization: Bearer TOKEN` (401
+    otherwise); `rate_limit`: at most that many /predict requests per minute per client address
+    (429 beyond; 0 = no limit). Uploads stay in memory (never spooled to disk) and neither they nor
+    their results are logged.
+    """
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.formparsers import MultiPartParser
 
     from medlite.deploy.occlusion import occlusion_map, overlay_png
     from medlite.deploy.page import render_page
@@ -63,10 +78,34 @@ def create_app(model_path: Path, *, runtime: str | None = None, selection: str =
     max_body = max_bytes * max_files + 64 * 1024
     latency = measure_latency(art)
     info = {**art.describe(), "selection": selection, "latency": latency,
-            "limits": {"max_upload_mb": max_upload_mb, "max_files": max_files}}
+            "limits": {"max_upload_mb": max_upload_mb, "max_files": max_files, "predict_per_minute": rate_limit or None},
+            "auth": token is not None}
+    # Patient images must not touch the disk: starlette spools a file part to a temporary file past
+    # 1 MB; raised past the upload limit, every accepted upload stays in memory.
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, max_bytes + 1)
 
     app = FastAPI(title="medlite", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.artifact = art
+    recent: dict[str, collections.deque] = {}  # client address -> times of its recent /predict requests
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next):
+        if token is not None and request.url.path not in OPEN_PATHS:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return JSONResponse({"error": "missing or wrong token: send `Authorization: Bearer TOKEN`"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        if rate_limit and request.url.path == "/predict":
+            now = time.monotonic()
+            times = recent.setdefault(request.client.host if request.client else "?", collections.deque())
+            while times and now - times[0] > 60:
+                times.popleft()
+            if len(times) >= rate_limit:
+                wait = int(60 - (now - times[0])) + 1
+                return JSONResponse({"error": f"rate limit: {rate_limit} predictions per minute per client; "
+                                              f"retry in {wait} s"}, status_code=429, headers={"Retry-After": str(wait)})
+            times.append(now)
+        return await call_next(request)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
@@ -188,23 +227,53 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def check_exposure(host: str, token: str | None, no_auth: bool, certfile: Path | None, keyfile: Path | None) -> list[str]:
+    """Refuse a server reachable from other machines without a token (unless `no_auth`, said); TLS needs
+    both files. Returns the warnings to print."""
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"--token: at least {MIN_TOKEN_CHARS} characters (e.g. `python -c 'import secrets; "
+                         "print(secrets.token_urlsafe())'`)")
+    if (certfile is None) != (keyfile is None):
+        raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+    for flag, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"{flag} {path}: not found")
+    warnings = []
+    if not is_loopback(host):
+        if token is None and not no_auth:
+            raise ValueError(f"--host {host}: other machines could use the model; give --token (or MEDLITE_SERVE_TOKEN), "
+                             "or --no-auth to serve without authentication")
+        if token is None:
+            warnings.append(f"warning: listening on {host} with --no-auth: anyone who can reach this machine can use "
+                            "the model")
+        if certfile is None:
+            warnings.append(f"warning: listening on {host} without TLS: the token and the images cross the network "
+                            "in clear (--ssl-certfile/--ssl-keyfile)")
+    return warnings
+
+
 def serve(model_path: Path, *, host: str = "127.0.0.1", port: int = 8000, runtime: str | None = None,
           selection: str = "", threads: int = 0, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-          max_files: int = DEFAULT_MAX_FILES, say=print) -> None:
+          max_files: int = DEFAULT_MAX_FILES, say=print, token: str | None = None, no_auth: bool = False,
+          rate_limit: int = DEFAULT_RATE_LIMIT, certfile: Path | None = None, keyfile: Path | None = None) -> None:
     """Run the app with uvicorn until interrupted; multipart spooling goes to a private temp dir."""
     import uvicorn
+
+    warnings = check_exposure(host, token, no_auth, certfile, keyfile)  # refused before anything loads
 
     workdir = Path(tempfile.mkdtemp(prefix="medlite-serve-"))
     previous = tempfile.tempdir
     tempfile.tempdir = str(workdir)  # SpooledTemporaryFile rolls over here, nowhere else
     try:
         app = create_app(model_path, runtime=runtime, selection=selection, threads=threads,
-                         max_upload_mb=max_upload_mb, max_files=max_files)
-        if not is_loopback(host):
-            say(f"warning: listening on {host}: anyone who can reach this machine can use the model "
-                "(no authentication); the default 127.0.0.1 keeps it local")
-        say(f"serving {model_path} on http://{host}:{port}/ (Ctrl+C to stop)")
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+                         max_upload_mb=max_upload_mb, max_files=max_files, token=token, rate_limit=rate_limit)
+        for warning in warnings:
+            say(warning)
+        scheme = "https" if certfile else "http"
+        say(f"serving {model_path} on {scheme}://{host}:{port}/" + (" (token required)" if token else "")
+            + " (Ctrl+C to stop)")
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                    ssl_certfile=str(certfile) if certfile else None, ssl_keyfile=str(keyfile) if keyfile else None)
     finally:
         tempfile.tempdir = previous
         shutil.rmtree(workdir, ignore_errors=True)

@@ -57,13 +57,40 @@ def _ci(pair) -> str:
     return f"{pair[0]:.3f}-{pair[1]:.3f}" if pair else "-"
 
 
+def deploy_choice(root: Path, results: dict) -> dict:
+    """What the report opens with: the file `medlite predict RUN_DIR` would deploy and why.
+
+    The choice is `medlite.deploy.select.choose_variant`'s (the same function predict, serve and
+    `medlite models` call, reading the results.json just written), never a rule of the report's own.
+    """
+    from medlite.deploy.select import evaluate_split, selection_auc, choose_variant
+    from medlite.runtime import ArtifactError
+
+    try:
+        path, variant, rule = choose_variant(root)
+    except ArtifactError as err:  # nothing deployable (e.g. a runtime not installed here): say why
+        return {"error": str(err)}
+    split = evaluate_split(root)
+    metrics = variant.get("metrics") or {}
+    ci = (metrics.get("ci") or {}).get("auc")
+    return {
+        "variant": variant["name"], "file": str(path.relative_to(root)), "runtime": variant.get("runtime"),
+        "bytes": variant.get("file_bytes") or path.stat().st_size, "val_auc": selection_auc(variant, split),
+        "split": split, "reported_auc": metrics.get("auc") if split != "val" else None,
+        "reported_ci": _ci(ci) if ci and split != "val" else None, "rule": rule,
+        # The evaluate stage's own verdict (medlite.evaluate.stage.no_better_than_chance), kept on the variant.
+        "chance": [w for w in variant.get("warnings") or [] if w.startswith("no better than chance")],
+    }
+
+
 def build_report(root: Path, results: dict, dataset=None) -> None:
     from medlite.evaluate.predictions import read_predictions
     from medlite.report import figures, render_html
 
     figs = root / "figures"
     classes = list(results["dataset"]["classes"])
-    extra: dict = {"variant_figures": {}, "operating_points": [], "files": [], "warnings": {}}
+    extra: dict = {"variant_figures": {}, "operating_points": [], "files": [], "warnings": {},
+                   "deploy": deploy_choice(root, results)}
     if (results.get("dataset") or {}).get("warnings"):  # every table and the report carry the data's warnings
         extra["warnings"]["data"] = list(results["dataset"]["warnings"])
     report_rows = [["variant", "class", "precision", "recall", "f1", "support"]]

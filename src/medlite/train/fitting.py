@@ -199,7 +199,7 @@ def fit(
             num_sanity_val_steps=0,
             limit_val_batches=1.0 if data.n_val else 0,
             log_every_n_steps=1,
-            deterministic=False,
+            deterministic=bool(trainer_cfg is not None and trainer_cfg.deterministic),
             default_root_dir=str(log_dir),
         )
         if best_ckpt is not None and score_start:
