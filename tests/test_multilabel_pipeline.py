@@ -116,6 +116,26 @@ def test_nih_predict_edge_and_card_give_every_label_at_its_threshold(nih_run, fo
     assert all(0 < row["threshold"] < 1 for row in card["labels"])
 
 
+def test_nih_serve_api_and_page_show_every_label(nih_run, folders_root):
+    from fastapi.testclient import TestClient
+
+    from medlite.deploy.predict import predict_files
+    from medlite.deploy.serve import create_app
+
+    out, results, variants = nih_run
+    names = results["dataset"]["classes"]
+    model = out / variants["student_kd_int8_static"]["file"]
+    image = sorted((folders_root / "NIH_ChestXray14_1000" / "images").glob("*.png"))[0]
+    client = TestClient(create_app(model))
+    reply = client.post("/predict?heatmap=1", files={"file": (image.name, image.read_bytes(), "image/png")})
+    assert reply.status_code == 200, reply.text
+    row = reply.json()["results"][0]
+    assert set(row["labels"]) == set(names) and row["heatmap_png"] and row["heatmap_label"] in names
+    assert row["labels"] == predict_files(model, [image])["predictions"][0]["labels"]  # the same as predict's
+    page = client.get("/").text
+    assert "each label positive when its probability" in page and "Effusion" in page
+
+
 def test_nih_report_has_per_label_roc_table_cooccurrence_and_label_explanations(nih_run):
     out, results, variants = nih_run
     for name in variants:
