@@ -315,3 +315,13 @@ def test_settings_for_one_class_per_image_are_refused_before_any_training(shared
         _run(tmp_path / "run", shared_root, **sections)
     assert "\n" not in str(info.value)
     assert not list((tmp_path / "run" / "checkpoints").glob("*.safetensors"))  # refused before the teacher trained
+
+
+def test_an_unset_loss_is_left_out_of_every_dump():
+    """Stage keys, run markers and study trial records of recipes without `loss` stay as they were."""
+    from medlite.recipe import TrainConfig
+
+    recipe = Recipe.model_validate({"name": "x"})
+    assert "loss" not in recipe.model_dump(mode="json")["student"] and "loss" not in recipe.teacher.model_dump()
+    assert TrainConfig(arch="a", loss="asymmetric").model_dump()["loss"] == "asymmetric"
+    assert Recipe.model_validate(recipe.model_dump(mode="json")) == recipe

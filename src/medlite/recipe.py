@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, create_model, field_validator, model_serializer, model_validator
 
 from medlite.config_base import SECTION_ANNOTATIONS, Strict, is_section
 # The data section: keys every source shares (DataConfig), validated against the model of the source
@@ -50,6 +50,15 @@ class TrainConfig(_Strict):
         None, description="the hard-label loss; default: the data's (cross_entropy for one class per image, bce "
         "with logits for multi-label data, where asymmetric is timm's asymmetric loss with the paper's defaults; "
         "data.balance: class_weights gives either a per-label pos_weight)")
+
+    @model_serializer(mode="wrap")
+    def _unset_loss_left_out(self, handler):
+        # `loss` unset is left out of every dump: stage keys, run markers and study trial records of the
+        # recipes written before the key existed stay what they were (their caches stay valid).
+        data = handler(self)
+        if self.loss is None and isinstance(data, dict):
+            data.pop("loss", None)
+        return data
 
 
 class TeacherConfig(TrainConfig):
