@@ -37,11 +37,19 @@ def test_medmnist_missing_file_offline_names_file_and_folder(tmp_path, monkeypat
     assert "pneumoniamnist_64.npz" in message and str(tmp_path) in message
 
 
-@pytest.mark.parametrize("flag, words", [("chestmnist", "multi-label"), ("organmnist3d", "3D")])
+@pytest.mark.parametrize("flag, words", [("organmnist3d", "3D")])
 def test_unsupported_flags(tmp_path, flag, words):
     with pytest.raises(DataError, match="not supported yet") as info:
         load_dataset(DataConfig(flag=flag), tmp_path, seed=0)
     assert words in str(info.value)
+
+
+def test_chestmnist_is_supported_and_missing_offline_names_its_file(tmp_path, monkeypatch):
+    """Multi-label ChestMNIST is trainable (issue 17): without its file, the usual offline message."""
+    monkeypatch.setenv("MEDLITE_OFFLINE", "1")
+    with pytest.raises(DataError) as info:
+        load_dataset(DataConfig(flag="chestmnist"), tmp_path, seed=0)
+    assert "not supported yet" not in str(info.value) and "chestmnist.npz" in str(info.value)
 
 
 def test_stratified_split_is_seeded_and_disjoint():

@@ -1,5 +1,5 @@
 """Multi-label data (issue 17): the NIH table and its recipe, ChestMNIST-like files, multi-hot arrays,
-grouped splits, the pipeline's refusal behind one switch, and bad input refused in one line (exit 2)."""
+grouped splits, the pipeline's loading (and the switch that would refuse it), and bad input refused in one line (exit 2)."""
 
 from __future__ import annotations
 
@@ -61,17 +61,24 @@ def test_medlite_data_reads_the_nih_recipe(shared_root, monkeypatch, capsys):
     assert "14 labels (multi-label)" in out and "by patient_id" in out and "Hernia" in out
 
 
-def test_the_pipeline_refuses_multi_label_behind_one_switch(shared_root, monkeypatch):
-    """Refused (exit 2, one line) while MULTILABEL_TRAINING is off; setting it is all it takes to lift it."""
+def test_the_pipeline_loads_multi_label_data_for_training(shared_root):
+    """MULTILABEL_TRAINING is on (issue 17): the pipeline's load gives the multi-hot NIH data, and the
+    switch is still the one place that would refuse it."""
+    assert task_module.MULTILABEL_TRAINING
+    recipe = load_recipe("nih_chestxray")
+    ds = load_dataset(_data(recipe.data.model_dump(), image_size=16, limit=60), shared_root, recipe.seed)
+    assert ds.multilabel and ds.splits["train"].labels.shape[1] == 14
+    assert ds.preprocess.activation == "sigmoid" and ds.preprocess.multilabel
+
+
+def test_the_switch_off_refuses_multi_label_in_one_line(shared_root, monkeypatch):
+    monkeypatch.setattr(task_module, "MULTILABEL_TRAINING", False)
     recipe = load_recipe("nih_chestxray")
     with pytest.raises(DataError) as info:
         load_dataset(recipe.data, shared_root, recipe.seed)
     message = str(info.value)
     assert isinstance(info.value, UsageError) and "\n" not in message
     assert "labels.csv" in message and "multi-label data (14 labels" in message and "not supported yet" in message
-    monkeypatch.setattr(task_module, "MULTILABEL_TRAINING", True)
-    ds = load_dataset(_data(recipe.data.model_dump(), image_size=16, limit=60), shared_root, recipe.seed)
-    assert ds.multilabel
 
 
 # -- ChestMNIST-like files ------------------------------------------------------------------------
@@ -109,16 +116,18 @@ def test_chestmnist_file_loads_as_14_multi_hot_labels(tmp_path, unofficial_md5):
     assert ds.splits["val"].labels.shape == (40, 14) and ds.splits["val"].labels.dtype == np.uint8
 
 
-def test_chestmnist_is_refused_for_training_before_reading_or_downloading(tmp_path, monkeypatch):
-    import urllib.request
+def test_chestmnist_loads_for_training(tmp_path, unofficial_md5):
+    """Without `multilabel=True` (the pipeline's load): ChestMNIST is trainable now, multi-hot labels."""
+    _chest_npz(tmp_path)
+    ds = load_dataset(DataConfig(flag="chestmnist"), tmp_path, seed=0)
+    assert ds.multilabel and ds.splits["train"].labels.shape == (40, 14)
 
-    def no_network(*args, **kwargs):
-        raise AssertionError("the refusal must come before any download")
 
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    with pytest.raises(DataError, match="multi-label") as info:
+def test_chestmnist_missing_offline_for_training_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDLITE_OFFLINE", "1")
+    with pytest.raises(DataError) as info:
         load_dataset(DataConfig(flag="chestmnist"), tmp_path, seed=0)
-    assert "'chestmnist'" in str(info.value) and "not supported yet" in str(info.value)
+    assert "chestmnist.npz: not found in" in str(info.value) and str(tmp_path) in str(info.value)
 
 
 def test_chestmnist_missing_offline_names_the_file(tmp_path, monkeypatch):

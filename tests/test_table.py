@@ -87,12 +87,11 @@ def test_nih_table_loads_by_patient_with_multi_hot_labels(shared_root):
     assert sum(summary["per_class"][s]["Hernia"] for s in ("train", "val", "test")) == 9
 
 
-def test_multi_label_table_is_refused_for_training_in_one_line(shared_root):
-    with pytest.raises(DataError) as info:
-        load_dataset(_data(NIH, limit=10), shared_root, seed=0)
-    message = str(info.value)
-    assert "labels.csv" in message and "multi-label" in message and "not supported yet" in message and "\n" not in message
-    assert isinstance(info.value, UsageError)  # exit 2
+def test_multi_label_table_loads_for_training(shared_root):
+    """The NIH table is trainable (issue 17): multi-hot rows, 14 labels, the sigmoid in the file's spec."""
+    ds = load_dataset(_data(NIH, limit=30), shared_root, seed=0)
+    assert ds.multilabel and ds.num_classes == 14 and ds.splits["train"].labels.ndim == 2
+    assert ds.preprocess.to_dict()["activation"] == "sigmoid"
 
 
 def test_nih_separated_findings_column_equals_the_0_1_columns(shared_root):
@@ -290,7 +289,7 @@ def test_a_new_source_registers_in_its_own_module_only(tmp_path):
 # -- from the command line: exit 2, one line ----------------------------------------------------
 
 
-@pytest.mark.parametrize("case", ["multi-label", "bad table"])
+@pytest.mark.parametrize("case", ["multi-label sampler", "bad table"])
 def test_medlite_run_refuses_with_exit_2_and_one_line(shared_root, tmp_path, monkeypatch, capsys, case):
     import sys
 
@@ -298,8 +297,8 @@ def test_medlite_run_refuses_with_exit_2_and_one_line(shared_root, tmp_path, mon
 
     from medlite import cli
 
-    if case == "multi-label":
-        section, fragments = NIH, ["labels.csv", "multi-label data (14 labels", "not supported yet"]
+    if case == "multi-label sampler":  # a balanced sampler draws one class per image: not for multi-label data
+        section, fragments = {**NIH, "limit": 40, "balance": "sampler"}, ["data.balance", "sampler", "multi-label"]
     else:
         _images(tmp_path, [f"{i}.png" for i in range(24)])
         rows = [list(r) for r in GOOD]

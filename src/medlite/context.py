@@ -20,6 +20,15 @@ from medlite.stage import StageLedger
 from medlite.variant import Variant
 
 
+def _for_task(model, dataset):
+    """A teacher ensemble averages what the task's outputs are: per-label sigmoids for multi-label data."""
+    from medlite.models.composite import Ensemble
+
+    if isinstance(model, Ensemble) and dataset.multilabel:
+        model.multilabel = True
+    return model
+
+
 class ModelLoader:
     """Builds models for the run's dataset and loads variants' checkpoints (tensors only, no pickle)."""
 
@@ -42,7 +51,7 @@ class ModelLoader:
 
         torch.manual_seed(self._ctx.recipe.seed)
         d = self._ctx.dataset
-        return create(arch, d.num_classes, d.channels, image_size or d.image_size, pretrained=pretrained)
+        return _for_task(create(arch, d.num_classes, d.channels, image_size or d.image_size, pretrained=pretrained), d)
 
     def load(self, variant: Variant):
         """The PyTorch module behind a variant, from its safetensors checkpoint.

@@ -32,6 +32,7 @@ from medlite.runtime import (  # noqa: F401 - re-exported for callers of the fir
     peak_rss_mb,
     resolve_threads,
     sidecar_paths,
+    activate,
     softmax,
 )
 from medlite.runtime.adapt import ImageError, load_for_model
@@ -111,9 +112,12 @@ def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1, r
         t1 = time.perf_counter()
         logits = art.run(x)
         t2 = time.perf_counter()
-        probs = softmax(logits)
+        probs = activate(logits, spec)  # softmax, or a sigmoid per label for a multi-label model
         if probs.shape[1] != len(names):
             raise EdgeError(f"{model_path}: model has {probs.shape[1]} outputs but the spec names {len(names)} classes")
+        if spec.multilabel:  # every label: its probability and its decision at its stored threshold
+            results.append(_multilabel_result(art, path, probs[0], names, use_threshold, adaptation, t0, t1, t2))
+            continue
         decided = int(art.decide(probs)[0]) if use_threshold else int(np.argmax(probs[0]))
         probs = probs[0]
         order = np.argsort(-probs, kind="stable")
@@ -158,6 +162,26 @@ def classify(model_path: Path, target: Path, threads: int = 0, top_k: int = 1, r
             "inference_ms_first": round(float(inference[0]), 4),
         },
         "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def _multilabel_result(art, path: Path, probs: np.ndarray, names: list[str], use_threshold: bool, adaptation: dict,
+                       t0: float, t1: float, t2: float) -> dict:
+    """One image of a multi-label model: per label its probability, threshold and 0/1 decision (at the
+    file's per-label thresholds; 0.5 with --argmax or when the file stores none)."""
+    stored = (art.operating_point or {}).get("thresholds") if use_threshold else None
+    thresholds = {n: float(stored[n]) if stored else 0.5 for n in names}
+    labels = {n: {"probability": float(p), "threshold": thresholds[n], "positive": bool(p >= thresholds[n])}
+              for n, p in zip(names, probs)}
+    return {
+        "path": str(path),
+        "positive_labels": [n for n in names if labels[n]["positive"]],
+        "labels": labels,
+        "probabilities": {n: float(p) for n, p in zip(names, probs)},
+        "decision": "per-label thresholds stored in the model" if stored else "0.5 per label",
+        "input": adaptation,
+        "prep_ms": round((t1 - t0) * 1000, 4),
+        "inference_ms": round((t2 - t1) * 1000, 4),
     }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PrivateAttr, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, create_model, field_validator, model_serializer, model_validator
 
 from medlite.config_base import SECTION_ANNOTATIONS, Strict, is_section
 # The data section: keys every source shares (DataConfig), validated against the model of the source
@@ -46,6 +46,19 @@ class TrainConfig(_Strict):
     step_size: int = Field(10, ge=1, description="epochs between lr drops (schedule=step)")
     batch_size: int = Field(64, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    loss: Literal["cross_entropy", "bce", "asymmetric"] | None = Field(
+        None, description="the hard-label loss; default: the data's (cross_entropy for one class per image, bce "
+        "with logits for multi-label data, where asymmetric is timm's asymmetric loss with the paper's defaults; "
+        "data.balance: class_weights gives either a per-label pos_weight)")
+
+    @model_serializer(mode="wrap")
+    def _unset_loss_left_out(self, handler):
+        # `loss` unset is left out of every dump: stage keys, run markers and study trial records of the
+        # recipes written before the key existed stay what they were (their caches stay valid).
+        data = handler(self)
+        if self.loss is None and isinstance(data, dict):
+            data.pop("loss", None)
+        return data
 
 
 class TeacherConfig(TrainConfig):

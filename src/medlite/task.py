@@ -27,7 +27,7 @@ MULTICLASS, MULTILABEL = "multiclass", "multilabel"
 # multi-label data yet, so `medlite.data.load_dataset` refuses it for the pipeline (it still loads
 # it for `medlite data` and `--verify`). When the pipeline is wired, set this True: nothing else
 # refuses multi-label data (`refuse_untrainable` is the only check that reads it).
-MULTILABEL_TRAINING = False
+MULTILABEL_TRAINING = True
 
 
 def refuse_untrainable(task: str, what: str) -> None:

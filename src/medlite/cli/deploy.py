@@ -97,7 +97,20 @@ def _print(result: dict, console, out: Path | None) -> None:
 
     s = result["summary"]
     names = list(result["model"]["preprocess"]["class_names"])
-    if out is None:
+    multilabel = result.get("task") == "multilabel"
+    if out is None and multilabel:  # every label, positive ones first: probability / its threshold
+        table = Table(show_edge=False)
+        for col in ("file", "positive labels (p / threshold)", "other labels (p / threshold)", "flags"):
+            table.add_column(col, overflow="fold")
+        for r in result["predictions"][:200]:
+            flags = (["near a threshold"] if r["low_confidence"] else []) + r["input"]["warnings"]
+            cell = lambda pos: ", ".join(f"{n} {v['probability']:.2f}/{v['threshold']:.2f}"  # noqa: E731
+                                         for n, v in r["labels"].items() if v["positive"] == pos) or "none"
+            table.add_row(r["file"], cell(True), cell(False), "; ".join(flags))
+        Console(highlight=False).print(table)
+        if len(result["predictions"]) > 200:
+            console.print(f"(first 200 of {len(result['predictions'])} rows; use --out FILE.csv for all)")
+    elif out is None:
         table = Table(show_edge=False)
         for col in ("file", "predicted", *names, "flags"):
             table.add_column(col, overflow="fold")
@@ -110,7 +123,8 @@ def _print(result: dict, console, out: Path | None) -> None:
     for r in result["unreadable"]:
         console.print(f"unreadable: {r['file']}: {r['error']}")
     console.print(
-        f"{s['classified']} classified, {s['unreadable']} unreadable, {s['low_confidence']} low-confidence, "
+        f"{s['classified']} classified, {s['unreadable']} unreadable, {s['low_confidence']} "
+        f"{'near a threshold' if multilabel else 'low-confidence'}, "
         f"{s['with_warnings']} with input warnings; decision: {result['decision']}; "
         f"{s['wall_s']:.2f} s ({s['images_per_s']} images/s)" + (f"; wrote {out}" if out else "")
     )

@@ -119,7 +119,11 @@ def prune_structured(
         assert batch is not None
         images, labels = batch
         pruned.zero_grad()
-        loss = nn.functional.cross_entropy(pruned(images.cpu()), labels.cpu().reshape(-1).long())
+        logits = pruned(images.cpu())
+        if labels.ndim == 2:  # multi-hot labels (multi-label data): the task's BCE gives the gradients
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.cpu().float())
+        else:
+            loss = nn.functional.cross_entropy(logits, labels.cpu().reshape(-1).long())
         loss.backward()
     pruner.step()
     pruned.zero_grad(set_to_none=True)

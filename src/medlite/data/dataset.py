@@ -129,7 +129,8 @@ class Dataset:
 
     @property
     def preprocess(self) -> PreprocessSpec:
-        return PreprocessSpec(self.image_size, self.channels, self.mean, self.std, tuple(self.class_names))
+        return PreprocessSpec(self.image_size, self.channels, self.mean, self.std, tuple(self.class_names),
+                              activation=task_of(self.task).activation)
 
     def at_size(self, image_size: int) -> "Dataset":
         """The same dataset with every image resized to `image_size` (`resize_batch`: the resampling every

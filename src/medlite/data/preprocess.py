@@ -27,19 +27,37 @@ class PreprocessSpec:
     mean: float
     std: float
     class_names: tuple[str, ...]
+    # What turns the file's logits into probabilities: "softmax" (one class per image) or "sigmoid"
+    # (multi-label: one independent probability per label). Every runtime consumer reads it here
+    # (`medlite.runtime.activate`), so a deployed file says itself how its outputs are read.
+    activation: str = "softmax"
+
+    @property
+    def multilabel(self) -> bool:
+        return self.activation == "sigmoid"
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "class_names": list(self.class_names)}
+        data = {**asdict(self), "class_names": list(self.class_names)}
+        if self.activation == "softmax":  # the default, left out: single-label files keep their bytes
+            del data["activation"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessSpec":
+        activation = str(data.get("activation", "softmax"))
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r}: known: {', '.join(ACTIVATIONS)}")
         return cls(
             image_size=int(data["image_size"]),
             channels=int(data["channels"]),
             mean=float(data["mean"]),
             std=float(data["std"]),
             class_names=tuple(data["class_names"]),
+            activation=activation,
         )
+
+
+ACTIVATIONS = ("softmax", "sigmoid")
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:

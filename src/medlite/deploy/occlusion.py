@@ -16,18 +16,21 @@ from medlite.runtime import Artifact
 
 
 def occlusion_map(art: Artifact, x: np.ndarray, target: int, patch: int | None = None,
-                  stride: int | None = None) -> np.ndarray:
+                  stride: int | None = None, multilabel: bool = False) -> np.ndarray:
     """(H, W) map in [0, 1]: mean drop of the target's logit margin when a patch covering the pixel is hidden.
 
     `x` is one normalised input (1, C, H, W). The patch holds 0, i.e. the dataset mean after
     normalisation, so the occluder is "average tissue" rather than a black hole. The score is the
     margin logit(target) - max other logit, not the probability: a confident model's probability
-    stays at 1.00 under every occlusion and would give a blank map.
+    stays at 1.00 under every occlusion and would give a blank map. A multi-label model's labels do
+    not compete: the score is the target label's own logit.
     """
     _, _, h, w = x.shape
     patch = patch or max(2, round(h / 7))
     stride = stride or max(1, patch // 2)
     def margin(logits: np.ndarray) -> np.ndarray:
+        if multilabel:
+            return logits[:, target]
         others = np.delete(logits, target, axis=1)
         return logits[:, target] - others.max(axis=1)
 

@@ -37,8 +37,15 @@ def card_rows(info: dict) -> list[tuple[str, str]]:
     for warning in card.get("warnings") or []:  # a model no better than chance says so where it is used
         rows.insert(0, ("Warning", warning))
     op = info.get("operating_point")
-    rows.append(("Decision", f"{op['positive_class']} when p ≥ {op['threshold']:.3f} (operating point, {op['source']})"
-                 if op else "highest probability"))
+    multilabel = ((info.get("preprocess") or {}).get("activation") == "sigmoid")
+    if multilabel:  # the labels and their thresholds, as the model card lists them
+        thresholds = (op or {}).get("thresholds")
+        rows.append(("Decision", "each label positive when its probability ≥ its threshold "
+                     + (f"(chosen on validation, {op['source']}): " + ", ".join(f"{k} {v:.3f}" for k, v in thresholds.items())
+                        if thresholds else "0.5 (no thresholds stored)")))
+    else:
+        rows.append(("Decision", f"{op['positive_class']} when p ≥ {op['threshold']:.3f} (operating point, {op['source']})"
+                     if op else "highest probability"))
     if card.get("recipe"):
         rows.append(("Recipe", f"{card['recipe'].get('name')} sha256 {str(card['recipe'].get('sha256'))[:12]}…"))
     if card.get("medlite_version"):
@@ -115,11 +122,22 @@ function render(r, file) {{
   const b = el("div"); const heat = el("img"); heat.alt = "occlusion heat-map";
   heat.src = "data:image/png;base64," + r.heatmap_png; b.append(heat, el("div", "cap", "where the model looked"));
   const c = el("div");
+  if (r.labels) {{  // multi-label: every label, its probability and its decision at its threshold
+    c.append(el("div", "meta", r.filename), el("div", "cls", "positive: " + (r.positive_labels.join(", ") || "none") +
+      (r.low_confidence ? " (a label near its threshold)" : "")));
+    for (const [name, v] of Object.entries(r.labels)) {{
+      const row = el("div", "bar"); const track = el("div", "track"); const fill = el("div", "fill");
+      fill.style.width = (100 * v.probability).toFixed(1) + "%"; track.append(fill);
+      row.append(el("span", "", (v.positive ? "✓ " : "") + name), track,
+        el("span", "", (100 * v.probability).toFixed(1) + "% / " + (100 * v.threshold).toFixed(0) + "%")); c.append(row);
+    }}
+  }} else {{
   c.append(el("div", "meta", r.filename), el("div", "cls", r.predicted + (r.low_confidence ? " (low confidence)" : "")));
   for (const [name, p] of Object.entries(r.probabilities)) {{
     const row = el("div", "bar"); const track = el("div", "track"); const fill = el("div", "fill");
     fill.style.width = (100 * p).toFixed(1) + "%"; track.append(fill);
     row.append(el("span", "", name), track, el("span", "", (100 * p).toFixed(1) + "%")); c.append(row);
+  }}
   }}
   for (const w of r.input.warnings) c.append(el("div", "warn", "⚠ " + w));
   const i = r.input;

@@ -87,7 +87,8 @@ def predict_files(
     art = open_artifact(model, runtime=runtime, threads=threads)
     spec = art.require_spec()
     names = art.class_names
-    if threshold is not None and len(names) != 2:
+    multilabel = spec.multilabel
+    if threshold is not None and len(names) != 2 and not multilabel:
         raise ArtifactError(f"--threshold: only for two-class models ({model.name} has {len(names)} classes)")
     load_s = time.perf_counter() - start
     predictions: list[dict] = []
@@ -104,6 +105,14 @@ def predict_files(
         probs = art.predict_proba(np.stack(batch_px), batch_size=batch_size)
         decided = art.decide(probs, threshold)
         infer_s += time.perf_counter() - t0
+        if multilabel:
+            cut = label_thresholds(art, threshold)
+            for row, p, d in zip(batch_rows, probs, decided):
+                row.update(multilabel_row(names, p, d, cut))
+                predictions.append(row)
+            batch_px.clear()
+            batch_rows.clear()
+            return
         for row, p, k in zip(batch_rows, probs, decided):
             confidence = float(p[k])
             row.update(
@@ -131,9 +140,15 @@ def predict_files(
     flush()
     wall = time.perf_counter() - start
     op = art.operating_point if threshold is None else {"threshold": threshold, "source": "--threshold"}
+    if multilabel:
+        decision = (f"each label positive when its probability >= {threshold:g} (--threshold)" if threshold is not None
+                    else f"each label positive when its probability >= its threshold ({op['source']})" if op
+                    else "each label positive when its probability >= 0.5 (no stored thresholds)")
+        per_class = {n: sum(n in r["positive_labels"] for r in predictions) for n in names}
     return {
         "model": {**art.describe(), "card": art.card},
-        "decision": (f"class {names[(art.operating_point or {}).get('positive_index', 1)]} when its probability "
+        "task": "multilabel" if multilabel else "multiclass",
+        "decision": decision if multilabel else (f"class {names[(art.operating_point or {}).get('positive_index', 1)]} when its probability "
                      f">= {op['threshold']:g} ({op['source']})") if op and len(names) == 2 else "highest probability",
         "min_confidence": min_confidence,
         "predictions": predictions,
@@ -144,7 +159,7 @@ def predict_files(
             "unreadable": len(unreadable),
             "low_confidence": sum(r["low_confidence"] for r in predictions),
             "with_warnings": sum(1 for r in predictions if r["input"]["warnings"]),
-            "per_class": {n: sum(r["predicted"] == n for r in predictions) for n in names},
+            "per_class": per_class if multilabel else {n: sum(r["predicted"] == n for r in predictions) for n in names},
             "wall_s": round(wall, 3),
             "load_s": round(load_s, 3),
             "inference_s": round(infer_s, 3),
@@ -153,11 +168,54 @@ def predict_files(
     }
 
 
+def label_thresholds(art, threshold: float | None) -> dict[str, float]:
+    """The threshold each label of a multi-label model is decided at: `--threshold` for all, else the file's
+    stored per-label thresholds, else 0.5."""
+    names = art.class_names
+    if threshold is not None:
+        return dict.fromkeys(names, float(threshold))
+    stored = (art.operating_point or {}).get("thresholds")
+    return {n: float(stored[n]) for n in names} if stored else dict.fromkeys(names, 0.5)
+
+
+def multilabel_row(names: list[str], probs: np.ndarray, decided: np.ndarray, thresholds: dict[str, float]) -> dict:
+    """One image of a multi-label model: every label with its probability, threshold and decision.
+    `predicted` lists the positive labels ("none" when no finding is decided); `low_confidence` flags an
+    image with a label whose probability lies within NEAR_THRESHOLD of its threshold (the decision would
+    flip on a small change). `--min-confidence` is a softmax notion (the winning class's probability)."""
+    labels = {n: {"probability": round(float(p), 6), "threshold": round(thresholds[n], 6), "positive": bool(d)}
+              for n, p, d in zip(names, probs, decided)}
+    positive = [n for n in names if labels[n]["positive"]]
+    return {
+        "predicted": "; ".join(positive) if positive else "none",
+        "positive_labels": positive,
+        "confidence": None,
+        "probabilities": {n: labels[n]["probability"] for n in names},
+        "labels": labels,
+        "low_confidence": bool(any(abs(float(p) - thresholds[n]) < NEAR_THRESHOLD for n, p in zip(names, probs))),
+    }
+
+
+NEAR_THRESHOLD = 0.05  # multi-label: a probability this close to its label's threshold is flagged
+
+
 def to_csv(result: dict) -> str:
-    """One row per input file: classified rows, then unreadable ones (with the reason in `error`)."""
+    """One row per input file: classified rows, then unreadable ones (with the reason in `error`).
+    Multi-label models: the positive labels, then per label its probability and its 0/1 decision."""
     names = list(result["model"]["preprocess"]["class_names"])
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    if result.get("task") == "multilabel":
+        writer.writerow(["file", "positive_labels", *[f"p_{n}" for n in names], *[f"decision_{n}" for n in names],
+                         "near_threshold", "original_size", "original_mode", "warnings", "error"])
+        for r in result["predictions"]:
+            size = "x".join(str(v) for v in r["input"]["original_size"])
+            writer.writerow([r["file"], r["predicted"], *[f"{r['labels'][n]['probability']:.6f}" for n in names],
+                             *[int(r["labels"][n]["positive"]) for n in names], int(r["low_confidence"]),
+                             size, r["input"]["original_mode"], "; ".join(r["input"]["warnings"]), ""])
+        for r in result["unreadable"]:
+            writer.writerow([r["file"], "", *["" for _ in names], *["" for _ in names], "", "", "", "", r["error"]])
+        return out.getvalue()
     writer.writerow(["file", "predicted", "confidence", *[f"p_{n}" for n in names], "low_confidence",
                      "original_size", "original_mode", "warnings", "error"])
     for r in result["predictions"]:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medlite.runtime import Artifact, open_artifact, softmax
+from medlite.runtime import Artifact, activate, open_artifact
 from medlite.runtime.adapt import ImageError, load_for_model
 
 DEFAULT_MAX_UPLOAD_MB = 10.0
@@ -122,8 +122,10 @@ def create_app(model_path: Path, *, runtime: str | None = None, selection: str =
 
         x = normalize(pixels[None], spec)
         t0 = time.perf_counter()
-        probs = softmax(art.run(x))
+        probs = activate(art.run(x), spec)
         ms = (time.perf_counter() - t0) * 1000
+        if spec.multilabel:
+            return multilabel(probs, ms, pixels, adaptation, x, filename, heatmap)
         k = int(art.decide(probs)[0])
         out = {
             "filename": filename,
@@ -138,6 +140,21 @@ def create_app(model_path: Path, *, runtime: str | None = None, selection: str =
             heat = occlusion_map(art, x, k)
             out["heatmap_png"] = overlay_png(pixels, heat)
             out["heatmap_method"] = "occlusion (Zeiler & Fergus 2014) on the deployed file: drop in the predicted class's logit margin"
+        return out
+
+    def multilabel(probs, ms: float, pixels, adaptation: dict, x, filename: str, heatmap: bool) -> dict:
+        """Every label with its probability, its stored threshold and the decision (`medlite predict`'s row);
+        the heat-map explains the most probable label."""
+        from medlite.deploy.predict import label_thresholds, multilabel_row
+
+        row = multilabel_row(names, probs[0], art.decide(probs)[0], label_thresholds(art, None))
+        out = {"filename": filename, **row, "input": adaptation, "inference_ms": round(ms, 3)}
+        if heatmap:
+            k = int(np.argmax(probs[0]))
+            out["heatmap_png"] = overlay_png(pixels, occlusion_map(art, x, k, multilabel=True))
+            out["heatmap_label"] = names[k]
+            out["heatmap_method"] = ("occlusion (Zeiler & Fergus 2014) on the deployed file: drop in the logit of the "
+                                     f"most probable label ({names[k]})")
         return out
 
     @app.get("/", response_class=HTMLResponse)

@@ -24,6 +24,7 @@ from medlite.distill import losses
 from medlite.distill.config import CONFIGS, MethodConfig
 from medlite.errors import UsageError
 from medlite.models.taps import FeatureTaps, as_map, middle_stage, stage_paths
+from medlite.task import SINGLE_LABEL_TASK, Task
 
 METHODS: dict[str, type["DistillMethod"]] = {}
 
@@ -57,12 +58,24 @@ class TeacherOutput:
     logits: list[torch.Tensor]
     weights: list[float] | None = None
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+    task: Task = SINGLE_LABEL_TASK  # multi-label: one sigmoid per label
 
     def probs(self, temperature: float, standardized: bool = False) -> torch.Tensor:
-        """The teachers' softened probabilities, averaged (weighted): the ensemble's soft targets."""
+        """The teachers' softened probabilities, averaged (weighted): the ensemble's soft targets
+        (multi-label: per-label sigmoids at T, averaged per label)."""
         weights = self.weights or [1.0] * len(self.logits)
         total = sum(weights)
+        if self.task.multilabel:
+            if standardized:
+                raise UsageError("distill.standardize: logit standardisation is defined for one softmax, not for multi-label data")
+            return sum(w / total * losses.soften_binary(z.detach(), temperature) for w, z in zip(weights, self.logits))
         return sum(w / total * losses.soften(z.detach(), temperature, standardized) for w, z in zip(weights, self.logits))
+
+    def soft_kl(self, student_logits: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
+        """The KD term on `probs(...)` targets: softmax KL, or the per-label binary KL for multi-label data."""
+        if self.task.multilabel:
+            return losses.binary_kl(student_logits, target, temperature)
+        return losses.soft_kl(student_logits, target, temperature)
 
 
 HardLoss = Callable[[torch.Tensor], torch.Tensor]
@@ -72,6 +85,8 @@ class DistillMethod(nn.Module):
     """Base class. Subclasses set `name` through `@register_method` and implement `loss`."""
 
     name: str = ""
+    # False: the method's loss is defined for one softmax only (a class per image); multi-label data is refused.
+    multilabel: bool = True
 
     def __init__(self, cfg: MethodConfig) -> None:
         super().__init__()
@@ -91,11 +106,16 @@ class DistillMethod(nn.Module):
         raise NotImplementedError
 
 
-def build_method(cfg: MethodConfig, student: nn.Module, teachers: list[nn.Module], example: torch.Tensor) -> DistillMethod:
-    """The registered method for `cfg`, set up for this student and these teachers."""
+def build_method(cfg: MethodConfig, student: nn.Module, teachers: list[nn.Module], example: torch.Tensor,
+                 task: Task = SINGLE_LABEL_TASK) -> DistillMethod:
+    """The registered method for `cfg`, set up for this student and these teachers (and the data's task)."""
     cls = METHODS.get(cfg.method)
     if cls is None:
         raise UsageError(f"distill.method: {cfg.method!r} is not registered (known: {', '.join(sorted(METHODS))})")
+    if task.multilabel and not cls.multilabel:
+        usable = ", ".join(sorted(n for n, c in METHODS.items() if c.multilabel))
+        raise UsageError(f"distill.method: {cfg.method} is defined for one softmax (a class per image), not for "
+                         f"multi-label data; use one of {usable}")
     method = cls(cfg)
     if type(cfg).uses_teacher_features and len(teachers) != 1:
         raise UsageError(f"distill.method: {cfg.method} distils features from one teacher, not an ensemble of "
@@ -128,15 +148,19 @@ class KD(DistillMethod):
 
     def loss(self, student, teacher, labels, *, hard_loss, epoch):
         c = self.cfg
-        return losses.kd_loss(student.logits, teacher.probs(c.temperature, c.standardize), hard_loss(student.logits),
-                              c.temperature, c.alpha, c.standardize)
+        # Multi-label: per-label binary KD (Yang et al., ICCV 2023) through the task.
+        return teacher.task.kd_loss(student.logits, teacher.probs(c.temperature, c.standardize),
+                                    hard_loss(student.logits), c.temperature, c.alpha, c.standardize)
 
 
 @register_method("dkd")
 class DKD(DistillMethod):
     """Zhao, Cui, Song, Qiu & Liang, "Decoupled Knowledge Distillation" (CVPR 2022):
     ce_weight * CE + warmup(epoch) * (alpha * TCKD + beta * NCKD); the KD terms ramp up linearly
-    over `warmup_epochs` (the authors use alpha=1, beta=8, 20 warm-up epochs of 240)."""
+    over `warmup_epochs` (the authors use alpha=1, beta=8, 20 warm-up epochs of 240).
+    Its target/non-target split needs one class per image: refused for multi-label data."""
+
+    multilabel = False
 
     def loss(self, student, teacher, labels, *, hard_loss, epoch):
         c = self.cfg
@@ -149,7 +173,10 @@ class DKD(DistillMethod):
 @register_method("dist")
 class DIST(DistillMethod):
     """Huang, You, Wang, Qian & Xu, "Knowledge Distillation from A Stronger Teacher" (NeurIPS 2022):
-    ce_weight * CE + beta * inter-class + gamma * intra-class relation loss (1 - Pearson correlation)."""
+    ce_weight * CE + beta * inter-class + gamma * intra-class relation loss (1 - Pearson correlation).
+    Its relations are those of one softmax per image: refused for multi-label data."""
+
+    multilabel = False
 
     def loss(self, student, teacher, labels, *, hard_loss, epoch):
         c = self.cfg
@@ -190,7 +217,7 @@ class FitNet(DistillMethod):
         hint = F.mse_loss(s, as_map(teacher.features[self.t_tap]).detach())
         total = hard_loss(student.logits) + c.hint_weight * hint
         if c.kd_weight:
-            total = total + c.kd_weight * losses.soft_kl(student.logits, teacher.probs(c.temperature), c.temperature)
+            total = total + c.kd_weight * teacher.soft_kl(student.logits, teacher.probs(c.temperature), c.temperature)
         return total
 
 
@@ -252,12 +279,12 @@ class MultiStage(DistillMethod):
         target = teacher.probs(c.temperature)
         exit_terms = []
         for logits in self.exit_logits(student):
-            term = losses.soft_kl(logits, target, c.temperature)
+            term = teacher.soft_kl(logits, target, c.temperature)
             if c.exit_labels:
                 term = 0.5 * term + 0.5 * hard_loss(logits)
             exit_terms.append(term)
         intermediate = torch.stack(exit_terms).mean()
-        final = losses.soft_kl(student.logits, target, c.temperature)
+        final = teacher.soft_kl(student.logits, target, c.temperature)
         return c.intermediate_weight * intermediate + c.logits_weight * final + c.labels_weight * hard_loss(student.logits)
 
 

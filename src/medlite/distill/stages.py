@@ -71,11 +71,45 @@ def check_recipe(recipe) -> None:
 
 
 def check_data(recipe, dataset) -> None:
-    """Checks that need the data: a cross-resolution student is smaller than the data, never larger."""
+    """Checks that need the data: a cross-resolution student is smaller than the data, never larger;
+    multi-label data (several findings per image) and the settings that need one class per image."""
     size = recipe.student.image_size
     if size is not None and size > dataset.image_size:
         raise UsageError(f"student.image_size: {size} px is larger than the data's {dataset.image_size} px; "
                          "a student is trained at the data's size or lower")
+    _check_task(recipe, dataset)
+
+
+def _check_task(recipe, dataset) -> None:
+    """Before any training: the settings the data's task cannot take (the loss key, a balanced sampler, a
+    softmax-only distillation method), refused in one line each, rather than after the teacher's training."""
+    from medlite.distill.methods import METHODS
+    from medlite.task import task_of
+    from medlite.train.fitting import hard_loss_kind
+
+    task = task_of(dataset)
+    sections = [("teacher", recipe.teacher)] if recipe.teachers is None else [
+        (f"teachers[{i}]", t) for i, t in enumerate(recipe.teachers)]
+    sections += [(f"assistants[{i}]", a) for i, a in enumerate(recipe.assistants)] + [("student", recipe.student)]
+    for where, cfg in sections:
+        try:
+            hard_loss_kind(task, cfg.loss)
+        except UsageError as err:
+            raise UsageError(f"{where}.{err}") from None
+        if task.multilabel and cfg.label_smoothing:
+            raise UsageError(f"{where}.label_smoothing: defined for cross-entropy over one softmax, not for "
+                             "multi-label data; set it to 0")
+    task.check_balance(recipe.data.balance)
+    if not task.multilabel:
+        return
+    d = recipe.distill
+    method = METHODS.get(d.method)
+    if method is not None and not method.multilabel:
+        usable = ", ".join(sorted(n for n, c in METHODS.items() if c.multilabel))
+        raise UsageError(f"distill.method: {d.method} is defined for one softmax (a class per image), not for "
+                         f"multi-label data; use one of {usable}")
+    if getattr(d, "standardize", False):
+        raise UsageError("distill.standardize: logit standardisation is defined for one softmax, not for multi-label data")
 
 
 def _pretrained_identity(cfg):
@@ -165,6 +199,7 @@ def ensemble_stage(ctx: Context, members: list[Variant], weights: list[float] | 
         from medlite.models.weights import save_state
 
         model = Ensemble([ctx.models.load(m) for m in members], weights)
+        model.multilabel = ctx.dataset.multilabel  # per-label sigmoids averaged (not kept in the checkpoint)
         save_state(model, ckpt, metadata={"arch": arch, "variant": ENSEMBLE})
         ctx.say(f"{ENSEMBLE}: mean of the probabilities of {', '.join(m.name for m in members)}")
         return lineage(checkpoint=ctx.run.rel(ckpt), params=sum(p.numel() for p in model.parameters()),

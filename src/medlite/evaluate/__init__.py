@@ -15,12 +15,12 @@ def predict_artifact(path: Path, images_uint8: np.ndarray, spec=None, batch_size
     `spec` (the dataset's preprocessing) wins over the file's own when given: evaluation prepares
     the split exactly as training did.
     """
-    from medlite.runtime import open_artifact, softmax
+    from medlite.runtime import activate, open_artifact
     from medlite.data.preprocess import normalize
 
     art = open_artifact(path, runtime=runtime)
     spec = spec or art.require_spec()
-    return softmax(art.run(normalize(images_uint8, spec), batch_size).astype(np.float64))
+    return activate(art.run(normalize(images_uint8, spec), batch_size).astype(np.float64), spec)
 
 
 HEADLINE = ("accuracy", "balanced_accuracy", "auc", "f1_macro", "ece")

@@ -106,6 +106,23 @@ def choose_thresholds(val_probs: np.ndarray, val_labels: np.ndarray, class_names
     return out, notes
 
 
+def deployed_thresholds(val_probs: np.ndarray, val_labels: np.ndarray, class_names: list[str], rule: Any = None,
+                        split: str = "test") -> dict:
+    """The operating point a multi-label file carries: a threshold per label chosen on validation
+    (`choose_thresholds`). A label validation could not give one decides at 0.5 (MedMNIST's rule),
+    and its `rules` entry says so: a device needs a decision for every label, and the reader must
+    see which ones were not chosen."""
+    chosen, notes = choose_thresholds(val_probs, val_labels, class_names, rule)
+    thresholds, rules = {}, {}
+    for name in class_names:
+        t = chosen[name]["threshold"]
+        thresholds[name] = 0.5 if t is None else float(t)
+        rules[name] = chosen[name]["rule"] or "0.5 (validation lacks positives or negatives of this label)"
+    first = next((r for r in rules.values() if not r.startswith("0.5 (")), "0.5")
+    return {"thresholds": thresholds, "rules": rules, "rule": f"{first}, per label", "chosen_on": "val",
+            "split": split, "notes": notes}
+
+
 def multilabel_metrics(
     probs: np.ndarray,
     labels: np.ndarray,

@@ -129,6 +129,9 @@ def operating_point(val_probs, val_labels, test_probs, test_labels, class_names,
 
 def metadata_value(op: dict) -> str:
     """What goes into the ONNX file under OPERATING_POINT_KEY (what a device needs, nothing else)."""
+    if "thresholds" in op:  # multi-label: a threshold per label
+        return json.dumps({"thresholds": op["thresholds"], "rule": op["rule"],
+                           "decision": "each label positive if its p >= its threshold"})
     keep = ("positive_class", "positive_index", "threshold", "rule")
     return json.dumps({k: op[k] for k in keep} | {"decision": "positive_class if p >= threshold else argmax of the others"})
 
@@ -151,10 +154,18 @@ def refresh_records(run, path: Path) -> None:
             write_json(record_path, record)
 
 
-def check_config(recipe, class_names: list[str]) -> None:
-    """Fail before training when the operating point names a class the data does not have."""
-    if recipe.evaluate.operating_point is not None:
-        positive_index(recipe.evaluate.operating_point, class_names)
+def check_config(recipe, class_names: list[str], multilabel: bool = False) -> None:
+    """Fail before training when the operating point names a class the data does not have. Multi-label
+    data gets a threshold per label by the operating point's rule: a positive class has no meaning there."""
+    cfg = recipe.evaluate.operating_point
+    if cfg is None:
+        return
+    if multilabel:
+        if cfg.positive_class is not None:
+            raise UsageError("evaluate.operating_point.positive_class: multi-label data gets a threshold per label "
+                             "(by the rule: sensitivity, specificity or youden); leave positive_class out")
+        return
+    positive_index(cfg, class_names)
 
 
 def predict_stage(ctx, variant) -> Stage:
@@ -171,6 +182,8 @@ def predict_stage(ctx, variant) -> Stage:
         split = ctx.dataset.splits[cfg.split]
         probs = ctx.inference.probabilities(variant, cfg.split)
         op = None
+        if ctx.dataset.multilabel:
+            return _predict_multilabel(probs, split, names)
         if cfg.operating_point is not None:
             val = ctx.dataset.splits["val"]
             if len(val) == 0:
@@ -187,10 +200,31 @@ def predict_stage(ctx, variant) -> Stage:
         write_predictions(csv_path, probs, split.labels, names, decided)
         return {"predictions": ctx.run.rel(csv_path), "operating_point": op}
 
+    def _predict_multilabel(probs, split, names: list[str]) -> dict:
+        """Multi-label: per-label thresholds chosen on validation (always: a device needs a decision per
+        label), into the file like a single threshold, and the predictions file in multi-hot form."""
+        from medlite.evaluate.multilabel import deployed_thresholds
+        from medlite.runtime import decide_labels
+        from medlite.export.onnx import OPERATING_POINT_KEY, write_metadata
+
+        val = ctx.dataset.splits["val"]
+        if len(val) == 0:
+            raise UsageError("evaluate: multi-label data needs a validation split to choose the per-label thresholds on")
+        op = deployed_thresholds(ctx.inference.probabilities(variant, "val"), val.labels, names, cfg.operating_point,
+                                 cfg.split)
+        if get_runtime(variant.runtime).metadata_in_file and write_metadata(
+                model_path, {OPERATING_POINT_KEY: metadata_value(op)}):
+            refresh_records(ctx.run, model_path)
+        write_predictions(csv_path, probs, split.labels, names, decide_labels(probs, op, names))
+        return {"predictions": ctx.run.rel(csv_path), "operating_point": op}
+
     def emit(facts: dict):
         variant.prediction = facts
         op = facts["operating_point"]
-        if op is not None:
+        if op is not None and "thresholds" in op:
+            ctx.say(f"{variant.name}: per-label thresholds ({op['rule']}): " +
+                    ", ".join(f"{k} {v:.3f}" for k, v in op["thresholds"].items()))
+        elif op is not None:
             ctx.say(
                 f"{variant.name}: {op['positive_class']} threshold {op['threshold']:.3f} ({op['rule']}): "
                 f"{op['split']} sensitivity {op['test']['sensitivity']:.3f}, specificity {op['test']['specificity']:.3f}"

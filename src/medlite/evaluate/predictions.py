@@ -18,9 +18,18 @@ from medlite.runstate import write_atomic
 
 def predictions_csv(probs: np.ndarray, labels: np.ndarray, class_names: list[str],
                     decided: np.ndarray | None = None) -> str:
-    """The CSV text; `decided` (class indices at an operating point) adds `operating_point_label`."""
+    """The CSV text; `decided` (class indices at an operating point) adds `operating_point_label`.
+    Multi-label (`labels` N x K multi-hot): `true_<label>` (0/1), `prob_<label>` and, with `decided`
+    (multi-hot at the per-label thresholds), `decision_<label>` per label."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    if np.ndim(labels) == 2:
+        writer.writerow(["image_id", *[f"true_{n}" for n in class_names], *[f"prob_{n}" for n in class_names],
+                         *([f"decision_{n}" for n in class_names] if decided is not None else [])])
+        for i, (truth, row) in enumerate(zip(labels, probs)):
+            cells = [i, *[int(v) for v in truth], *[repr(float(p)) for p in row]]
+            writer.writerow(cells + ([int(v) for v in decided[i]] if decided is not None else []))
+        return out.getvalue()
     header = ["image_id", "true_label", "predicted_label", *[f"prob_{name}" for name in class_names]]
     writer.writerow(header + (["operating_point_label"] if decided is not None else []))
     for i, (label, row) in enumerate(zip(labels, probs)):
@@ -37,12 +46,19 @@ def write_predictions(path: Path, probs: np.ndarray, labels: np.ndarray, class_n
 
 
 def read_predictions(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """(image_ids, labels as class indices, probabilities N x K, class names) from a predictions CSV."""
+    """(image_ids, labels as class indices, probabilities N x K, class names) from a predictions CSV
+    (multi-label files: labels N x K multi-hot)."""
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
     header, body = rows[0], rows[1:]
     prob_cols = [i for i, name in enumerate(header) if name.startswith("prob_")]
     class_names = [header[i][len("prob_"):] for i in prob_cols]
+    if f"true_{class_names[0]}" in header if class_names else False:
+        true_cols = [header.index(f"true_{n}") for n in class_names]
+        ids = np.array([int(r[header.index("image_id")]) for r in body], dtype=np.int64)
+        labels = np.array([[int(r[i]) for i in true_cols] for r in body], dtype=np.uint8).reshape(len(body), len(true_cols))
+        probs = np.array([[float(r[i]) for i in prob_cols] for r in body], dtype=np.float64).reshape(len(body), len(prob_cols))
+        return ids, labels, probs, class_names
     index = {name: i for i, name in enumerate(class_names)}
     ids = np.array([int(r[header.index("image_id")]) for r in body], dtype=np.int64)
     labels = np.array([index[r[header.index("true_label")]] for r in body], dtype=np.int64)

@@ -24,6 +24,27 @@ def no_better_than_chance(metrics: dict, class_names: list[str], split: str, con
     return None
 
 
+def _multilabel(ctx: Context, variant: Variant, cfg, names: list[str], split) -> dict:
+    """Multi-label metrics of the deployed file (`task.metrics`): mean AUC as `auc` (the key tables and
+    studies rank by), per-label AUC with intervals, AP, and sensitivity/specificity at per-label thresholds
+    chosen on this file's validation probabilities (`evaluate.operating_point` gives the rule, else Youden)."""
+    from medlite.evaluate.multilabel import choose_thresholds
+    from medlite.task import task_of
+
+    task = task_of(ctx.dataset)
+    validation = ctx.dataset.splits.get("val")
+    thresholds, val = None, {}
+    if validation is not None and len(validation):
+        val_probs = ctx.inference.probabilities(variant, "val")
+        thresholds, _ = choose_thresholds(val_probs, validation.labels, names, cfg.operating_point)
+        if cfg.split == "test":
+            val_metrics = task.metrics(val_probs, validation.labels, names, split="val")
+            val = {k: val_metrics[k] for k in task.headline}
+    metrics = task.metrics(ctx.inference.probabilities(variant, cfg.split), split.labels, names, thresholds=thresholds,
+                           bootstrap=cfg.bootstrap, confidence=cfg.confidence, seed=ctx.recipe.seed, split=cfg.split)
+    return {"metrics": metrics, "val_metrics": val}
+
+
 def evaluate_stage(ctx: Context, variant: Variant) -> Stage[Variant]:
     """Metrics on the evaluated split (with bootstrap intervals) and headline metrics on validation."""
     cfg = ctx.recipe.evaluate
@@ -34,6 +55,8 @@ def evaluate_stage(ctx: Context, variant: Variant) -> Stage[Variant]:
 
         names = list(ctx.dataset.class_names)
         split = ctx.dataset.splits[cfg.split]
+        if ctx.dataset.multilabel:
+            return _multilabel(ctx, variant, cfg, names, split)
         metrics = classification_metrics(ctx.inference.probabilities(variant, cfg.split), split.labels, names,
                                          bootstrap=cfg.bootstrap, confidence=cfg.confidence, ece_bins=cfg.ece_bins,
                                          seed=ctx.recipe.seed)

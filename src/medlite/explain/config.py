@@ -30,6 +30,8 @@ class ExplainConfig(_Strict):
     )
     images_per_class: int = Field(3, ge=1, le=100, description="test images explained per class (the same for every variant)")
     variants: list[str] | None = Field(None, description="variants to explain; default: all")
+    label: str | None = Field(None, description="multi-label data: the label every map explains (images with that "
+                              "finding); default: per image, the label the variants give the highest mean probability")
     steps: int = Field(16, ge=2, le=1000, description="deletion/insertion curve points")
     top_fraction: float = Field(0.2, gt=0, lt=1, description="share of pixels in the region IoU")
     min_cam_size: int = Field(4, ge=1, description="CAM layer: the deepest feature stage at least this many pixels wide")

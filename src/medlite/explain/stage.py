@@ -126,7 +126,7 @@ def _test_split(ctx):
 
 
 def explain_stage(ctx: Context, variant: Variant, idx: np.ndarray, pixels: np.ndarray, targets: np.ndarray,
-                  split_name: str) -> Stage[dict]:
+                  split_name: str, target_rule: str = "the true class") -> Stage[dict]:
     """Maps of one variant for the chosen images (uint8 `pixels` at the data's size), and their
     faithfulness on its deployed file. A variant at another input size (a cross-resolution student)
     explains the images at its own size; its maps are resized to the data's, so every variant's maps
@@ -139,7 +139,7 @@ def explain_stage(ctx: Context, variant: Variant, idx: np.ndarray, pixels: np.nd
         start = time.perf_counter()
         facts, variant_maps = explain_pixels(ctx, variant, pixels, targets, cfg)
         facts.update({"split": split_name, "images": idx.tolist(), "targets": targets.tolist(),
-                      "target_rule": "the true class", "seconds": round(time.perf_counter() - start, 2)})
+                      "target_rule": target_rule, "seconds": round(time.perf_counter() - start, 2)})
         _save_maps(out, variant_maps)
         done = ", ".join(m for m in facts["methods"] if "skipped" not in facts["methods"][m])
         ctx.say(f"{variant.name}: explained {len(idx)} test images ({done}) in {facts['seconds']:.1f}s")
@@ -149,7 +149,9 @@ def explain_stage(ctx: Context, variant: Variant, idx: np.ndarray, pixels: np.nd
         variant.explain = {**facts, "maps": ctx.run.rel(out)}
         return facts
 
-    config = [cfg.model_dump(exclude={"enabled", "variants"}), idx.tolist(), ctx.dataset.fingerprint(), ctx.recipe.seed]
+    # `label` (multi-label only) is left out when unset: single-label explain stages keep their keys.
+    exclude = {"enabled", "variants"} | ({"label"} if cfg.label is None else set())
+    config = [cfg.model_dump(exclude=exclude), idx.tolist(), ctx.dataset.fingerprint(), ctx.recipe.seed]
     if spec.image_size != ctx.dataset.image_size:
         config.append(spec.image_size)
     return Stage(name=f"{variant.name}.explain", kind="explain", schema=EXPLAIN_SCHEMA, inputs=[variant],
@@ -169,19 +171,23 @@ def stage_explain(ctx: Context, names: list[str] | None = None) -> None:
         for name in names:
             ctx.ledger.plan.append(PlannedStage(f"{name}.explain", "explain", [name], "run"))
         return
+    target_rule = "the true class"
     with ctx.ledger.timed("explain"):  # choosing the images: redone on every run (it reads the predictions files)
-        # The same images for every variant: a share of them ones most variants get wrong.
-        # Votes from every variant of the run, so explaining a subset later picks the same images.
-        wrong = np.zeros(len(split), int)
-        for variant in ctx.variants.values():
-            wrong += _test_probs(ctx, variant, split_name, split).argmax(1) != split.labels
-        idx = select_images(split.labels, wrong * 2 > len(ctx.variants), cfg.images_per_class, ctx.recipe.seed)
+        if ctx.dataset.multilabel:
+            idx, targets, target_rule = _multilabel_targets(ctx, split_name, split, cfg)
+        else:
+            # The same images for every variant: a share of them ones most variants get wrong.
+            # Votes from every variant of the run, so explaining a subset later picks the same images.
+            wrong = np.zeros(len(split), int)
+            for variant in ctx.variants.values():
+                wrong += _test_probs(ctx, variant, split_name, split).argmax(1) != split.labels
+            idx = select_images(split.labels, wrong * 2 > len(ctx.variants), cfg.images_per_class, ctx.recipe.seed)
+            targets = split.labels[idx].astype(int)
         pixels = split.images[idx]
-        targets = split.labels[idx].astype(int)
     maps: dict[str, dict[str, np.ndarray]] = {}
     for name in names:
         variant = ctx.variants[name]
-        ctx.ledger.run_stage(explain_stage(ctx, variant, idx, pixels, targets, split_name))
+        ctx.ledger.run_stage(explain_stage(ctx, variant, idx, pixels, targets, split_name, target_rule))
         maps[name] = _load_maps(ctx.run.root / variant.explain["maps"])
     # Lineage members explained earlier (e.g. by `medlite explain --variants`) on the same images count too.
     for variant in ctx.variants.values():
@@ -197,6 +203,36 @@ def stage_explain(ctx: Context, names: list[str] | None = None) -> None:
             }
             for other in lineage(variant, ctx.variants) if other in maps
         }
+
+
+def _multilabel_targets(ctx: Context, split_name: str, split, cfg) -> tuple[np.ndarray, np.ndarray, str]:
+    """Multi-label data: (images, the label each map explains, the rule in words). With `explain.label`
+    every map explains that label, on images that have the finding; else each image with at least one
+    finding is explained for the label the variants give the highest mean probability. Per target label
+    `images_per_class` images, a share of them ones most variants miss (p < 0.5 for a true finding)."""
+    names = list(ctx.dataset.class_names)
+    labels = np.asarray(split.labels)
+    probs = [_test_probs(ctx, v, split_name, split) for v in ctx.variants.values()]
+    mean = np.mean(probs, axis=0)
+    if cfg.label is not None:
+        if cfg.label not in names:
+            raise UsageError(f"explain.label: {cfg.label!r} is not a label of this data (choose from {', '.join(names)})")
+        k = names.index(cfg.label)
+        candidates = np.flatnonzero(labels[:, k] == 1)
+        if not len(candidates):
+            raise UsageError(f"explain.label: no {split_name} image has the finding {cfg.label!r}")
+        target = np.full(len(labels), k)
+        rule = f"the label {cfg.label!r} (explain.label)"
+    else:
+        candidates = np.flatnonzero(labels.any(axis=1)) if labels.any() else np.arange(len(labels))
+        target = mean.argmax(axis=1)
+        rule = "per image, the label with the highest mean probability over the variants"
+    rows = np.arange(len(labels))
+    missed = np.sum([(p[rows, target] < 0.5) & (labels[rows, target] == 1) for p in probs], axis=0)
+    chosen = select_images(target[candidates], missed[candidates] * 2 > len(probs), cfg.images_per_class,
+                           ctx.recipe.seed)
+    idx = candidates[chosen]
+    return idx, target[idx].astype(int), rule
 
 
 def _resize_maps(maps: np.ndarray, size: int) -> np.ndarray:

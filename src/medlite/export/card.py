@@ -77,6 +77,16 @@ def build_card(ctx, variant, version: str | None) -> dict[str, Any]:
     op = m.get("operating_point") if isinstance(m.get("operating_point"), dict) else None
     if op:
         card["operating_point"] = op
+    if ctx.dataset.multilabel:  # the labels, their thresholds (chosen on validation) and per-label test figures
+        per_label = m.get("per_label") or {}
+        card["task"] = "multilabel"
+        card["labels"] = [{
+            "label": name,
+            "threshold": ((op or {}).get("thresholds") or {}).get(name),
+            "rule": ((op or {}).get("rules") or {}).get(name),
+            **{k: (per_label.get(name) or {}).get(k) for k in ("auc", "ap", "sensitivity", "specificity", "positives")},
+        } for name in classes]
+        card["metrics"].update({k: m.get(k) for k in ("ap_macro", "ap_micro", "labels_defined", "undefined") if k in m})
     return card
 
 

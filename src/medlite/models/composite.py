@@ -24,7 +24,11 @@ class Ensemble(nn.Module):
     """The mean of the members' softmax probabilities (optionally weighted), returned as log-probabilities.
 
     log(mean p) is a valid logit vector: softmax(log p) = p, so evaluation and export need nothing special.
+    `multilabel` (a plain attribute, not in the checkpoint: the data's task sets it): the mean of the
+    members' per-label sigmoids, returned as its logit log(p) - log(1 - p), so sigmoid(logit) = mean p.
     """
+
+    multilabel: bool = False
 
     def __init__(self, members: list[nn.Module], weights: list[float] | None = None) -> None:
         super().__init__()
@@ -33,6 +37,10 @@ class Ensemble(nn.Module):
         self.register_buffer("weights", w / w.sum())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.multilabel:
+            probs = torch.stack([torch.sigmoid(m(x)) for m in self.members], 0)
+            mean = (probs * self.weights[:, None, None]).sum(0).clamp(1e-12, 1 - 1e-7)
+            return torch.log(mean) - torch.log1p(-mean)
         probs = torch.stack([torch.softmax(m(x), dim=1) for m in self.members], 0)
         mean = (probs * self.weights[:, None, None]).sum(0)
         return torch.log(mean.clamp_min(1e-12))

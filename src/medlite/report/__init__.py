@@ -28,7 +28,8 @@ def _fmt_count(n: int | None) -> str:
 
 
 def _num(x, digits: int = 3) -> str:
-    return "-" if x is None or x != x else f"{x:.{digits}f}"
+    # Not a number (None, NaN, a key the metric set lacks: multi-label data has no ECE): "-".
+    return f"{x:.{digits}f}" if isinstance(x, (int, float)) and x == x else "-"
 
 
 def table_rows(results: dict) -> list[list[str]]:
@@ -79,7 +80,7 @@ def render_html(results: dict, **extra) -> str:
     env.filters["bytes"] = _fmt_bytes
     context = {"dataset_figure": None, "variant_figures": {}, "training_figure": None, "pareto_figure": None,
                "galleries": [], "faithfulness": [], "agreement": [], "operating_points": [], "files": [],
-               "warnings": {}, "deploy": None}
+               "warnings": {}, "deploy": None, "per_label": [], "cooccurrence_figure": None}
     context.update(extra)
     return env.from_string(template).render(results=results, columns=COLUMNS, rows=table_rows(results), **context)
 

@@ -37,6 +37,22 @@ def classification_rows(name: str, probs: np.ndarray, labels: np.ndarray, classe
     return rows
 
 
+PER_LABEL_HEADER = ["variant", "label", "auc", "auc_ci", "ap", "positives", "threshold", "rule", "sensitivity",
+                    "specificity", "sensitivity_ci", "specificity_ci"]
+
+
+def per_label_rows(name: str, metrics: dict) -> list[list]:
+    """One row per label of a multi-label variant (`metrics.per_label`, measured on its deployed file)."""
+    rows = []
+    for label, r in (metrics.get("per_label") or {}).items():
+        ci = r.get("ci") or {}
+        rnd = lambda x: None if x is None or x != x else round(float(x), 4)  # noqa: E731
+        rows.append([name, label, rnd(r.get("auc")), _ci(ci.get("auc")), rnd(r.get("ap")), r.get("positives"),
+                     rnd(r.get("threshold")), r.get("rule"), rnd(r.get("sensitivity")), rnd(r.get("specificity")),
+                     _ci(ci.get("sensitivity")), _ci(ci.get("specificity"))])
+    return rows
+
+
 def _ci(pair) -> str:
     return f"{pair[0]:.3f}-{pair[1]:.3f}" if pair else "-"
 
@@ -78,6 +94,8 @@ def build_report(root: Path, results: dict, dataset=None) -> None:
     if (results.get("dataset") or {}).get("warnings"):  # every table and the report carry the data's warnings
         extra["warnings"]["data"] = list(results["dataset"]["warnings"])
     report_rows = [["variant", "class", "precision", "recall", "f1", "support"]]
+    label_rows = [PER_LABEL_HEADER]
+    extra["per_label"] = []  # multi-label: {variant, AUC per label}, for the report's per-label table
     points = []
     for v in results["variants"]:
         name, m = v["name"], v.get("metrics") or {}
@@ -90,6 +108,15 @@ def build_report(root: Path, results: dict, dataset=None) -> None:
         if pred_path is None or not pred_path.is_file():
             continue
         _, labels, probs, _ = read_predictions(pred_path)
+        if labels.ndim == 2:  # multi-label: per-label ROC and table, no confusion matrix
+            label_rows += per_label_rows(name, m)
+            extra["per_label"].append({"variant": name, "auc": m.get("auc"),
+                                       "labels": {k: r.get("auc") for k, r in (m.get("per_label") or {}).items()}})
+            extra["variant_figures"][name] = figures.multilabel_panels(name, probs, labels, classes, figs,
+                                                                       m.get("per_label"))
+            if "cooccurrence_figure" not in extra and dataset is None:
+                extra["cooccurrence_figure"] = figures.label_cooccurrence(labels, classes, figs)
+            continue
         cm = np.array(m.get("confusion_matrix") or np.zeros((len(classes),) * 2, int))
         write_atomic(root / "confusion" / f"{figures.safe_stem(name)}.csv", confusion_csv(cm, classes))
         report_rows += classification_rows(name, probs, labels, classes)
@@ -106,20 +133,27 @@ def build_report(root: Path, results: dict, dataset=None) -> None:
             })
     if len(report_rows) > 1:
         write_atomic(root / "classification_report.csv", _csv(report_rows))
+    if len(label_rows) > 1:
+        write_atomic(root / "per_label_report.csv", _csv(label_rows))
     extra["training_figure"] = figures.training_curves(
         {v["name"]: (v.get("train") or {}).get("history") or [] for v in results["variants"]}, figs)
     extra["pareto_figure"] = figures.pareto(points, figs)
     if dataset is not None:
         test = dataset.splits["test"]
         rng = np.random.default_rng(0)
-        examples = {c: test.images[np.sort(rng.permutation(np.flatnonzero(test.labels == i))[:6])]
+        has = (lambda i: test.labels[:, i] == 1) if dataset.multilabel else (lambda i: test.labels == i)
+        examples = {c: test.images[np.sort(rng.permutation(np.flatnonzero(has(i)))[:6])]
                     for i, c in enumerate(dataset.class_names)}
         extra["dataset_figure"] = figures.dataset_examples(examples, figs)
+        if dataset.multilabel:  # over every split: which findings come together
+            every = np.concatenate([s.labels for s in dataset.splits.values() if len(s)])
+            extra["cooccurrence_figure"] = figures.label_cooccurrence(every, list(dataset.class_names), figs)
     _explanations(root, results, dataset, classes, extra)
     for folder in ("predictions", "confusion", "figures", "explain"):
         extra["files"] += sorted(str(p.relative_to(root)) for p in (root / folder).glob("*") if p.is_file())
-    if (root / "classification_report.csv").is_file():
-        extra["files"].insert(0, "classification_report.csv")
+    for table in ("per_label_report.csv", "classification_report.csv"):
+        if (root / table).is_file():
+            extra["files"].insert(0, table)
     write_atomic(root / "report.html", render_html(results, **extra))
 
 
@@ -163,5 +197,9 @@ def _explanations(root: Path, results: dict, dataset, classes: list[str], extra:
             if method in maps:
                 columns.append((v["name"], maps[method], np.array(e["probabilities"])))
         if columns:
-            fig = figures.explanation_gallery(method, images, [classes[t] for t in targets], columns, classes, targets, root / "figures")
+            rule = first.get("target_rule", "the true class")
+            title = None if rule == "the true class" else (  # multi-label: the explained label, per row
+                f"{method}: where each variant looks for the explained label ({rule}; row: that label)")
+            fig = figures.explanation_gallery(method, images, [classes[t] for t in targets], columns, classes, targets,
+                                              root / "figures", title=title)
             extra["galleries"].append({"method": method, "figure": fig, "variants": [c[0] for c in columns]})

@@ -135,6 +135,70 @@ def variant_panels(name: str, probs: np.ndarray, labels: np.ndarray, classes: li
     return save(fig, folder, f"variant_{safe_stem(name)}")
 
 
+def multilabel_panels(name: str, probs: np.ndarray, labels: np.ndarray, classes: list[str], folder: Path,
+                      per_label: dict | None = None) -> dict:
+    """Per-label ROC curves of one multi-label variant's deployed file (one panel per label, AUC in the
+    title; the dot: the label's threshold chosen on validation). A label without positives or negatives
+    in the split has no curve and says so."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _plt()
+    k = len(classes)
+    cols = min(k, 5)
+    rows = (k + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.75, rows * 1.8), squeeze=False)
+    for i in range(rows * cols):
+        ax = axes[i // cols, i % cols]
+        if i >= k:
+            ax.axis("off")
+            continue
+        truth = np.asarray(labels)[:, i] == 1
+        title = classes[i] if len(classes[i]) <= 16 else classes[i][:15] + "…"
+        ax.plot([0, 1], [0, 1], ":", color="gray", lw=0.7)
+        if truth.all() or not truth.any():
+            ax.set_title(f"{title}\n(undefined: no {'negatives' if truth.all() else 'positives'})", fontsize=7)
+        else:
+            fpr, tpr, _ = roc_curve(truth, probs[:, i])
+            ax.plot(fpr, tpr, lw=1.2)
+            ax.set_title(f"{title}\nAUC {roc_auc_score(truth, probs[:, i]):.3f} (n+ {int(truth.sum())})", fontsize=7)
+            row = (per_label or {}).get(classes[i]) or {}
+            sens, spec = row.get("sensitivity"), row.get("specificity")
+            if sens is not None and spec is not None and sens == sens and spec == spec:
+                ax.plot([1 - spec], [sens], "o", color="crimson", ms=3)
+        ax.set_xlim(0, 1), ax.set_ylim(0, 1.02)
+        ax.tick_params(labelsize=6)
+        if i % cols == 0:
+            ax.set_ylabel("sensitivity", fontsize=7)
+        if i // cols == rows - 1:
+            ax.set_xlabel("1 - specificity", fontsize=7)
+    fig.suptitle(f"{name}: ROC per label (dot: the label's threshold chosen on val)", fontsize=8)
+    fig.tight_layout()
+    return save(fig, folder, f"variant_{safe_stem(name)}")
+
+
+def label_cooccurrence(labels: np.ndarray, classes: list[str], folder: Path) -> dict:
+    """How often two findings occur on the same image: counts (diagonal: images with the finding), shaded
+    by P(column | row), so a rare label's partners show as clearly as a common one's."""
+    plt = _plt()
+    y = np.asarray(labels).astype(np.int64)
+    counts = y.T @ y
+    diag = np.maximum(np.diag(counts), 1)
+    share = counts / diag[:, None]
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(0.42 * k + 1.8, 0.42 * k + 1.2))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=6,
+                    color="white" if share[i, j] > 0.6 else "black")
+    short = [c if len(c) <= 12 else c[:11] + "…" for c in classes]
+    ax.set_xticks(range(k), short, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(k), short, fontsize=7)
+    ax.set_title(f"Label co-occurrence ({len(y)} images; shade: P(column | row))")
+    fig.tight_layout()
+    return save(fig, folder, "label_cooccurrence")
+
+
 def training_curves(histories: dict[str, list[dict]], folder: Path) -> dict | None:
     series = {n: h for n, h in histories.items() if h}
     if not series:

@@ -23,10 +23,10 @@ numpy, Pillow (through `medlite.data.preprocess`) and the standard library: the 
 
 from __future__ import annotations
 
-from medlite.runtime.artifact import Artifact, softmax
+from medlite.runtime.artifact import Artifact, activate, softmax
 from medlite.runtime.errors import ArtifactError, RuntimeMissing
 from medlite.runtime.host import cpu_count, peak_rss_mb, resolve_threads
-from medlite.runtime.operating_point import OPERATING_POINT_KEYS, decide, read_operating_point
+from medlite.runtime.operating_point import OPERATING_POINT_KEYS, decide, decide_labels, read_operating_point
 from medlite.runtime.registry import (
     Runtime,
     artifact_bytes,
@@ -53,8 +53,8 @@ from medlite.runtime.sidecar import (
 
 __all__ = [
     "Artifact", "ArtifactError", "CARD_KEY", "OPERATING_POINT_KEYS", "PREPROCESS_KEY", "Runtime", "RuntimeMissing",
-    "VARIANT_KEY", "artifact_bytes", "artifact_files", "cpu_count", "decide", "deployable_suffixes", "get_runtime",
+    "VARIANT_KEY", "artifact_bytes", "artifact_files", "cpu_count", "decide", "decide_labels", "deployable_suffixes", "get_runtime",
     "json_value", "open_artifact", "peak_rss_mb", "read_operating_point", "read_sidecar", "register_runtime",
     "resolve_runtime", "resolve_threads", "runtime_available", "runtime_for", "runtimes", "sidecar_paths",
-    "softmax", "spec_from_json", "write_sidecar",
+    "activate", "softmax", "spec_from_json", "write_sidecar",
 ]

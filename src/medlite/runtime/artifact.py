@@ -19,7 +19,7 @@ from medlite.data.preprocess import PreprocessSpec, normalize
 from medlite.runtime.errors import ArtifactError, RuntimeMissing
 from medlite.runtime.host import resolve_threads
 from medlite.runtime.registry import get_runtime
-from medlite.runtime.operating_point import CARD_SOURCE, decide, read_operating_point
+from medlite.runtime.operating_point import CARD_SOURCE, decide, decide_labels, read_operating_point
 from medlite.runtime.sidecar import CARD_KEY, PREPROCESS_KEY, json_value, read_sidecar, sidecar_paths, spec_from_json
 
 
@@ -29,6 +29,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def activate(logits: np.ndarray, spec: PreprocessSpec | None) -> np.ndarray:
+    """A file's logits -> probabilities (float64) by its spec's `activation`: a softmax over classes,
+    or a sigmoid per label for multi-label models (`medlite.task.sigmoid`, numpy only)."""
+    if spec is not None and spec.multilabel:
+        from medlite.task import sigmoid
+
+        return sigmoid(logits)
+    return softmax(logits)
 
 
 class Artifact:
@@ -142,7 +152,7 @@ class Artifact:
     def probabilities(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Normalised float32 NCHW inputs -> class probabilities (float64), checked against the spec."""
         spec = self.require_spec()
-        probs = softmax(self.run(x, batch_size))
+        probs = activate(self.run(x, batch_size), spec)
         if probs.shape[1] != len(spec.class_names):
             raise ArtifactError(f"{self.path}: model has {probs.shape[1]} outputs but the spec names "
                                 f"{len(spec.class_names)} classes")
@@ -150,7 +160,14 @@ class Artifact:
 
     def decide(self, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
         """Predicted class indices: at the file's operating point when it has one (or at `threshold`,
-        which overrides its value; for a two-class model without one, class 1 is positive), else argmax."""
+        which overrides its value; for a two-class model without one, class 1 is positive), else argmax.
+        Multi-label models: multi-hot (N, K) at the stored per-label thresholds (0.5 without them, or `threshold`
+        for every label when given)."""
+        spec = getattr(self, "spec", None)  # (a bare Artifact in tests has only an operating point)
+        if spec is not None and spec.multilabel:
+            names = self.class_names
+            op = {"thresholds": dict.fromkeys(names, threshold)} if threshold is not None else self.operating_point
+            return decide_labels(probs, op, names)
         op = self.operating_point or {}
         t = threshold if threshold is not None else op.get("threshold")
         if t is None:

@@ -26,8 +26,29 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _parse_per_label(value: dict, where: str, class_names: list[str]) -> dict:
+    """A multi-label file's operating point {"thresholds": {label: t}, "rule": ...}: every label of the
+    model has a threshold between 0 and 1, and no other label is named."""
+    thresholds = value["thresholds"]
+    if not isinstance(thresholds, dict):
+        raise ArtifactError(f"{where}: operating point `thresholds` {thresholds!r} is not a mapping label -> threshold")
+    unknown = [k for k in thresholds if k not in class_names]
+    missing = [k for k in class_names if k not in thresholds]
+    if unknown or missing:
+        raise ArtifactError(f"{where}: operating point thresholds name {unknown or 'no unknown label'} and miss "
+                            f"{missing or 'no label'} of the model's labels {class_names}")
+    for name, t in thresholds.items():
+        if not _number(t) or not 0.0 < float(t) < 1.0:
+            raise ArtifactError(f"{where}: operating point threshold of {name!r} ({t!r}) is not between 0 and 1")
+    return {"thresholds": {k: float(thresholds[k]) for k in class_names},
+            **{k: value[k] for k in KEPT_KEYS if k in value}}
+
+
 def _parse(value: Any, where: str, class_names: list[str]) -> dict:
-    """One stored operating point -> {"threshold", "positive_index", "positive_class", ...}."""
+    """One stored operating point -> {"threshold", "positive_index", "positive_class", ...}
+    (multi-label: {"thresholds": {label: t}, ...})."""
+    if isinstance(value, dict) and "thresholds" in value:
+        return _parse_per_label(value, where, class_names)
     if _number(value):
         threshold, named, index, extra = float(value), None, None, {}
     elif isinstance(value, dict):
@@ -85,6 +106,13 @@ def read_operating_point(metadata: Mapping[str, Any], card: dict | None, class_n
         parsed = _parse(json_value(raw), f"{origin} ({source})", class_names)
         found.append({**parsed, "source": source, "file": str(origin)})
     return found[0] if found else None
+
+
+def decide_labels(probs: np.ndarray, op: dict | None, class_names: list[str]) -> np.ndarray:
+    """Multi-hot decisions (N, K uint8) of a multi-label model: each label at its stored threshold
+    (`op["thresholds"]`), or at 0.5 without an operating point (MedMNIST's rule)."""
+    cut = np.array([op["thresholds"][n] for n in class_names] if op else [0.5] * len(class_names), dtype=np.float64)
+    return (np.asarray(probs) >= cut[None, :]).astype(np.uint8)
 
 
 def decide(probs: np.ndarray, index: int, threshold: float) -> np.ndarray:

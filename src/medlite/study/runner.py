@@ -227,6 +227,28 @@ def _select(spec: StudySpec, all_settings, summary: list[dict], trials: list[Tri
             "value": scores[pick], "scores": scores, "overrides": setting.overrides, "report": sel.report}
 
 
+def _per_label(pairs: list[dict], names: list[str], spec: StudySpec, seed: int) -> dict[str, dict]:
+    """Paired bootstrap of each label's AUC difference, Holm-corrected within the comparison's labels (a
+    label undefined on the test images has no test and is left out of the family)."""
+    from medlite.study.stats import holm, paired_auc_difference
+
+    out = {}
+    for k, name in enumerate(names):
+        counts = [int(np.asarray(p["labels"])[:, k].sum()) for p in pairs]
+        if all(c == 0 or c == len(p["labels"]) for c, p in zip(counts, pairs)):
+            missing = "positive" if not any(counts) else "negative" if all(c == len(p["labels"]) for c, p in zip(counts, pairs)) else "positive or negative"
+            out[name] = {"delta_auc": float("nan"), "ci": None, "p": float("nan"),
+                         "undefined": f"no {missing} test image of {name}"}
+            continue
+        r = paired_auc_difference(pairs, resamples=spec.stats.resamples, confidence=spec.stats.confidence,
+                                  seed=seed, label=k)
+        out[name] = {key: r[key] for key in ("delta_auc", "ci", "p")}
+    family = [n for n in names if math.isfinite(out[n]["p"]) and math.isfinite(out[n]["delta_auc"])]
+    for name, adjusted in zip(family, holm([out[n]["p"] for n in family]) if family else []):
+        out[name].update(p_holm=adjusted, significant=bool(adjusted <= spec.stats.alpha))
+    return out
+
+
 def _compare(spec: StudySpec, rows: list[dict], splits: dict, out: Path, selection: dict | None) -> list[dict]:
     """Paired AUC comparisons against the baseline on the same test images, Holm-corrected."""
     if spec.baseline is None or not rows:
@@ -258,7 +280,7 @@ def _compare(spec: StudySpec, rows: list[dict], splits: dict, out: Path, selecti
             if (s, v) != (setting, variant) or (b_setting, b_variant, seed, fold) not in by_key:
                 continue
             other = by_key[(b_setting, b_variant, seed, fold)]
-            ids_a, labels_a, probs_a, _ = load(row["predictions"])
+            ids_a, labels_a, probs_a, label_names = load(row["predictions"])
             ids_b, labels_b, probs_b, _ = load(other["predictions"])
             if not (len(ids_a) == len(ids_b) and (ids_a == ids_b).all() and (labels_a == labels_b).all()):
                 raise UsageError(f"baseline: {row['trial']} and {other['trial']} were tested on different images")
@@ -280,6 +302,8 @@ def _compare(spec: StudySpec, rows: list[dict], splits: dict, out: Path, selecti
         runs = paired_runs_test(*run_aucs, folds=spec.folds.k if spec.folds else None)
         comparisons.append({"setting": setting, "variant": variant, "baseline_setting": b_setting,
                             "baseline_variant": b_variant, **result, "runs": runs})
+        if np.ndim(pairs[0]["labels"]) == 2:  # multi-label: each label's AUC too, Holm over the labels
+            comparisons[-1]["per_label"] = _per_label(pairs, label_names, spec, seed=len(seen))
         seen[content] = comparisons[-1]
     family = [c for c in comparisons if "duplicate_of" not in c]
     for c, adjusted in zip(family, holm([c["p"] for c in family]) if family else []):

@@ -113,14 +113,31 @@ def holm(pvalues: list[float]) -> list[float]:
     return adjusted.tolist()
 
 
+def _auc_rows(probs: np.ndarray, labels: np.ndarray, idx: np.ndarray, label: int | None = None) -> np.ndarray:
+    """`auc_rows`, and for multi-hot labels (n, K) the mean AUC over the labels defined in each resample
+    (MedMNIST's multi-label AUC, as `evaluate.multilabel.bootstrap_intervals`), or label `label`'s AUC."""
+    if np.ndim(labels) == 1:
+        return auc_rows(probs, labels, idx)
+    import warnings
+
+    columns = [label] if label is not None else range(labels.shape[1])
+    rows = np.vstack([auc_rows(np.column_stack([1 - probs[:, k], probs[:, k]]), labels[:, k].astype(np.int64), idx)
+                      for k in columns])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample where no label is defined: NaN
+        return np.nanmean(rows, axis=0)
+
+
 def paired_auc_difference(
-    pairs: list[dict], *, resamples: int = 2000, confidence: float = 0.95, seed: int = 0
+    pairs: list[dict], *, resamples: int = 2000, confidence: float = 0.95, seed: int = 0, label: int | None = None
 ) -> dict[str, Any]:
     """Paired bootstrap of mean AUC(A) - AUC(B) over `pairs`.
 
     Each pair: {"group": hashable test-set id, "labels": (n,), "a": probs (n, K), "b": probs (n, K)};
     pairs of one group share their test images (same order). Units (images) are pooled over the
     groups and resampled jointly; each pair's AUC difference uses the resampled units of its group.
+    Multi-label pairs (labels (n, K) multi-hot) compare the mean AUC over labels, or with `label` that
+    label's AUC (the per-label tests, Holm-corrected by the caller).
     """
     from scipy.stats import bootstrap
 
@@ -145,7 +162,7 @@ def paired_auc_difference(
             # This group's resampled units as local indices (-1: a unit of another group).
             local = np.where(inside, units - start, -1)
             for m in members:
-                diffs.append(auc_rows(m["a"], m["labels"], local) - auc_rows(m["b"], m["labels"], local))
+                diffs.append(_auc_rows(m["a"], m["labels"], local, label) - _auc_rows(m["b"], m["labels"], local, label))
         return np.vstack(diffs)
 
     def statistic(units: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -21,10 +21,13 @@ from typing import Callable
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
+from medlite.errors import UsageError
+from medlite.task import pos_weight as label_pos_weight, task_of
 from medlite.train.callbacks import EpochLog
 from medlite.train.data import TrainData, class_weights
 from medlite.train.device import placement, precision, resolve_device
@@ -88,6 +91,18 @@ def training_warnings() -> Iterator[None]:
         yield
 
 
+def hard_loss_kind(task, loss: str | None) -> str | None:
+    """The recipe's `loss` (teacher/student sections) checked against the data's task: cross-entropy for one
+    class per image, `bce` (default) or `asymmetric` for multi-label data. None: the task's default."""
+    if loss is None:
+        return None
+    allowed = ("bce", "asymmetric") if task.multilabel else ("cross_entropy",)
+    if loss not in allowed:
+        kind = "multi-label" if task.multilabel else "single-label (one class per image)"
+        raise UsageError(f"loss: {loss!r} is not a loss for {kind} data; use {' or '.join(allowed)}")
+    return loss
+
+
 def fit(
     model,
     dataset,
@@ -126,6 +141,11 @@ def fit(
     start = time.perf_counter()
     if cfg.epochs == 0:
         return FitResult(best_epoch=-1, best_val_auc=None, epochs=0)
+    task = task_of(dataset)
+    task.check_balance(data_cfg.balance)
+    loss_kind = hard_loss_kind(task, getattr(cfg, "loss", None))
+    if task.multilabel and cfg.label_smoothing:
+        raise UsageError("label_smoothing: defined for cross-entropy over one softmax, not for multi-label data; set it to 0")
     device = resolve_device(device)
     where = placement(trainer_cfg, device, data_cfg.balance, score_start)  # refused before any work
     L.seed_everything(seed, workers=True, verbose=False)
@@ -141,13 +161,16 @@ def fit(
                      input_size=input_size)
     if teach.bank_views:
         data.build_bank(teach.bank_teachers, teach.bank_views, device, teacher_sizes=teacher_sizes)
-    weights = None
-    if data_cfg.balance == "class_weights":
+    weights = pos_weight = None
+    if data_cfg.balance == "class_weights" and task.multilabel:  # per label: negatives / positives
+        pos_weight = torch.tensor(label_pos_weight(dataset.splits["train"].labels), dtype=torch.float32)
+    elif data_cfg.balance == "class_weights":
         weights = class_weights(dataset.splits["train"].labels, dataset.num_classes)
     module = ClassifierModule(
         model, cfg, mean=dataset.mean, std=dataset.std, augment_preset=data_cfg.augment, class_weights=weights,
         teachers=teach.teachers or None, method=teach.method, teacher_weights=teach.weights, seed=seed,
-        input_size=input_size, teacher_sizes=teacher_sizes, mixup=mixup,
+        input_size=input_size, teacher_sizes=teacher_sizes, mixup=mixup, task=task, pos_weight=pos_weight,
+        loss=loss_kind,
     )
     log_dir.mkdir(parents=True, exist_ok=True)
     if progress is None:

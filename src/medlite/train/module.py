@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from medlite.distill.methods import StudentOutput, TeacherOutput
 from medlite.evaluate.metrics import auc as auc_score
 from medlite.models.taps import FeatureTaps
+from medlite.task import SINGLE_LABEL_TASK, Task
 from medlite.train.augment import augment, mixup, resize_to
 from medlite.train.selection import FACTS_KEY, ValScore
 
@@ -43,6 +44,9 @@ class ClassifierModule(L.LightningModule):
         input_size: int | None = None,
         teacher_sizes: list[int] | None = None,
         mixup: float = 0.0,
+        task: Task = SINGLE_LABEL_TASK,
+        pos_weight: torch.Tensor | None = None,
+        loss: str | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -56,6 +60,11 @@ class ClassifierModule(L.LightningModule):
         self._teachers = tuple(t.eval().requires_grad_(False) for t in teachers or [])
         self._student_taps = self._teacher_taps = None
         self.register_buffer("class_weights", class_weights, persistent=False)
+        # Multi-label data (`task.multilabel`): labels are multi-hot rows, the hard loss is the task's
+        # (BCE or the asymmetric loss, `loss`), with a per-label `pos_weight` for `data.balance: class_weights`.
+        self.task = task
+        self.loss_kind = loss or "bce"
+        self.register_buffer("pos_weight", pos_weight, persistent=False)
         self.generator = torch.Generator().manual_seed(seed)  # the live augmentation's (and mixup's) draws
         # A cross-resolution student sees each view at its own size, each teacher at its own (None: as given).
         self.input_size = input_size
@@ -88,11 +97,12 @@ class ClassifierModule(L.LightningModule):
     # -- steps ------------------------------------------------------------------------
     def _teacher_output(self, x: torch.Tensor, bank_logits: torch.Tensor | None) -> TeacherOutput:
         if bank_logits is not None:  # views x ... -> one tensor per teacher
-            return TeacherOutput([bank_logits[:, i].float() for i in range(bank_logits.shape[1])], self.teacher_weights)
+            return TeacherOutput([bank_logits[:, i].float() for i in range(bank_logits.shape[1])], self.teacher_weights,
+                                 task=self.task)
         with torch.no_grad():
             logits = [t(resize_to(x, size)).float() for t, size in zip(self._teachers, self.teacher_sizes)]
         features = self._teacher_taps.take() if self._teacher_taps is not None else {}
-        return TeacherOutput(logits, self.teacher_weights, features)
+        return TeacherOutput(logits, self.teacher_weights, features, task=self.task)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """`batch` from TrainData: uint8 images (a bank's fixed views, or augmented here), labels, bank logits."""
@@ -107,6 +117,12 @@ class ClassifierModule(L.LightningModule):
         logits = self.model(resize_to(x, self.input_size))
 
         def hard_loss(z: torch.Tensor) -> torch.Tensor:
+            if self.task.multilabel:
+                # Mixup mixes multi-hot targets (lam * y + (1 - lam) * y[partner]); BCE is linear in its
+                # target, so this equals mixing the two losses, and it is the usual form for the others.
+                y = labels.float() if partner is None else lam * labels.float() + (1 - lam) * labels[partner].float()
+                return self.task.hard_loss(z, y, pos_weight=self.pos_weight, loss=self.loss_kind)
+
             def ce(y: torch.Tensor) -> torch.Tensor:
                 return F.cross_entropy(z, y, weight=self.class_weights, label_smoothing=self.cfg.label_smoothing)
 
@@ -118,7 +134,7 @@ class ClassifierModule(L.LightningModule):
             loss = self.method.loss(student, teacher, labels, hard_loss=hard_loss, epoch=self.current_epoch)
         else:
             loss = hard_loss(logits)
-        acc = (logits.argmax(1) == labels).float().mean()
+        acc = self.task.torch_accuracy(logits, labels)
         # DDP: each rank saw its share of the epoch; the logged epoch metrics are the mean over ranks.
         sync = self.trainer.world_size > 1
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=sync)
@@ -143,11 +159,16 @@ class ClassifierModule(L.LightningModule):
             first = torch.as_tensor(first, device=logits.device)
             logits, labels = logits[first], labels[first]
         self._val_outputs.clear()
-        loss = float(F.cross_entropy(logits, labels))
-        probs = torch.softmax(logits, 1).cpu().numpy()
         y = labels.cpu().numpy()
-        auc = auc_score(probs, y)
-        acc = float((probs.argmax(1) == y).mean())
+        if self.task.multilabel:  # plain BCE (no pos_weight): comparable across recipes; mean AUC over labels
+            loss = float(F.binary_cross_entropy_with_logits(logits, labels.float()))
+            probs = self.task.torch_probabilities(logits).cpu().numpy()
+            auc, acc = self.task.validation_auc(probs, y), self.task.accuracy(probs, y)
+        else:
+            loss = float(F.cross_entropy(logits, labels))
+            probs = torch.softmax(logits, 1).cpu().numpy()
+            auc = auc_score(probs, y)
+            acc = float((probs.argmax(1) == y).mean())
         # An AUC that cannot be computed (one class in the validation split, non-finite outputs) is
         # logged as NaN, never as a number that looks like a (terrible) score.
         # Under DDP every rank logs the same values (the whole split, gathered): syncing keeps them.

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from medlite.distill.methods import DistillMethod, build_method
+from medlite.task import task_of
 
 
 @dataclass
@@ -30,7 +31,7 @@ def teaching(model: torch.nn.Module, dataset, teacher, distill, *, seed: int, ep
         spec = dataset.preprocess
         size = input_size or spec.image_size  # the student's example input, at its own size
         torch.manual_seed(seed)  # the method's own layers (adapters, exits) start from the seed too
-        method = build_method(distill, model, teachers, torch.zeros(2, spec.channels, size, size))
+        method = build_method(distill, model, teachers, torch.zeros(2, spec.channels, size, size), task=task_of(dataset))
     weights = getattr(distill, "teacher_weights", None)  # ignored for one teacher
     live_teacher = method is not None and (bool(method.teacher_taps()) or distill.resolved_views == "live")
     bank = (teachers and method is not None and not live_teacher) or (fixed_views and not teachers)
