@@ -5,7 +5,7 @@ with only numpy, onnxruntime and Pillow installed. The Python API (`medlite.run`
 `medlite.study`; `medlite.api`) is imported on first use.
 """
 
-__version__ = "0.1.0"
+from medlite.version import __version__  # noqa: F401 - medlite.__version__
 
 _API = {"run", "load", "study", "RunResult", "StudyResult"}
 _ERRORS = {"MedliteError", "UsageError", "DataError"}

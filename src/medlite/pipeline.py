@@ -68,7 +68,7 @@ def load_data(ctx: Context) -> None:
             # Kept with the models: evaluating them on other data can say which images they have seen.
             save_hashes(ctx.run.models / HASHES_NAME, hashes["train"])
     d = ctx.dataset
-    check_config(ctx.recipe, d.class_names)
+    check_config(ctx.recipe, d.class_names, multilabel=d.multilabel)
     sizes = ", ".join(f"{k} {len(s)}" for k, s in d.splits.items())
     ctx.say(f"data: {d.name} ({d.source}), {d.num_classes} classes, {sizes}; {d.image_size}px x {d.channels}ch")
     for warning in getattr(d, "warnings", []):

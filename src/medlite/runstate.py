@@ -149,7 +149,7 @@ def _jsonable(value: Any):
 
 
 def medlite_version() -> str:
-    from medlite import __version__
+    from medlite.version import __version__
 
     return __version__
 

@@ -39,7 +39,7 @@ STAGE_SCHEMAS: dict[str, int] = {"train": 4, "export": 2, "evaluate": 2, "predic
 
 def stage_key(kind: str, *parts: Any, schema: int | None = None) -> str:
     """The fingerprint a stage is cached under: its inputs, medlite's version and the stage's schema."""
-    from medlite import __version__
+    from medlite.version import __version__
 
     if schema is None:
         if kind not in STAGE_SCHEMAS:

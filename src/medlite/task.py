@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from medlite.errors import DataError, UsageError
+from medlite.activations import sigmoid  # noqa: F401 - the one sigmoid (re-exported)
 
 if TYPE_CHECKING:
     import torch
@@ -39,12 +40,6 @@ def refuse_untrainable(task: str, what: str) -> None:
         raise DataError(f"{what}: training on multi-label data is not supported yet (`medlite data` summarises it)")
 
 
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """Element-wise logistic in float64, numpy only (devices have no scipy): exp(-|z|) never
-    overflows, and small probabilities keep their precision (not 1 - a number near 1)."""
-    z = np.asarray(logits, dtype=np.float64)
-    e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
 def pos_weight(labels: np.ndarray) -> np.ndarray:
@@ -76,7 +71,7 @@ class Task:
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Probabilities from a file's logits (float64): rows summing to 1."""
-        from medlite.runtime import softmax
+        from medlite.activations import softmax
 
         return softmax(logits)
 

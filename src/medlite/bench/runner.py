@@ -77,9 +77,7 @@ def find_images(target: Path | None, limit: int = MAX_SAMPLE_IMAGES) -> list[Pat
 
 def _src_root() -> str:
     """The directory holding the `medlite` package: the worker must import the same code as we do."""
-    import medlite
-
-    return str(Path(medlite.__file__).resolve().parent.parent)
+    return str(Path(__file__).resolve().parents[2])  # src/medlite/bench/runner.py -> src
 
 
 def run_worker(argv: list[str], timeout_s: float) -> dict:

@@ -37,7 +37,7 @@ app = typer.Typer(
 
 def _show_version(value: bool) -> None:
     if value:
-        from medlite import __version__
+        from medlite.version import __version__
 
         typer.echo(f"medlite {__version__}")
         raise typer.Exit(0)

@@ -243,7 +243,7 @@ def _at_operating_point(art, probs: np.ndarray, labels: np.ndarray, classes: lis
     from sklearn import metrics as skm
 
     # local: the operating-point module (sensitivity/specificity and their bootstrap) imports the stage type.
-    from medlite.evaluate.operating_point import bootstrap_sens_spec, sens_spec
+    from medlite.evaluate.thresholds import bootstrap_sens_spec, sens_spec
 
     decided = art.decide(probs)
     index = int(op["positive_index"])
@@ -281,7 +281,7 @@ def evaluate_external(model: Path, data: str, data_root: Path, *, class_map: dic
                       split: str = "test", out: Path | None = None, bootstrap: int = 1000,
                       confidence: float = 0.95, threads: int = 0, batch_size: int = 256) -> dict:
     """Test `model` (a file or a run directory) on `data`; write the files into `out`; the document."""
-    from medlite import __version__
+    from medlite.version import __version__
     from medlite.evaluate.metrics import classification_metrics
     from medlite.runstate import is_run_dir, write_atomic, write_json
 

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 from sklearn import metrics as skm
 
-from medlite.runtime import softmax  # noqa: F401 - the one softmax, re-exported for training and tests
+from medlite.activations import softmax  # noqa: F401 - the one softmax, re-exported for training and tests
 
 
 def auc_rows(probs: np.ndarray, labels: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -89,7 +89,7 @@ def choose_thresholds(val_probs: np.ndarray, val_labels: np.ndarray, class_names
     without both positive and negative validation images gets no threshold (None) and a warning:
     its sensitivity and specificity at an operating point are then undefined.
     """
-    from medlite.evaluate.operating_point import choose_threshold
+    from medlite.evaluate.thresholds import choose_threshold
 
     rule = rule or SimpleNamespace(sensitivity=None, specificity=None, youden=True)
     probs, labels = _as_arrays(val_probs, val_labels)
@@ -139,7 +139,7 @@ def multilabel_metrics(
     `thresholds`: `choose_thresholds(...)[0]` (chosen on validation); without them sensitivity and
     specificity are given at 0.5. `undefined` lists, in words, every figure that is NaN and why.
     """
-    from medlite.evaluate.operating_point import bootstrap_sens_spec, sens_spec
+    from medlite.evaluate.thresholds import bootstrap_sens_spec, sens_spec
 
     probs, labels = _as_arrays(probs, labels)
     if probs.shape[1] != len(class_names):

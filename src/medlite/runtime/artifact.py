@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from medlite.activations import sigmoid, softmax  # noqa: F401 - re-exported: the runtime's own
 from medlite.data.preprocess import PreprocessSpec, normalize
 from medlite.runtime.errors import ArtifactError, RuntimeMissing
 from medlite.runtime.host import resolve_threads
@@ -23,20 +24,10 @@ from medlite.runtime.operating_point import CARD_SOURCE, decide, decide_labels, 
 from medlite.runtime.sidecar import CARD_KEY, PREPROCESS_KEY, json_value, read_sidecar, sidecar_paths, spec_from_json
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64 (stable: subtract the max). The project's one softmax."""
-    z = np.asarray(logits).astype(np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def activate(logits: np.ndarray, spec: PreprocessSpec | None) -> np.ndarray:
     """A file's logits -> probabilities (float64) by its spec's `activation`: a softmax over classes,
-    or a sigmoid per label for multi-label models (`medlite.task.sigmoid`, numpy only)."""
+    or a sigmoid per label for multi-label models (numpy only)."""
     if spec is not None and spec.multilabel:
-        from medlite.task import sigmoid
-
         return sigmoid(logits)
     return softmax(logits)
 

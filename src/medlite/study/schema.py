@@ -220,10 +220,14 @@ def _override(key: str, value: Any) -> str:
 
 
 def load_study(path: Path) -> StudySpec:
+    from medlite.recipe import DuplicateKey, load_yaml  # the recipe's loader: a key given twice is refused
+
     try:
-        tree = yaml.safe_load(Path(path).read_text())
+        tree = load_yaml(Path(path).read_text())
     except FileNotFoundError:
         raise UsageError(f"{path}: study file not found") from None
+    except DuplicateKey as err:
+        raise UsageError(f"{path}: {err.problem}; keep one") from None
     except yaml.YAMLError as err:
         raise UsageError(f"{path}: malformed YAML ({getattr(err, 'problem', None) or err})") from None
     if not isinstance(tree, dict):
