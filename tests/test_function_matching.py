@@ -47,7 +47,7 @@ def test_resize_to_keeps_a_tensor_at_its_size_and_downsamples_otherwise():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["distill.mixup=0.2"], "mixup needs views: live"),
+    (["distill.views=bank"], "mixup needs views: live"),  # the default recipe has mixup 0.2
     (["distill.method=dkd", "distill.views=live", "distill.mixup=0.2"], "two"),
     (["distill.method=fitnet", "distill.views=bank"], "use views: live"),
 ])
@@ -57,9 +57,18 @@ def test_settings_that_cannot_mean_what_they_say_are_refused(overrides, message)
 
 
 def test_views_default_per_method():
-    assert load_recipe("breastmnist").distill.resolved_views == "bank"
-    assert load_recipe("breastmnist", ["distill.method=at"]).distill.resolved_views == "live"
-    assert load_recipe("breastmnist", ["distill.views=live"]).distill.resolved_views == "live"
+    from medlite.distill.config import ATConfig, KDConfig
+
+    assert KDConfig().resolved_views == "bank" and ATConfig().resolved_views == "live"
+    # the default recipe ships function matching, chosen on validation (benchmarks/kd_evidence)
+    assert load_recipe("breastmnist").distill.resolved_views == "live"
+    assert load_recipe("breastmnist", ["distill.views=bank", "distill.mixup=0"]).distill.resolved_views == "bank"
+
+
+def test_switching_to_dkd_drops_the_files_mixup_and_says_so():
+    recipe = load_recipe("breastmnist", ["distill.method=dkd"])
+    assert recipe.distill.mixup == 0 and recipe.distill.views == "live"
+    assert any("distill.mixup" in note for note in recipe._notes)
 
 
 def test_feature_method_refuses_a_cross_resolution_student():

@@ -277,7 +277,8 @@ def test_the_scratch_baseline_is_fair_and_says_how_it_was_trained(first_run):
     variants = {v["name"]: v for v in results["variants"]}
     scratch, kd = variants["student_scratch"]["training"], variants["student_kd"]["training"]
     assert scratch["views"] == "live" and scratch["teachers"] == [] and scratch["method"] is None
-    assert kd["views"] == "bank" and kd["teachers"] == ["teacher"] and kd["method"] == "kd"
+    # the default recipe's function matching: the teacher live, mixup for both students (the same budget)
+    assert kd["views"] == "live" and kd["teachers"] == ["teacher"] and kd["method"] == "kd" and kd["mixup"] == 0.2
     for key in ("epochs", "optimizer", "image_size", "mixup"):
         assert scratch[key] == kd[key], key
     assert "student_scratch_bank" not in variants  # the fixed-view control only when asked for

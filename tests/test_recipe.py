@@ -237,6 +237,9 @@ SPECIAL: dict[str, st.SearchStrategy] = {
     "compress.prune_unstructured": st.tuples(st.floats(0, 0.9), st.floats(0.01, 0.99)).map(
         lambda t: {"initial_sparsity": min(t), "final_sparsity": max(t)}
     ),
+    # 0 epochs without pretrained weights is refused (an untrained model would be deployed): tested apart
+    "teacher.epochs": st.integers(1, 10_000),
+    "student.epochs": st.integers(1, 10_000),
 }
 NORMALISED = {"data.flag": str.lower}
 

@@ -453,6 +453,10 @@ def _switch_distill_method(tree: dict, file_method: str, set_keys: list[list[str
     user = {keys[1] for keys in set_keys if len(keys) > 1 and keys[0] == "distill"}
     # Every method-specific key the file set was chosen for its method (KD's alpha is not DKD's alpha).
     dropped = [k for k in list(distill) if k != "method" and k not in shared and k not in user]
+    # A shared key the file set that the new method cannot take: DKD splits its loss on each image's one
+    # label, so the file's mixup (two labels per image) goes too.
+    if DISTILL_CONFIGS[method].uses_labels and distill.get("mixup") and "mixup" not in user:
+        dropped.append("mixup")
     for key in dropped:
         del distill[key]
     return [f"distill.method={method}: dropped {', '.join(f'distill.{k}' for k in dropped)} "
