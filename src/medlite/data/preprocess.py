@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -97,11 +98,11 @@ def upright(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def open_image_file(path: str | Path) -> Image.Image:
-    """One image file, decoded: DICOM through medlite.data.dicom (its window applied; DicomError, a
-    ValueError, with the reason when it cannot be), anything else through Pillow, EXIF orientation
-    applied. The caller closes it."""
-    if Path(path).suffix.lower() in (".dcm", ".dicom"):
+def open_image_file(path: str | Path | BinaryIO) -> Image.Image:
+    """One image file (or an open binary file object), decoded: DICOM through medlite.data.dicom (its
+    window applied; DicomError, a ValueError, with the reason when it cannot be), anything else
+    through Pillow, EXIF orientation applied. The caller closes it."""
+    if isinstance(path, (str, Path)) and Path(path).suffix.lower() in (".dcm", ".dicom"):
         from medlite.data.dicom import read_dicom  # local: pydicom is an optional extra
 
         return read_dicom(path)
@@ -117,7 +118,7 @@ def open_image_file(path: str | Path) -> Image.Image:
     return turned
 
 
-def load_image(path: str | Path, channels: int, image_size: int) -> np.ndarray:
+def load_image(path: str | Path | BinaryIO, channels: int, image_size: int) -> np.ndarray:
     """Read and convert one image file (EXIF orientation applied; DICOM windowed); raises
     OSError/ValueError when the file is not a readable image."""
     with open_image_file(path) as image:
