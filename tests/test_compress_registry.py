@@ -100,7 +100,7 @@ def test_old_quantize_pruned_key_points_to_chains(tmp_path):
 
 
 def test_stage_keys_change_with_schema_and_version(monkeypatch):
-    import medlite
+    import medlite.version
     from medlite import stage as variant
 
     parts = ("abc", {"lr": 0.1})
@@ -109,7 +109,7 @@ def test_stage_keys_change_with_schema_and_version(monkeypatch):
     monkeypatch.setitem(variant.STAGE_SCHEMAS, "export", variant.STAGE_SCHEMAS["export"] + 1)
     bumped = variant.stage_key("export", *parts)
     assert bumped != before
-    monkeypatch.setattr(medlite, "__version__", medlite.__version__ + ".post1")
+    monkeypatch.setattr(medlite.version, "__version__", medlite.version.__version__ + ".post1")
     assert variant.stage_key("export", *parts) not in (before, bumped)
     # Compression methods carry their own schema number.
     assert variant.stage_key("int8_qat", *parts, schema=1) != variant.stage_key("int8_qat", *parts, schema=2)

@@ -123,7 +123,8 @@ def test_live_teacher_sees_the_students_very_view(tmp_path, student_size):
 def test_bank_teacher_does_not_run_during_training(tmp_path):
     from medlite.train import fit
 
-    recipe = load_recipe("breastmnist", ["student.epochs=2", "student.batch_size=8"])
+    recipe = load_recipe("breastmnist", ["student.epochs=2", "student.batch_size=8", "distill.views=bank",
+                                         "distill.mixup=0"])
     seen_t: list = []
     teacher = _Recorder(seen_t, always=True)
     fit(_Recorder([]), _tiny_dataset(), recipe.student, data_cfg=recipe.data, seed=0, log_dir=tmp_path,

@@ -123,7 +123,9 @@ def _litert_ctx(tmp_path, monkeypatch, names):
     run.open()
     said: list[str] = []
     ctx = Context(load_recipe(None, ["export.formats=[onnx,litert]"]), run, tmp_path, said.append, False)
-    ctx.dataset = SimpleNamespace(preprocess=PreprocessSpec(28, 1, 0.5, 0.5, ("a", "b")), fingerprint=lambda: "d")
+    spec = PreprocessSpec(28, 1, 0.5, 0.5, ("a", "b"))
+    ctx.dataset = SimpleNamespace(preprocess=spec, image_size=28, fingerprint=lambda: "d")
+    ctx.dataset.at_size = lambda size: ctx.dataset  # every variant at the data's 28 px
     for name in names:
         (run.models / f"{name}.onnx").write_bytes(b"onnx bytes")
         ctx.add(Variant(name=name, parent=None, stage="train", arch="resnet18", file=f"models/{name}.onnx",
