@@ -58,13 +58,13 @@ def _teachers_for(ctx, parent, finetune_cfg) -> list:
 def _calibration(ctx, count: int, variant: Variant) -> tuple[np.ndarray, np.ndarray]:
     """A seeded random subset of training images at `variant`'s input size, normalised exactly as at
     inference, and their labels."""
-    from medlite.data.preprocess import normalize, resize_batch
+    from medlite.data.preprocess import normalize
 
-    train = ctx.dataset.splits["train"]
+    data = ctx.data_for(variant)  # already at the variant's size (resized once per run)
+    train = data.splits["train"]
     rng = np.random.default_rng(ctx.recipe.seed)
     idx = np.sort(rng.permutation(len(train))[: min(count, len(train))])
-    spec = ctx.data_for(variant).preprocess
-    return normalize(resize_batch(train.images[idx], spec.image_size), spec), train.labels[idx]
+    return normalize(train.images[idx], data.preprocess), train.labels[idx]
 
 
 def _finetune(ctx, name: str, model, parent, finetune_cfg, *, callbacks=(), select_best: bool = True):

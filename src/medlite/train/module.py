@@ -124,7 +124,8 @@ class ClassifierModule(L.LightningModule):
                 return self.task.hard_loss(z, y, pos_weight=self.pos_weight, loss=self.loss_kind)
 
             def ce(y: torch.Tensor) -> torch.Tensor:
-                return F.cross_entropy(z, y, weight=self.class_weights, label_smoothing=self.cfg.label_smoothing)
+                return self.task.hard_loss(z, y, class_weights=self.class_weights,
+                                           label_smoothing=self.cfg.label_smoothing)
 
             return ce(labels) if partner is None else lam * ce(labels) + (1 - lam) * ce(labels[partner])
 
