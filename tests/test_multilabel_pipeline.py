@@ -325,3 +325,96 @@ def test_an_unset_loss_is_left_out_of_every_dump():
     assert "loss" not in recipe.model_dump(mode="json")["student"] and "loss" not in recipe.teacher.model_dump()
     assert TrainConfig(arch="a", loss="asymmetric").model_dump()["loss"] == "asymmetric"
     assert Recipe.model_validate(recipe.model_dump(mode="json")) == recipe
+
+
+def test_evaluate_a_multi_label_file_gives_the_run_s_own_per_label_figures(nih_run, shared_root, tmp_path):
+    """`medlite evaluate` on the file's own test split (same table, seed and limit) recomputes the
+    run's stored mean and per-label AUCs; labels are matched by column, extra columns are left out."""
+    import yaml
+
+    from medlite.evaluate.external import evaluate_external, summary_lines
+
+    out, results, variants = nih_run
+    int8 = variants["student_kd_int8_static"]
+    data_file = tmp_path / "nih.yaml"
+    data_file.write_text(yaml.safe_dump({"data": NIH}))
+    doc = evaluate_external(out / int8["file"], str(data_file), shared_root, split="test", out=tmp_path / "ev",
+                            bootstrap=20)
+    m = doc["metrics"]["multilabel"]
+    assert doc["task"] == "multilabel" and doc["data"]["n_images"] == int8["metrics"]["n"]
+    assert m["auc"] == pytest.approx(int8["metrics"]["auc"])
+    for name, row in int8["metrics"]["per_label"].items():
+        got = m["per_label"][name]["auc"]
+        assert (got is None and row["auc"] != row["auc"]) or got == pytest.approx(row["auc"])
+        assert m["per_label"][name]["threshold"] == pytest.approx(int8["metrics"]["operating_point"]["thresholds"][name])
+    with open(tmp_path / "ev" / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == doc["data"]["n_images"] and "decision_Effusion" in rows[0]
+    assert any("Effusion: AUC" in line for line in summary_lines(doc))
+    assert "Per label" in (tmp_path / "ev" / "evaluation.html").read_text()
+
+
+def test_evaluate_refuses_a_multi_label_file_on_single_label_data(nih_run, data_root, tmp_path):
+    from medlite.evaluate.external import evaluate_external
+
+    out, _, variants = nih_run
+    with pytest.raises(UsageError, match="multi-label model .* single-label data"):
+        evaluate_external(out / variants["student_kd"]["file"], "breastmnist", data_root, out=tmp_path / "ev")
+
+
+def test_label_columns_match_by_name_or_map_and_name_what_is_missing():
+    from medlite.evaluate.external_multilabel import label_columns
+
+    assert label_columns(["b", "a", "x"], ["a", "b"], {}, "d") == ([1, 0], ["x"])
+    assert label_columns(["B", "a"], ["a", "b"], {"B": "b"}, "d") == ([1, 0], [])
+    with pytest.raises(UsageError, match="no label column for the model's label 'b'"):
+        label_columns(["a"], ["a", "b"], {}, "d")
+    with pytest.raises(UsageError, match="'z' not a label of d"):
+        label_columns(["a", "b"], ["a", "b"], {"z": "a"}, "d")
+
+
+def test_a_multi_label_litert_file_gives_per_label_sigmoids_and_decisions(tmp_path):
+    """The .tflite of a multi-label model: outputs read through the sigmoid its spec names, equal
+    to PyTorch's, decisions per label at the thresholds the sidecar carries."""
+    from medlite.export.litert import missing_packages
+
+    if missing_packages():
+        pytest.skip("LiteRT converter not installed (make litert)")
+    from medlite.data.preprocess import PreprocessSpec, normalize
+    from medlite.export.litert import convert_fp32
+    from medlite.models import create
+    from medlite.runtime import open_artifact
+
+    torch.manual_seed(0)
+    names = ("Effusion", "Mass", "Nodule")
+    spec = PreprocessSpec(16, 1, 0.5, 0.25, names, activation="sigmoid")
+    model = create("medlite_cnn_tiny", num_classes=3, in_chans=1, img_size=16).eval()
+    images = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 1), dtype=np.uint8)
+    with torch.no_grad():
+        want = torch.sigmoid(model(torch.from_numpy(normalize(images, spec)))).numpy()
+    path = tmp_path / "m.tflite"
+    convert_fp32(model, spec, path, "m")
+    art = open_artifact(path)
+    got = art.predict_proba(images)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(got.sum(1), 1)
+    decided = art.decide(got)
+    assert decided.shape == (8, 3) and ((decided == 1) == (got >= 0.5)).all()
+
+
+def test_study_markdown_lists_each_label_s_paired_test():
+    from medlite.study.outputs import _per_label_markdown
+
+    doc = {"comparisons": [{"setting": "default", "variant": "student_kd", "baseline_setting": "default",
+                            "baseline_variant": "student_scratch",
+                            "per_label": {"Effusion": {"delta_auc": 0.0412, "ci": [0.01, 0.07], "p": 0.004,
+                                                       "p_holm": 0.008, "significant": True},
+                                          "Hernia": {"delta_auc": float("nan"), "ci": None, "p": float("nan"),
+                                                     "undefined": "no positive test image of Hernia"}}},
+                           {"setting": "b", "variant": "student_kd", "duplicate_of": "default",
+                            "per_label": {"Effusion": {"delta_auc": 0.0412}}}]}
+    lines = _per_label_markdown(doc)
+    assert sum(line.startswith("## Per label") for line in lines) == 1  # the duplicate is not repeated
+    assert "| Effusion | +0.041* | +0.010 to +0.070 | 0.004 | 0.008 |" in lines
+    assert "| Hernia | undefined | no positive test image of Hernia | | |" in lines
+    assert _per_label_markdown({"comparisons": [{"setting": "s", "variant": "v"}]}) == []

@@ -300,6 +300,12 @@ def evaluate_external(model: Path, data: str, data_root: Path, *, class_map: dic
     spec = art.spec
     classes = list(spec.class_names)
     cfg, dataset = _load(section, spec, data_root, seed, data)
+    if spec.multilabel or dataset.multilabel:  # labels matched by column, not one class per image
+        from medlite.evaluate.external_multilabel import evaluate_multilabel
+
+        return evaluate_multilabel(art, selection, variant, model, data, read_as, seed, cfg, dataset,
+                                   class_map=class_map or {}, split=split, out=out, bootstrap=bootstrap,
+                                   confidence=confidence, batch_size=batch_size)
     where = f"{dataset.origin}"
     to_model = map_classes(list(dataset.class_names), classes, class_map or {}, where)
     images, data_labels, ids, splits = _pick(dataset, split)
@@ -440,6 +446,10 @@ th{{background:#f3f3f3}}.muted{{color:#666}}img{{max-width:100%}}</style></head>
 
 def summary_lines(doc: dict) -> list[str]:
     """What the command prints: the model, the data, the headline figures with their intervals."""
+    if doc.get("task") == "multilabel":
+        from medlite.evaluate.external_multilabel import summary_lines as multilabel_lines
+
+        return multilabel_lines(doc)
     m, d, a = doc["model"], doc["data"], doc["metrics"]["argmax"]
     op = doc["metrics"]["operating_point"]
     lines = [

@@ -249,7 +249,33 @@ def _markdown(document: dict, rows: list[dict]) -> str:
         lines += ["| " + " | ".join(keys) + " |", "|" + "|".join("---" for _ in keys) + "|"]
         lines += ["| " + " | ".join(r[k] for k in keys) + " |" for r in rows]
     lines += [""] + [f"- {n}" for n in _notes(document)]
+    lines += _per_label_markdown(document)
     return "\n".join(lines) + "\n"
+
+
+def _per_label_markdown(document: dict) -> list[str]:
+    """Multi-label studies: each comparison's per-label AUC differences (paired bootstrap over the
+    same test images, Holm-corrected within the comparison's labels), one table per comparison."""
+    lines: list[str] = []
+    for c in document.get("comparisons") or []:
+        per_label = c.get("per_label")
+        if not per_label or "duplicate_of" in c:
+            continue
+        lines += ["", f"## Per label: {c['setting']} / {c['variant']} vs {c['baseline_setting']} / {c['baseline_variant']}",
+                  "", "| label | Δ AUC | CI | p | p (Holm) |", "|---|---|---|---|---|"]
+        for name, r in per_label.items():
+            if r.get("undefined"):
+                lines.append(f"| {name} | undefined | {r['undefined']} | | |")
+                continue
+            ci = r.get("ci")
+            ci_text = f"{ci[0]:+.3f} to {ci[1]:+.3f}" if ci else "n/a"
+            star = "*" if r.get("significant") else ""
+            p_holm = r.get("p_holm")
+            lines.append(f"| {name} | {r['delta_auc']:+.3f}{star} | {ci_text} | {_fmt_p(r['p'])} | "
+                         f"{_fmt_p(p_holm) if p_holm is not None else 'n/a'} |")
+        lines.append("")
+        lines.append("* = significant after Holm correction over this comparison's defined labels.")
+    return lines
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "{": r"\{", "}": r"\}",
