@@ -418,3 +418,15 @@ def test_study_markdown_lists_each_label_s_paired_test():
     assert "| Effusion | +0.041* | +0.010 to +0.070 | 0.004 | 0.008 |" in lines
     assert "| Hernia | undefined | no positive test image of Hernia | | |" in lines
     assert _per_label_markdown({"comparisons": [{"setting": "s", "variant": "v"}]}) == []
+
+
+def test_the_run_table_shows_multi_label_metrics_not_dashes(nih_run):
+    from medlite.report import MULTILABEL_COLUMNS, columns, table_rows
+
+    _, results, variants = nih_run
+    assert columns(results) == MULTILABEL_COLUMNS
+    rows = {r[0].split(" ")[0]: dict(zip(MULTILABEL_COLUMNS, r)) for r in table_rows(results)}
+    m = variants["student_kd_int8_static"]["metrics"]
+    row = rows["student_kd_int8_static"]
+    assert row["mean AUC"] == f"{m['auc']:.3f}" and row["AP macro"] == f"{m['ap_macro']:.3f}"
+    assert row["AP micro"] == f"{m['ap_micro']:.3f}" and row["labels"] == str(m["labels_defined"])

@@ -5,6 +5,21 @@ from __future__ import annotations
 from importlib import resources
 
 COLUMNS = ("variant", "parent", "format", "params", "MACs", "file", "gzip", "sparsity", "acc", "bal.acc", "AUC", "AUC 95% CI", "F1", "ECE", "p50 ms")
+# Multi-label runs: balanced accuracy, F1 and ECE of one class per image do not exist; the metric
+# columns are MedMNIST's (mean AUC, mean accuracy at 0.5) and average precision, macro and micro.
+MULTILABEL_COLUMNS = ("variant", "parent", "format", "params", "MACs", "file", "gzip", "sparsity", "mean acc", "AP macro",
+                      "mean AUC", "AUC 95% CI", "AP micro", "labels", "p50 ms")
+_METRIC_KEYS = {False: ("accuracy", "balanced_accuracy", "f1_macro", "ece"),
+                True: ("accuracy", "ap_macro", "ap_micro", "labels_defined")}
+
+
+def _multilabel(results: dict) -> bool:
+    return (results.get("dataset") or {}).get("task") == "multilabel"
+
+
+def columns(results: dict) -> tuple[str, ...]:
+    """The results table's header for this run's task."""
+    return MULTILABEL_COLUMNS if _multilabel(results) else COLUMNS
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -33,16 +48,20 @@ def _num(x, digits: int = 3) -> str:
 
 
 def table_rows(results: dict) -> list[list[str]]:
+    """One row per variant, in the order of `columns(results)`."""
+    acc, second, third, fourth = _METRIC_KEYS[_multilabel(results)]
     rows = []
     for v in results["variants"]:
         m = v.get("metrics") or {}
         ci = (m.get("ci") or {}).get("auc")
         latency = (v.get("bench") or {}).get("latency_ms") or {}
+        count = m.get(fourth)
         rows.append([
             v["name"] + (" (!)" if v.get("warnings") else ""), v.get("parent") or "-", v.get("format") or "-", _fmt_count(v.get("params")),
             _fmt_count(v.get("macs")), _fmt_bytes(v.get("file_bytes")), _fmt_bytes(v.get("gzip_bytes")),
-            _num(v.get("sparsity"), 2), _num(m.get("accuracy")), _num(m.get("balanced_accuracy")), _num(m.get("auc")),
-            f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-", _num(m.get("f1_macro")), _num(m.get("ece")),
+            _num(v.get("sparsity"), 2), _num(m.get(acc)), _num(m.get(second)), _num(m.get("auc")),
+            f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-", _num(m.get(third)),
+            str(count) if fourth == "labels_defined" and isinstance(count, int) else _num(count),
             _num(latency.get("p50"), 3),
         ])
     return rows
@@ -52,7 +71,7 @@ def print_table(results: dict, console) -> None:
     from rich.table import Table
 
     table = Table(title=f"{results['recipe']}: {results['dataset']['name']} (test split, measured on the exported files)")
-    for column in COLUMNS:
+    for column in columns(results):
         table.add_column(column, justify="left" if column in ("variant", "parent", "format") else "right")
     for row in table_rows(results):
         table.add_row(*row)
@@ -82,7 +101,7 @@ def render_html(results: dict, **extra) -> str:
                "galleries": [], "faithfulness": [], "agreement": [], "operating_points": [], "files": [],
                "warnings": {}, "deploy": None, "per_label": [], "cooccurrence_figure": None}
     context.update(extra)
-    return env.from_string(template).render(results=results, columns=COLUMNS, rows=table_rows(results), **context)
+    return env.from_string(template).render(results=results, columns=columns(results), rows=table_rows(results), **context)
 
 
 def write_report(root, results: dict, dataset=None) -> None:
