@@ -94,6 +94,11 @@ class Task:
 
         return F.cross_entropy(logits, labels, weight=class_weights, label_smoothing=label_smoothing)
 
+    def validation_loss(self, logits: "torch.Tensor", labels: "torch.Tensor") -> float:
+        """The logged validation loss: the plain hard loss, unweighted and unsmoothed, so that runs with
+        different balance or smoothing settings log comparable numbers."""
+        return float(self.hard_loss(logits, labels))
+
     def kd_loss(self, student_logits: "torch.Tensor", teacher_probs: "torch.Tensor", hard: "torch.Tensor",
                 temperature: float, alpha: float, standardized: bool = False) -> "torch.Tensor":
         """Logit KD: Hinton's softmax KD (`distill.losses.kd_loss`). `teacher_probs` are
@@ -164,6 +169,10 @@ class MultiLabel(Task):
         if loss == "asymmetric":
             return asymmetric_loss(logits, labels, pos_weight=pos_weight, **(asl or {}))
         raise UsageError(f"multi-label loss {loss!r}: known: bce, asymmetric")
+
+    def validation_loss(self, logits: "torch.Tensor", labels: "torch.Tensor") -> float:
+        """Plain BCE (no pos_weight, whatever the training loss): comparable across recipes."""
+        return float(self.hard_loss(logits, labels, loss="bce"))
 
     def kd_loss(self, student_logits: "torch.Tensor", teacher_probs: "torch.Tensor", hard: "torch.Tensor",
                 temperature: float, alpha: float, standardized: bool = False) -> "torch.Tensor":

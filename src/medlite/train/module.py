@@ -7,10 +7,8 @@ import dataclasses
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from medlite.distill.methods import StudentOutput, TeacherOutput
-from medlite.evaluate.metrics import auc as auc_score
 from medlite.models.taps import FeatureTaps
 from medlite.task import SINGLE_LABEL_TASK, Task
 from medlite.train.augment import augment, mixup, resize_to
@@ -161,15 +159,10 @@ class ClassifierModule(L.LightningModule):
             logits, labels = logits[first], labels[first]
         self._val_outputs.clear()
         y = labels.cpu().numpy()
-        if self.task.multilabel:  # plain BCE (no pos_weight): comparable across recipes; mean AUC over labels
-            loss = float(F.binary_cross_entropy_with_logits(logits, labels.float()))
-            probs = self.task.torch_probabilities(logits).cpu().numpy()
-            auc, acc = self.task.validation_auc(probs, y), self.task.accuracy(probs, y)
-        else:
-            loss = float(F.cross_entropy(logits, labels))
-            probs = torch.softmax(logits, 1).cpu().numpy()
-            auc = auc_score(probs, y)
-            acc = float((probs.argmax(1) == y).mean())
+        # The task's unweighted loss, its validation score (macro AUC, or the mean AUC over labels) and accuracy.
+        loss = self.task.validation_loss(logits, labels)
+        probs = self.task.torch_probabilities(logits).cpu().numpy()
+        auc, acc = self.task.validation_auc(probs, y), self.task.accuracy(probs, y)
         # An AUC that cannot be computed (one class in the validation split, non-finite outputs) is
         # logged as NaN, never as a number that looks like a (terrible) score.
         # Under DDP every rank logs the same values (the whole split, gathered): syncing keeps them.
