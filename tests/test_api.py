@@ -31,6 +31,8 @@ def test_errors_are_the_command_lines_one_line_exceptions(tmp_path):
         medlite.run("breastmnist", out=tmp_path / "r", overrides={"student.epoch": 3}, data_root=tmp_path, say=None)
     with pytest.raises(medlite.UsageError, match="results.json"):
         medlite.load(tmp_path)
+    with pytest.raises(medlite.UsageError, match="--split"):
+        medlite.evaluate_external(tmp_path, "breastmnist", split="holdout", data_root=tmp_path)
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
 
 
@@ -62,3 +64,9 @@ def test_the_example_notebook_runs(tmp_path, data_root, monkeypatch):
     assert {"teacher", "student_scratch", "student_kd", "student_kd_int8_static"} <= set(table["name"])
     assert table.loc[table["name"] == "student_kd_int8_static", "auc"].notna().all()
     assert run.lineage("student_kd_int8_static")[0] == "student_kd"
+    # medlite.evaluate: the deployed file on PneumoniaMNIST, its figures the evaluation.json's
+    import json
+
+    written = json.loads((tmp_path / "runs" / "notebook-external" / "evaluation.json").read_text())
+    assert written["model"]["variant"] == run.deployed()["variant"] and written["data"]["name"].startswith("pneumoniamnist")
+    assert f"AUC {written['metrics']['argmax']['auc']:.3f}" in text

@@ -2,12 +2,12 @@
 
 Nothing heavy is imported here: the edge runner (`python -m medlite.edge`) must work
 with only numpy, onnxruntime and Pillow installed. The Python API (`medlite.run`, `medlite.load`,
-`medlite.study`; `medlite.api`) is imported on first use.
+`medlite.study`, `medlite.evaluate_external`; `medlite.api`) is imported on first use.
 """
 
 from medlite.version import __version__  # noqa: F401 - medlite.__version__
 
-_API = {"run", "load", "study", "RunResult", "StudyResult"}
+_API = {"run", "load", "study", "evaluate_external", "RunResult", "StudyResult", "EvaluationResult"}
 _ERRORS = {"MedliteError", "UsageError", "DataError"}
 
 

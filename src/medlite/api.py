@@ -6,6 +6,7 @@
     result["student_kd"].metrics["auc"]     # a typed medlite.variant.Variant
     medlite.load("runs/nb").deployed()      # the file `medlite predict RUN_DIR` would use, and why
     medlite.study("benchmarks/busi_cv.yaml", out="runs/cv").to_pandas()
+    medlite.evaluate_external("runs/nb", "pneumoniamnist", class_map={...}).to_pandas()   # external validation
 
 Errors are the command line's, as exceptions: `medlite.UsageError` (bad input: its one-line message
 names the key, value or file; the CLI's exit code 2) and `medlite.MedliteError` for the rest.
@@ -162,3 +163,49 @@ def study(study_file: str | Path, *, out: str | Path | None = None, data_root: s
     root = Path(out) if out is not None else Path("runs") / f"study-{prepare_study(path)[0].name}"
     document = run_study(path, root, _data_root(data_root), workers=workers, say=say or (lambda _: None))
     return StudyResult(root, document)
+
+
+@dataclass
+class EvaluationResult:
+    """An external evaluation (`medlite evaluate`): the document written to `evaluation.json`."""
+
+    root: Path
+    document: dict
+
+    @property
+    def multilabel(self) -> bool:
+        return self.document.get("task") == "multilabel"
+
+    @property
+    def auc(self) -> float | None:
+        """The headline AUC: macro one-vs-rest (single-label) or the mean over labels (multi-label)."""
+        metrics = self.document["metrics"]
+        return (metrics["multilabel"] if self.multilabel else metrics["argmax"])["auc"]
+
+    def to_pandas(self):
+        """One row per class (single-label: sensitivity, specificity, support at the argmax) or per
+        label (multi-label: AUC, AP, threshold, sensitivity, specificity, positives)."""
+        import pandas as pd
+
+        metrics = self.document["metrics"]
+        rows = metrics["multilabel"]["per_label"] if self.multilabel else metrics["argmax"]["per_class"]
+        frame = pd.DataFrame([{"name": name, **{k: v for k, v in row.items() if not isinstance(v, dict)}}
+                              for name, row in rows.items()])
+        return frame
+
+
+def evaluate_external(model: str | Path, data: str, *, out: str | Path | None = None, data_root: str | Path | None = None,
+             split: str = "test", class_map: Mapping[str, str] | None = None, bootstrap: int = 1000,
+             threads: int = 0) -> EvaluationResult:
+    """Test a deployed file (or a run directory's deployed file) on another dataset, as `medlite evaluate`
+    (`medlite.evaluate` itself is the package of the evaluation code, so the function has the longer name).
+
+    `data`: a built-in recipe or recipe YAML (its data section), a MedMNIST flag, or an image folder;
+    `class_map`: {data class: model class}. The files land in `out` (default `runs/evaluate-<model>-<data>`).
+    """
+    from medlite.evaluate.external import evaluate_external as run_evaluation
+
+    document = run_evaluation(Path(model), data, _data_root(data_root), class_map=dict(class_map or {}),
+                                 split=split, out=Path(out) if out is not None else None, bootstrap=bootstrap,
+                                 threads=threads)
+    return EvaluationResult(Path(document["out"]), document)
