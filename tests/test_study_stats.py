@@ -317,3 +317,25 @@ def test_select_among_names_settings_that_exist(tmp_path):
     spec.select.among = ["b"]
     summary = [{"setting": s, "variant": "student_kd", "val_auc": {"mean": m}} for s, m in (("a", 0.9), ("b", 0.7))]
     assert _select(spec, settings(spec), summary, trials)["setting"] == "b"  # a is not a candidate
+
+
+def test_a_rare_label_s_paired_test_drops_undefined_resamples_quietly():
+    """A label with 2 positives in 40 images: some resamples draw none, so its AUC is undefined there.
+    Those resamples are counted and left out; the interval comes from the rest, and nothing warns."""
+    import warnings
+
+    import numpy as np
+
+    from medlite.study.stats import paired_auc_difference
+
+    rng = np.random.default_rng(1)
+    labels = np.zeros((40, 2), np.uint8)
+    labels[:2, 0] = 1
+    labels[:20, 1] = 1
+    a, b = rng.random((40, 2)), rng.random((40, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = paired_auc_difference([{"group": "t", "labels": labels, "a": a, "b": b}], resamples=300, label=0)
+    assert 0 < out["undefined_resamples"] < 300
+    assert all(np.isfinite(out["ci"])) and out["ci"][0] <= out["ci"][1]
+    assert 0 < out["p"] <= 1

@@ -167,17 +167,25 @@ def paired_auc_difference(
 
     def statistic(units: np.ndarray, axis: int = -1) -> np.ndarray:
         units = np.asarray(units)
-        if units.ndim == 1:
-            return np.nanmean(per_pair(units[None, :]), axis=0)[0]
-        return np.nanmean(per_pair(units), axis=0)
+        with warnings.catch_warnings():
+            # A resample in which no pair defines the AUC (a rare label drawn without positives):
+            # NaN, left out of the distribution below and counted, not averaged in.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if units.ndim == 1:
+                return np.nanmean(per_pair(units[None, :]), axis=0)[0]
+            return np.nanmean(per_pair(units), axis=0)
 
     observed = float(statistic(np.arange(total)))
-    res = bootstrap(
-        (np.arange(total),), statistic, n_resamples=resamples, confidence_level=confidence,
-        method="percentile", paired=True, vectorized=True, batch=max(1, min(resamples, 200_000 // max(total, 1))),
-        rng=np.random.default_rng(seed),
-    )
+    with warnings.catch_warnings():
+        # scipy warns (DegenerateDataWarning) when the distribution holds such NaNs; they are handled here.
+        warnings.simplefilter("ignore")
+        res = bootstrap(
+            (np.arange(total),), statistic, n_resamples=resamples, confidence_level=confidence,
+            method="percentile", paired=True, vectorized=True, batch=max(1, min(resamples, 200_000 // max(total, 1))),
+            rng=np.random.default_rng(seed),
+        )
     dist = res.bootstrap_distribution
+    undefined = int((~np.isfinite(dist)).sum())
     dist = dist[np.isfinite(dist)]
     # Two-sided bootstrap p-value with the +1 correction (Davison & Hinkley 1997, eq. 4.11): never 0,
     # since B resamples cannot show a tail rarer than about 1/(B+1).
@@ -185,8 +193,12 @@ def paired_auc_difference(
     p = float(min(1.0, 2 * (tail + 1) / (len(dist) + 1))) if len(dist) else float("nan")
     # A percentile interval of AUC differences cannot leave [-1, 1]; bounded all the same, as every
     # interval medlite reports is (a clipped side would be recorded, like describe's).
-    ci, clipped = bound_interval([float(res.confidence_interval.low), float(res.confidence_interval.high)],
-                                 DIFFERENCE_RANGE)
+    if undefined and len(dist):  # the percentile interval of the resamples that define the statistic
+        tail_pct = (1 - confidence) / 2 * 100
+        low, high = np.percentile(dist, [tail_pct, 100 - tail_pct])
+    else:
+        low, high = res.confidence_interval.low, res.confidence_interval.high
+    ci, clipped = bound_interval([float(low), float(high)], DIFFERENCE_RANGE)
     return {
         "delta_auc": observed,
         "ci": ci,
@@ -195,6 +207,7 @@ def paired_auc_difference(
         "pairs": len(pairs),
         "images": total,
         "resamples": resamples,
+        **({"undefined_resamples": undefined} if undefined else {}),
         "method": "paired bootstrap (scipy.stats.bootstrap, percentile) of the mean AUC difference",
     }
 
