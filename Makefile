@@ -30,9 +30,11 @@ $(VENV)/.litert: $(VENV)/.installed requirements-litert.txt
 litert: $(VENV)/.litert
 
 # A pure-Python wheel (py3-none-any) in dist/, for a device that gets no build tools and no index
-# (README, "Deploying with the edge runner"). Built without an isolated environment, with the
-# setuptools the venv already has, so it works offline; the setuptools scratch folders are removed.
+# (README, "Deploying with the edge runner"). Built without an isolated environment, with the venv's
+# setuptools (the pinned one: installed if missing, e.g. Python 3.12 venvs have none; nothing is
+# downloaded when it is there), so it works offline; the setuptools scratch folders are removed.
 wheel: $(VENV)/.installed
+	$(PY) -m pip install -q -c requirements.lock setuptools
 	rm -rf build src/medlite.egg-info
 	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
 	rm -rf build src/medlite.egg-info
