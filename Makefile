@@ -8,7 +8,7 @@ DATA_ROOT ?= $(abspath $(firstword $(wildcard ../shared/data/medmnist)))
 RECIPE ?= breastmnist
 export MEDLITE_DATA_ROOT ?= $(DATA_ROOT)
 
-.PHONY: setup litert run test bench clean
+.PHONY: setup litert wheel run test bench clean
 
 # requirements.lock pins every transitive dependency (a pip freeze of a working install).
 $(VENV)/.installed: pyproject.toml requirements.lock
@@ -29,6 +29,17 @@ $(VENV)/.litert: $(VENV)/.installed requirements-litert.txt
 
 litert: $(VENV)/.litert
 
+# A pure-Python wheel (py3-none-any) in dist/, for a device that gets no build tools and no index
+# (README, "Deploying with the edge runner"). Built without an isolated environment, with the venv's
+# setuptools (the pinned one: installed if missing, e.g. Python 3.12 venvs have none; nothing is
+# downloaded when it is there), so it works offline; the setuptools scratch folders are removed.
+wheel: $(VENV)/.installed
+	$(PY) -m pip install -q -c requirements.lock setuptools
+	rm -rf build src/medlite.egg-info
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+	rm -rf build src/medlite.egg-info
+	@ls dist/medlite-*-py3-none-any.whl
+
 run: $(VENV)/.installed
 	$(VENV)/bin/medlite run $(RECIPE)
 
@@ -40,4 +51,4 @@ bench: $(VENV)/.installed
 	$(VENV)/bin/medlite bench runs/$(RECIPE)
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs dist

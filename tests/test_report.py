@@ -99,16 +99,20 @@ def test_files_beside_the_report(tiny_run):
         name = v["name"]
         with open(out / "predictions" / f"{name}.csv", newline="") as handle:
             rows = list(csv.reader(handle))
-        assert rows[0][:3] == ["image_id", "true_label", "predicted_label"]
-        assert rows[0][3:5] == [f"prob_{c}" for c in classes]
+        assert rows[0][:4] == ["image_id", "source", "true_label", "predicted_label"]
+        assert rows[0][4:6] == [f"prob_{c}" for c in classes]
         assert len(rows) == 1 + 64
+        # each row names its image (issue 18): the MedMNIST array entry, as splits.csv lists the test split
+        with open(out / "splits.csv", newline="") as handle:
+            listed = [r[0] for r in list(csv.reader(handle))[1:] if r[1] == "test"]
+        assert [row[1] for row in rows[1:]] == listed and all(re.fullmatch(r"test_images\[\d+\]", r) for r in listed)
         # the confusion file is the metrics' confusion matrix, and agrees with the predictions file
         with open(out / "confusion" / f"{name}.csv", newline="") as handle:
             cm = [[int(x) for x in row[1:]] for row in list(csv.reader(handle))[1:]]
         assert cm == v["metrics"]["confusion_matrix"]
         counted = np.zeros((2, 2), int)
         for row in rows[1:]:
-            counted[classes.index(row[1]), classes.index(row[2])] += 1
+            counted[classes.index(row[2]), classes.index(row[3])] += 1
         assert counted.tolist() == cm
         for suffix in ("png", "svg"):
             assert (out / "figures" / f"variant_{name}.{suffix}").stat().st_size > 1000

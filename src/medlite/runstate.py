@@ -212,20 +212,21 @@ class Before:
 _SKELETON_FILES = {MARKER, LOCK, RESOLVED_RECIPE, "environment.json"}
 
 
-def discard_skeleton(before: Before) -> bool:
+def discard_skeleton(before: Before, keep: frozenset[str] = frozenset()) -> bool:
     """Remove what a failed run made when it failed before computing anything (a missing dataset, a
     recipe the data refutes): the empty sub-folders, marker, lock and resolved recipe it wrote, then
     the folders it created (`before.created`) where they are left empty.
 
     Nothing else is touched: a folder an earlier run made (it had the marker), any entry that was
     there before, a folder holding any other file, one another live run holds. Returns True when
-    something was removed."""
+    something was removed. `keep`: new files the caller wrote itself and keeps (a study trial's log of
+    why it failed); they do not count as computed, and the folder then stays with only them."""
     root = before.root
     if MARKER in before.names or not root.is_dir():
         return False
     new = [p for p in root.iterdir() if p.name not in before.names]
     for path in new:
-        if path.name in _SKELETON_FILES or _TMP_FILE.match(path.name) and path.is_file():
+        if path.name in _SKELETON_FILES or path.name in keep or _TMP_FILE.match(path.name) and path.is_file():
             continue
         if path.name in MANAGED and path.is_dir() and not path.is_symlink() and \
                 not any(p.is_file() or p.is_symlink() for p in path.rglob("*")):
@@ -242,7 +243,7 @@ def discard_skeleton(before: Before) -> bool:
         for path in new:
             if path.name in MANAGED:
                 shutil.rmtree(path, ignore_errors=True)
-            elif path.name != LOCK:
+            elif path.name != LOCK and path.name not in keep:
                 path.unlink(missing_ok=True)
         (root / LOCK).unlink(missing_ok=True)
     finally:

@@ -8,7 +8,7 @@ specificity at that threshold are reported with percentile-bootstrap intervals b
 figures.
 
 This stage (`<variant>.predict`) also writes `predictions/<variant>.csv`: one row per image of
-the evaluated split: image_id (its index in that split), true_label, predicted_label (argmax),
+the evaluated split: image_id (its index in that split), source (its file or array entry), true_label, predicted_label (argmax),
 then prob_<class> for every class in class order; plus `operating_point_label` when a threshold
 is set.
 """
@@ -29,7 +29,7 @@ from medlite.runtime import decide, get_runtime  # one decision rule, for the ev
 from medlite.stage import Stage
 from medlite.runstate import sha256, write_json
 
-PREDICT_SCHEMA = 2  # bump when the predictions file or the operating-point facts change
+PREDICT_SCHEMA = 3  # bump when the predictions file or the operating-point facts change
 
 
 def positive_index(cfg, class_names: list[str]) -> int:
@@ -145,7 +145,7 @@ def predict_stage(ctx, variant) -> Stage:
                 model_path, {OPERATING_POINT_KEY: metadata_value(op) if op else None}):
             refresh_records(ctx.run, model_path)
         decided = decide(probs, op["positive_index"], op["threshold"]) if op else None
-        write_predictions(csv_path, probs, split.labels, names, decided)
+        write_predictions(csv_path, probs, split.labels, names, decided, split.ids)
         return {"predictions": ctx.run.rel(csv_path), "operating_point": op}
 
     def _predict_multilabel(probs, split, names: list[str]) -> dict:
@@ -163,7 +163,7 @@ def predict_stage(ctx, variant) -> Stage:
         if get_runtime(variant.runtime).metadata_in_file and write_metadata(
                 model_path, {OPERATING_POINT_KEY: metadata_value(op)}):
             refresh_records(ctx.run, model_path)
-        write_predictions(csv_path, probs, split.labels, names, decide_labels(probs, op, names))
+        write_predictions(csv_path, probs, split.labels, names, decide_labels(probs, op, names), split.ids)
         return {"predictions": ctx.run.rel(csv_path), "operating_point": op}
 
     def emit(facts: dict):

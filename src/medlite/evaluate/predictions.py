@@ -1,6 +1,8 @@
 """Per-image predictions of a variant as CSV: `predictions/<variant>.csv` in the run directory.
 
-Columns: `image_id` (index in the evaluated split), `true_label`, `predicted_label` (class
+Columns: `image_id` (index in the evaluated split), `source` (where the image came from, as in
+`splits.csv`: a folder's or table's file path relative to its root, `test_images[12]` for a MedMNIST
+array: a clinician finds a misclassified image from it), `true_label`, `predicted_label` (class
 names) and `prob_<class>` per class. Paired statistics (study/stats.py) and the report read
 the same file, so comparisons are made on the same images.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -17,31 +20,36 @@ from medlite.runstate import write_atomic
 
 
 def predictions_csv(probs: np.ndarray, labels: np.ndarray, class_names: list[str],
-                    decided: np.ndarray | None = None) -> str:
-    """The CSV text; `decided` (class indices at an operating point) adds `operating_point_label`.
+                    decided: np.ndarray | None = None, sources: Sequence[str] | None = None) -> str:
+    """The CSV text; `decided` (class indices at an operating point) adds `operating_point_label`;
+    `sources` (the split's image ids, one per row) adds `source` after `image_id`.
     Multi-label (`labels` N x K multi-hot): `true_<label>` (0/1), `prob_<label>` and, with `decided`
     (multi-hot at the per-label thresholds), `decision_<label>` per label."""
+    if sources is not None and len(sources) != len(probs):
+        raise ValueError(f"predictions: {len(sources)} sources for {len(probs)} rows")
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
+    head = ["image_id", "source"] if sources is not None else ["image_id"]
+    first = (lambda i: [i, str(sources[i])]) if sources is not None else (lambda i: [i])  # noqa: E731
     if np.ndim(labels) == 2:
-        writer.writerow(["image_id", *[f"true_{n}" for n in class_names], *[f"prob_{n}" for n in class_names],
+        writer.writerow([*head, *[f"true_{n}" for n in class_names], *[f"prob_{n}" for n in class_names],
                          *([f"decision_{n}" for n in class_names] if decided is not None else [])])
         for i, (truth, row) in enumerate(zip(labels, probs)):
-            cells = [i, *[int(v) for v in truth], *[repr(float(p)) for p in row]]
+            cells = [*first(i), *[int(v) for v in truth], *[repr(float(p)) for p in row]]
             writer.writerow(cells + ([int(v) for v in decided[i]] if decided is not None else []))
         return out.getvalue()
-    header = ["image_id", "true_label", "predicted_label", *[f"prob_{name}" for name in class_names]]
+    header = [*head, "true_label", "predicted_label", *[f"prob_{name}" for name in class_names]]
     writer.writerow(header + (["operating_point_label"] if decided is not None else []))
     for i, (label, row) in enumerate(zip(labels, probs)):
         # repr keeps every digit: paired statistics and the report recompute metrics from these.
-        cells = [i, class_names[int(label)], class_names[int(row.argmax())], *[repr(float(p)) for p in row]]
+        cells = [*first(i), class_names[int(label)], class_names[int(row.argmax())], *[repr(float(p)) for p in row]]
         writer.writerow(cells + ([class_names[int(decided[i])]] if decided is not None else []))
     return out.getvalue()
 
 
 def write_predictions(path: Path, probs: np.ndarray, labels: np.ndarray, class_names: list[str],
-                      decided: np.ndarray | None = None) -> Path:
-    write_atomic(path, predictions_csv(probs, labels, class_names, decided))
+                      decided: np.ndarray | None = None, sources: Sequence[str] | None = None) -> Path:
+    write_atomic(path, predictions_csv(probs, labels, class_names, decided, sources))
     return path
 
 

@@ -76,26 +76,46 @@ def dataset_examples(images_by_class: dict[str, np.ndarray], folder: Path) -> di
     return save(fig, folder, "dataset_examples")
 
 
+MANY_CLASSES = 4  # above this, a variant's panels get a full-width card and room per class
+
+
 def variant_panels(name: str, probs: np.ndarray, labels: np.ndarray, classes: list[str], cm: np.ndarray,
                    folder: Path, op: dict | None = None, bins: int = 10) -> dict:
-    """Confusion matrix, ROC curve(s) and reliability diagram of one variant's deployed file."""
+    """Confusion matrix, ROC curve(s) and reliability diagram of one variant's deployed file.
+
+    With more than MANY_CLASSES classes (HAM10000: 7) the figure is drawn wider and taller, for a
+    full-width card (`wide`), so cell counts stay about 12 px on the page and the one-vs-rest legend sits
+    beside the curves instead of over them."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _plt()
-    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(8.4, 2.8))
-    # confusion matrix (rows: true, columns: predicted), counts and row share
     k = len(classes)
+    many = k > MANY_CLASSES
+    if many:  # a column of its own for the ROC legend: beside the curves, and tight_layout keeps gaps even
+        fig, (a1, a2, legend_ax, a3) = plt.subplots(1, 4, figsize=(12.5, 4.6), layout="constrained",
+                                                   gridspec_kw={"width_ratios": [1.25, 1.0, 0.38, 0.9]})
+    else:
+        fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(8.4, 2.8))
+    # confusion matrix (rows: true, columns: predicted), counts and row share
     share = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-    a1.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    shade = a1.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    # Both lines fit a cell up to 8 classes at this size; beyond, the count alone (the shade is the share).
+    both = k <= 8
+    cell_font = 8 if many else 7
     for i in range(k):
         for j in range(k):
-            a1.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", fontsize=7,
+            text = f"{cm[i, j]}\n{share[i, j]:.0%}" if both else f"{cm[i, j]}"
+            a1.text(j, i, text, ha="center", va="center", fontsize=cell_font, linespacing=1.1,
                     color="white" if share[i, j] > 0.6 else "black")
     short = [c if len(c) <= 12 else c[:11] + "…" for c in classes]
     a1.set_xticks(range(k), short, rotation=30 if k > 2 else 0, ha="right" if k > 2 else "center")
     a1.set_yticks(range(k), short)
     a1.set_xlabel("predicted (argmax)"), a1.set_ylabel("true")
-    a1.set_title("Confusion matrix")
+    a1.set_title("Confusion matrix (shade: share of the row)")
+    if many:
+        from matplotlib.ticker import PercentFormatter
+
+        fig.colorbar(shade, ax=a1, fraction=0.046, pad=0.03, format=PercentFormatter(xmax=1))
     # ROC: the positive class of a binary task (the operating point's class if set), else one-vs-rest
     show = [op["positive_index"]] if op else ([1] if k == 2 else list(range(k)))
     for c in show:
@@ -110,8 +130,14 @@ def variant_panels(name: str, probs: np.ndarray, labels: np.ndarray, classes: li
         a2.plot([1 - op["argmax"]["specificity"]], [op["argmax"]["sensitivity"]], "s", color="gray", label="argmax")
     a2.plot([0, 1], [0, 1], ":", color="gray", lw=0.8)
     a2.set_xlabel("1 - specificity"), a2.set_ylabel("sensitivity")
-    a2.set_title("ROC"), a2.legend(fontsize=6, loc="lower right")
     a2.set_xlim(0, 1), a2.set_ylim(0, 1.02)
+    if many:  # one curve per class: the legend beside the axes, never over the curves
+        a2.set_title("ROC, one class vs the rest")
+        legend_ax.axis("off")
+        legend_ax.legend(*a2.get_legend_handles_labels(), fontsize=7, loc="upper left", frameon=False,
+                         handlelength=1.2, borderaxespad=0)
+    else:
+        a2.set_title("ROC"), a2.legend(fontsize=6, loc="lower right")
     # reliability: accuracy per confidence bin, bar width = bin, count annotated
     confidence, correct = probs.max(1), probs.argmax(1) == labels
     edges = np.linspace(0, 1, bins + 1)
@@ -126,13 +152,14 @@ def variant_panels(name: str, probs: np.ndarray, labels: np.ndarray, classes: li
     a3.bar(centers, accs, width=1 / bins, edgecolor="black", lw=0.5, color="#7aa6d6")
     a3.plot([0, 1], [0, 1], ":", color="gray", lw=0.8)  # perfect calibration
     for x, y, n in zip(centers, accs, counts):
-        a3.text(x, min(y + 0.02, 0.97), str(n), ha="center", fontsize=6)
+        a3.text(x, min(y + 0.02, 0.97), str(n), ha="center", fontsize=7 if many else 6)
     lo = 1 / k
     a3.set_xlim(max(0, lo - 0.05), 1), a3.set_ylim(0, 1.02)
     a3.set_xlabel("confidence (max probability)"), a3.set_ylabel("accuracy")
     a3.set_title("Reliability (bars: accuracy, n per bin)")
-    fig.tight_layout()
-    return save(fig, folder, f"variant_{safe_stem(name)}")
+    if not many:  # the wide figure lays itself out (constrained)
+        fig.tight_layout()
+    return {**save(fig, folder, f"variant_{safe_stem(name)}"), "wide": many}
 
 
 def multilabel_panels(name: str, probs: np.ndarray, labels: np.ndarray, classes: list[str], folder: Path,
@@ -221,12 +248,66 @@ def training_curves(histories: dict[str, list[dict]], folder: Path) -> dict | No
 
 def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
     """Names on the 2-D front of (AUC up, cost down): no other variant is at least as accurate and at
-    most as costly, and better in one. Sorted by cost."""
+    most as costly, and better in one. Sorted by cost. A point without a finite AUC or a positive
+    finite cost is on no front (and dominates nothing). Of exact duplicates (same AUC and cost)
+    the first is kept, so the drawn front never runs through the same place twice."""
+    finite = [(n, a, c) for n, a, c in points if np.isfinite(a) and np.isfinite(c) and c > 0]
     front = []
-    for name, auc, cost in points:
-        if not any(o != name and a >= auc and c <= cost and (a > auc or c < cost) for o, a, c in points):
+    for i, (name, auc, cost) in enumerate(finite):
+        beaten = any(a >= auc and c <= cost and (a > auc or c < cost) for o, a, c in finite if o != name)
+        earlier_twin = any(a == auc and c == cost for _, a, c in finite[:i])
+        if not beaten and not earlier_twin:
             front.append((cost, name))
     return [name for _, name in sorted(front)]
+
+
+def front_line(points: list[tuple[str, float, float]]) -> tuple[list[float], list[float]]:
+    """The drawn front: (costs, AUCs) of the front's points only, by cost, joined by straight segments
+    (each vertex a variant that exists; no corner of a staircase that no variant sits at)."""
+    by_name = {n: (a, c) for n, a, c in points}
+    names = pareto_front(points)
+    return [by_name[n][1] for n in names], [by_name[n][0] for n in names]
+
+
+# Label offsets tried in turn (points, with the text's alignment): right, left, above, below, the
+# diagonals; then the same further out (with a leader line). The nearest clear the marker and its ring.
+_DIRECTIONS = ((7, 0, "left", "center"), (-7, 0, "right", "center"), (0, 6, "center", "bottom"),
+               (0, -6, "center", "top"), (6, 5, "left", "bottom"), (-6, 5, "right", "bottom"),
+               (6, -5, "left", "top"), (-6, -5, "right", "top"))
+_OFFSETS = [(f * dx, f * dy, ha, va) for f in (1, 2.5, 4) for dx, dy, ha, va in _DIRECTIONS]
+
+
+def place_labels(ax, labels: list[tuple[str, float, float, dict]]) -> list:
+    """Annotate (text, x, y, text style) so no two labels overlap each other or a marker: each label
+    takes the first of `_OFFSETS` where its box is free (and inside the axes), measured with the
+    figure's renderer; a label pushed away from its point gets a thin leader line. No free spot at all:
+    the last offset tried. Returns the annotations."""
+    from matplotlib.text import Text
+
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    taken = []
+    for _, x, y, _ in labels:  # every marker (with its front ring), about 14 px across
+        px, py = ax.transData.transform((x, y))
+        taken.append((px - 7, py - 7, px + 7, py + 7))
+    leader = {"arrowstyle": "-", "lw": 0.5, "color": "#888888", "shrinkA": 0, "shrinkB": 5}
+    placed = []
+    for text, x, y, style in labels:
+        for n, (dx, dy, ha, va) in enumerate(_OFFSETS):
+            far = n >= len(_DIRECTIONS)
+            ann = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
+                              arrowprops=leader if far else None, **style)
+            ann.update_positions(renderer)
+            box = Text.get_window_extent(ann, renderer)  # the text alone, not its leader line
+            rect = (box.x0 - 1, box.y0 - 1, box.x1 + 1, box.y1 + 1)
+            inside = box.x0 >= frame.x0 and box.x1 <= frame.x1 and box.y0 >= frame.y0 and box.y1 <= frame.y1
+            free = not any(r[0] < rect[2] and rect[0] < r[2] and r[1] < rect[3] and rect[1] < r[3] for r in taken)
+            if (inside and free) or n == len(_OFFSETS) - 1:
+                break
+            ann.remove()
+        taken.append(rect)
+        placed.append(ann)
+    return placed
 
 
 def pareto(points: list[tuple[str, float, float, float | None]], folder: Path) -> dict | None:
@@ -240,28 +321,32 @@ def pareto(points: list[tuple[str, float, float, float | None]], folder: Path) -
     has_lat = np.isfinite(lat).any()
     panels = [(a1, [(n, a, s / 1024) for n, a, s, _ in points], "file size (KB, log)")]
     if has_lat:
-        panels.append((a2, [(n, a, l) for n, a, _, l in points if l is not None], "latency p50, one image (ms, log)"))
+        panels.append((a2, [(n, a, l) for n, a, _, l in points if l is not None and np.isfinite(l)],
+                       "latency p50, one image (ms, log)"))
     else:
         a2.axis("off")
         a2.text(0.5, 0.5, "no benchmark in this run\n(bench.enabled: false)", ha="center", va="center")
     for ax, pts, xlabel in panels:
         front = pareto_front(pts)
-        by_name = {n: (a, c) for n, a, c in pts}
         colour = {"c": lat, "cmap": "viridis"} if (ax is a1 and has_lat) else {"color": "#7f9cc0"}
         sc = ax.scatter([c for _, _, c in pts], [a for _, a, _ in pts], s=30, edgecolors="black", linewidths=0.4,
                         zorder=3, **colour)
         if ax is a1 and has_lat:
             fig.colorbar(sc, ax=a1, label="latency p50 (ms)")
-        ax.step([by_name[n][1] for n in front], [by_name[n][0] for n in front], where="post", color="crimson", lw=1.2, zorder=2)
-        for name, auc, cost in pts:
-            on = name in front
-            ax.annotate(name, (cost, auc), fontsize=6.5 if on else 5.5, xytext=(3, 2), textcoords="offset points",
-                        color="crimson" if on else "#444444", fontweight="bold" if on else "normal")
+        xs, ys = front_line(pts)
+        ax.plot(xs, ys, "-", color="crimson", lw=1.2, zorder=2, label="Pareto front")
+        ax.scatter(xs, ys, s=90, facecolors="none", edgecolors="crimson", linewidths=1.0, zorder=4)
         ax.set_xscale("log"), ax.set_xlabel(xlabel), ax.set_ylabel("test AUC"), ax.grid(alpha=0.3, which="both")
+        # Room around the points for their labels, then the labels (placed once the axes are final).
+        ax.margins(x=0.25, y=0.15)
     a1.set_title("AUC vs file size")
     if has_lat:
         a2.set_title("AUC vs latency")
     fig.tight_layout()
+    for ax, pts, _ in panels:
+        front = set(pareto_front(pts))
+        place_labels(ax, [(n, c, a, {"fontsize": 7 if n in front else 6.5, "color": "crimson" if n in front else "#444444",
+                                      "fontweight": "bold" if n in front else "normal"}) for n, a, c in pts])
     return save(fig, folder, "pareto")
 
 
@@ -320,13 +405,35 @@ def explanation_gallery(method: str, images: np.ndarray, true_names: list[str], 
             right = predicted == targets[i]
             flat = "" if span > 0 else "\n(flat map)"
             name_ = classes[predicted] if len(classes[predicted]) <= 9 else classes[predicted][:8] + "\u2026"
-            ax.set_xlabel(f"{name_} {probs[i][predicted]:.2f}{flat}", fontsize=6,
+            ax.set_xlabel(f"{name_} {probs[i][predicted]:.2f}{flat}", fontsize=7,
                           color="darkgreen" if right else "crimson", labelpad=1)
             for spine in ax.spines.values():
                 spine.set_edgecolor("darkgreen" if right else "crimson")
                 spine.set_linewidth(1.2)
             if i == 0:
-                ax.set_title(wrap_name(name), fontsize=6)
+                ax.set_title(wrap_name(name), fontsize=7)
     fig.suptitle(title or f"{method}: where each variant looks for the true class (caption: its prediction)", y=1.0, fontsize=8)
     fig.tight_layout(pad=0.3)
+    heat_scale(fig, axes[-1, 1:].tolist())
     return save(fig, folder, stem or f"explain_{safe_stem(method)}")
+
+
+def heat_scale(fig, under: list) -> None:
+    """The colour scale of the heat overlays, below the axes `under` (a gallery's last row of maps):
+    every map is min-max scaled on its own, so the scale reads from its lowest to its highest value,
+    with the overlay's opacity growing along it as in `overlay`. Saved with bbox_inches='tight', a bar
+    below the figure's box is kept."""
+    import matplotlib
+    from matplotlib.colors import Normalize
+
+    boxes = [ax.get_position() for ax in under]
+    x0, x1 = min(b.x0 for b in boxes), max(b.x1 for b in boxes)
+    height = fig.get_size_inches()[1]
+    width = min(x1 - x0, 0.6)
+    # Below the last row's captions (two caption lines, about 0.35 in).
+    cax = fig.add_axes([x0 + (x1 - x0 - width) / 2, min(b.y0 for b in boxes) - 0.5 / height, width, 0.09 / height])
+    bar = fig.colorbar(matplotlib.cm.ScalarMappable(Normalize(0, 1), matplotlib.colormaps["jet"]), cax=cax,
+                       orientation="horizontal")
+    bar.set_ticks([0, 0.5, 1], labels=["lowest", "", "highest"])
+    bar.ax.tick_params(labelsize=6, length=2, pad=1)
+    bar.set_label("saliency of each map (scaled to its own min-max; more opaque where higher)", fontsize=6, labelpad=2)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # the Artifact classes are imported when a file is opened, ne
 class Runtime:
     """One registered runtime.
 
-    name: what variants store (`variant.runtime`); suffixes: the files it reads (lower case);
+    name: what variants store (`variant.runtime`); label: what tables print; suffixes: the files it reads (lower case);
     artifact: "module:Class" of its Artifact subclass; library: the runtime library's import
     name (imported before a timed load); install_hint: what to run when it is missing.
     Capabilities:
@@ -42,6 +42,11 @@ class Runtime:
     install_hint: str
     metadata_in_file: bool
     primary: bool = False
+    label: str = ""  # what tables call it ("LiteRT interpreter"); the name where empty
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
 
     @property
     def sidecar_required(self) -> bool:
@@ -70,9 +75,9 @@ def register_runtime(runtime: Runtime) -> Runtime:
 
 
 register_runtime(Runtime("onnxruntime", (".onnx",), "medlite.runtime.onnxrt:OnnxArtifact", "onnxruntime",
-                         "pip install onnxruntime", metadata_in_file=True, primary=True))
+                         "pip install onnxruntime", metadata_in_file=True, primary=True, label="ONNX Runtime"))
 register_runtime(Runtime("litert", (".tflite",), "medlite.runtime.litert:LiteRTArtifact", "ai_edge_litert.interpreter",
-                         "pip install medlite[litert]", metadata_in_file=False))
+                         "pip install medlite[litert]", metadata_in_file=False, label="LiteRT interpreter"))
 
 
 def get_runtime(name: str) -> Runtime:

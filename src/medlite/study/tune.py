@@ -57,6 +57,7 @@ def tune(
         raise UsageError("medlite tune needs Optuna: pip install 'medlite[tune]'") from None
     from medlite.pipeline import run_pipeline
     from medlite.recipe import dump_recipe, load_recipe
+    from medlite.runstate import Before, discard_skeleton
     from medlite.stagestore import StageStore
     from medlite.study.schema import _override
 
@@ -98,8 +99,13 @@ def tune(
         run = load_recipe(recipe, fixed + [_override(k, v) for k, v in params.items()])
         folder = out / "trials" / f"{trial.number:04d}"
         t0 = time.perf_counter()
+        before = Before.of(folder)
         try:
             results = run_pipeline(run, folder, data_root, say=lambda _: None, progress=False, store=store)
+        except BaseException:
+            store.release_all()
+            discard_skeleton(before)  # a trial that failed before computing anything leaves no empty folders
+            raise
         finally:
             store.release_all()
         kd = next(v for v in results["variants"] if v["name"] == "student_kd")

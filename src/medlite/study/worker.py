@@ -54,11 +54,13 @@ def run_trial(job: dict) -> dict:
     torch.set_num_threads(threads)
     from medlite.pipeline import run_pipeline
     from medlite.recipe import Recipe
+    from medlite.runstate import Before, discard_skeleton
     from medlite.stagestore import StageStore
 
     out = Path(job["dir"])
     if is_done(out, job["recipe"]):
         return {"dir": str(out), "status": "done", "seconds": 0.0}
+    before = Before.of(out)  # what a failure may take away again: only what this trial makes
     # Beside medlite's own names (logs/ is the run directory's): the trial folder stays one medlite may adopt.
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / TRIAL_LOG, "a", buffering=1)
@@ -74,6 +76,11 @@ def run_trial(job: dict) -> dict:
         results = run_pipeline(recipe, out, Path(job["data_root"]), say=say, progress=False, store=store)
     except BaseException as err:  # noqa: BLE001 - reported per trial, the study goes on
         say("trial failed:\n" + traceback.format_exc())
+        store.release_all()
+        log.close()
+        # Failed (or interrupted) before computing anything: no skeleton of empty folders, marker and lock
+        # in the study directory; the log of why it failed stays (study.json's `failed` points to it).
+        discard_skeleton(before, keep=frozenset({TRIAL_LOG}))
         return {"dir": str(out), "status": "failed", "error": f"{type(err).__name__}: {err}",
                 "seconds": round(time.perf_counter() - start, 2)}
     finally:
