@@ -375,27 +375,26 @@ def _figures(document: dict, folder: Path) -> list[str]:
             fig.colorbar(sc, ax=ax, label="latency p50 (ms, 1 thread)")
         else:
             ax.scatter(sizes, aucs, s=40, zorder=3)
-        front = pareto_front(list(zip(sizes, aucs)))
-        ax.plot(sizes[front], aucs[front], "k--", lw=1, label="Pareto front (smaller, better)")
-        for (x, y, _, name) in points:
-            ax.annotate(name, (x / 1024, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        # The report's front and label placement: straight segments through the non-dominated
+        # points only (ringed), labels placed where they overlap no other label or marker.
+        from medlite.report.figures import front_line, pareto_front, place_labels
+
+        named = [(name, y, x / 1024) for (x, y, _, name) in points]
+        xs, ys = front_line(named)
+        ax.plot(xs, ys, "-", color="crimson", lw=1.2, zorder=2, label="Pareto front (smaller, better)")
+        ax.scatter(xs, ys, s=90, facecolors="none", edgecolors="crimson", linewidths=1.0, zorder=4)
+        ax.margins(x=0.25, y=0.15)
         ax.set_xscale("log")
         ax.set_xlabel("file size (KB, log)")
         ax.set_ylabel("mean test AUC")
         ax.legend(fontsize=7, loc="lower right")
         ax.set_title(f"{document['study']}: AUC vs size")
+        fig.tight_layout()
+        on_front = set(pareto_front(named))
+        place_labels(ax, [(n, c, a, {"fontsize": 6.5, "color": "crimson" if n in on_front else "#444444"})
+                          for n, a, c in named])
         written += _save(fig, folder, "pareto")
     return written
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats (size no larger and AUC no lower, one strictly), by size."""
-    front = []
-    for i, (s, a) in enumerate(points):
-        dominated = any((s2 <= s and a2 >= a) and (s2 < s or a2 > a) for j, (s2, a2) in enumerate(points) if j != i)
-        if not dominated and not (isinstance(a, float) and math.isnan(a)):
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
 
 
 def write_selected(document: dict, out: Path) -> None:
