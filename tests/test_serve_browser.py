@@ -52,6 +52,11 @@ def test_upload_in_browser_shows_prediction_heatmap_and_card(tmp_path, breast_np
         heat_sizes = page.evaluate("Array.from(document.querySelectorAll('.result img[alt=\"occlusion heat-map\"]'))"
                                ".map(i => i.naturalWidth)")
         assert heat_sizes == [224, 224]
+        # Every heat-map has its colour scale (the map's own ramp), and the card explains it once.
+        ramps = page.evaluate("Array.from(document.querySelectorAll('.result .ramp'))"
+                              ".map(r => [r.getBoundingClientRect().width, getComputedStyle(r).backgroundImage])")
+        assert len(ramps) == 2 and all(w >= 150 and "linear-gradient" in bg for w, bg in ramps)
+        assert "scaled to its own largest drop" in text
         shot = page.screenshot(Path(os.environ.get("MEDLITE_SCREENSHOT_DIR", tmp_path)) / "serve.png")
         errors = page.errors()
     assert errors == [], errors  # console errors, exceptions, failed loads

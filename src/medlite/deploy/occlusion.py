@@ -56,9 +56,19 @@ def occlusion_map(art: Artifact, x: np.ndarray, target: int, patch: int | None =
     return heat / peak if peak > 0 else heat
 
 
+# A perceptually ordered dark-blue -> red -> yellow ramp (no matplotlib on a device); the page's
+# colour scale is drawn from the same stops (`css_gradient`).
+COLOUR_STOPS = ((0, 0, 40), (40, 0, 120), (180, 20, 60), (250, 120, 0), (255, 240, 80))
+
+
+def css_gradient() -> str:
+    """The heat-map's colour ramp as a CSS linear-gradient, low (left) to high (right)."""
+    return "linear-gradient(to right, " + ", ".join(f"rgb({r},{g},{b})" for r, g, b in COLOUR_STOPS) + ")"
+
+
 def _colormap(values: np.ndarray) -> np.ndarray:
-    """A perceptually ordered dark-blue -> red -> yellow ramp (no matplotlib on a device)."""
-    stops = np.array([[0, 0, 40], [40, 0, 120], [180, 20, 60], [250, 120, 0], [255, 240, 80]], np.float64)
+    """Heat values in [0, 1] -> RGB along `COLOUR_STOPS`."""
+    stops = np.array(COLOUR_STOPS, np.float64)
     pos = np.clip(values, 0, 1) * (len(stops) - 1)
     lo = np.floor(pos).astype(int).clip(0, len(stops) - 2)
     frac = (pos - lo)[..., None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 
 
 def _fmt_ci(metrics: dict, key: str) -> str:
@@ -81,6 +82,8 @@ button:disabled {{ background:#9bb6e0; cursor:default; }}
 .bar div.fill {{ background:var(--accent); height:10px; }}
 .warn {{ color:var(--warn); font-size:13px; margin:4px 0; }} .err {{ color:var(--bad); font-size:14px; }}
 .meta {{ color:var(--muted); font-size:12px; }}
+.scale {{ display:grid; grid-template-columns:auto 1fr auto; gap:6px; align-items:center; font-size:12px; color:var(--muted); margin:6px 0; }}
+.ramp {{ height:10px; border-radius:3px; }} .result .ramp {{ width:160px; height:6px; margin-top:3px; }}
 table {{ border-collapse:collapse; width:100%; font-size:13px; }}
 td {{ border-top:1px solid var(--line); padding:6px 4px; vertical-align:top; }} td:first-child {{ color:var(--muted); width:38%; }}
 </style></head>
@@ -100,6 +103,9 @@ td {{ border-top:1px solid var(--line); padding:6px 4px; vertical-align:top; }} 
   <table id="card">{card}</table>
   <p class="meta">Heat-map: occlusion sensitivity computed on the deployed file (how much the predicted
   class's score (logit margin) drops when each region is hidden). Bright = the model relied on it.</p>
+  <div class="scale" id="heat-scale"><span>low</span><div class="ramp" style="background:{heat_ramp}"></div>
+    <span>high</span></div>
+  <p class="meta">Each map is scaled to its own largest drop: colours compare regions within one image, not across images.</p>
 </section>
 </main>
 <script>
@@ -120,7 +126,9 @@ function render(r, file) {{
   const a = el("div"); const img = el("img"); img.src = URL.createObjectURL(file); img.alt = "uploaded image";
   a.append(img, el("div", "cap", "uploaded"));
   const b = el("div"); const heat = el("img"); heat.alt = "occlusion heat-map";
-  heat.src = "data:image/png;base64," + r.heatmap_png; b.append(heat, el("div", "cap", "where the model looked"));
+  heat.src = "data:image/png;base64," + r.heatmap_png; const ramp = el("div", "ramp");
+  ramp.style.background = {heat_ramp_js};
+  b.append(heat, ramp, el("div", "cap", "where the model looked (low → high)"));
   const c = el("div");
   if (r.labels) {{  // multi-label: every label, its probability and its decision at its threshold
     c.append(el("div", "meta", r.filename), el("div", "cls", "positive: " + (r.positive_labels.join(", ") || "none") +
@@ -175,7 +183,10 @@ def render_page(info: dict) -> str:
                    for k, v in card_rows(info))
     card = info.get("card") or {}
     title = card.get("model") or info["file"].rsplit("/", 1)[-1]
+    from medlite.deploy.occlusion import css_gradient  # numpy and Pillow only, like the server
+
     return PAGE.format(
+        heat_ramp=css_gradient(), heat_ramp_js=json.dumps(css_gradient()),
         title=html.escape(str(title)), selection=html.escape(info.get("selection") or ""), card=rows,
         max_files=info["limits"]["max_files"], max_mb=f"{info['limits']['max_upload_mb']:g}",
         token_hidden="" if info.get("auth") else " hidden",
