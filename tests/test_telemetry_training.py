@@ -122,3 +122,27 @@ def test_grad_checkpointing_refused_for_a_model_without_it_before_anything_runs(
         check_recipe(load_recipe("breastmnist", ["teacher.arch=small_resnet18", "trainer.grad_checkpointing=true"]))
     # only the teacher: a timm ResNet has it, the medlite student is not asked
     check_recipe(load_recipe("breastmnist", ["teacher.arch=small_resnet18", "trainer.grad_checkpointing=[teacher]"]))
+
+
+def test_a_checkpointed_model_is_drawn_with_its_plain_forward(tiny, tmp_path):
+    """timm runs checkpointed stages through checkpoint_seq, past the stage modules the taps hook (a run
+    with both keys stopped with KeyError 'blocks.0'); drawing switches the flag off and back on."""
+    from types import SimpleNamespace
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from medlite.models import create
+    from medlite.train.callbacks import Telemetry, pick_images
+    from medlite.train.checkpointing import enable
+
+    recipe, data = tiny
+    model = create("small_pooled_mobilenetv3_small_050", 2, 1, 28)
+    enable(model, "small_pooled_mobilenetv3_small_050", "teacher.arch")
+    module = SimpleNamespace(model=model, device=torch.device("cpu"), mean=data.mean, std=data.std, input_size=None,
+                             normalize=lambda x: (x - data.mean) / data.std)
+    val = data.splits["val"]
+    with SummaryWriter(str(tmp_path)) as writer:
+        Telemetry(recipe.trainer.telemetry, val.images[pick_images(val.labels, 2)])._draw(writer, module, 1)
+    assert model.grad_checkpointing is True and model.training
+    images = set(_events(tmp_path).Tags()["images"])
+    assert {"telemetry/features/blocks.0", "telemetry/features/blocks.5"} <= images, images

@@ -201,11 +201,18 @@ class Telemetry(L.Callback):
             handle = attn.attn_drop.register_forward_hook(lambda _m, _i, out: attention.append(out.detach()))
         was_training = model.training
         model.eval()
+        # Gradient checkpointing (timm's flag) would run the stages through checkpoint_seq, around the modules
+        # the taps hook: drawn with the plain forward, then switched back on.
+        checkpointed = [m for m in model.modules() if getattr(m, "grad_checkpointing", False) is True]
+        for m in checkpointed:
+            m.grad_checkpointing = False
         try:
             with torch.no_grad():
                 model(x)
         finally:
             model.train(was_training)
+            for m in checkpointed:
+                m.grad_checkpointing = True
             if taps is not None:
                 features = taps.take()
                 taps.remove()
@@ -213,6 +220,8 @@ class Telemetry(L.Callback):
                 handle.remove()
                 blocks[-1].attn.fused_attn = fused
         for path in paths:
+            if path not in features:  # a module the forward did not call as such: nothing to draw
+                continue
             maps = as_map(features[path].float())[:, :CHANNELS]  # images x channels x h x w
             n, c, h, w = maps.shape
             tiles = _enlarged(_unit(maps).reshape(n * c, 1, h, w))
