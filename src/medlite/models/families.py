@@ -3,13 +3,17 @@
 - any timm name (`resnet18`, `mobilenetv3_small_050`, `efficientnet_b0`, ...): the timm model;
 - `small_<timm model>` (`small_resnet18`, `small_efficientnet_b0`, `small_densenet121`): the timm model
   with its stem replaced by a 3x3 stride-1 convolution and its stem pooling dropped, the variant
-  MedMNIST uses at 28 px (ResNet, EfficientNet, MobileNetV3, ConvNeXt and DenseNet families);
+  MedMNIST uses at 28 px (ResNet, EfficientNet, MobileNetV3, ConvNeXt, DenseNet, VGG (its first
+  max-pool), Xception and NASNet families);
 - `small_pooled_<timm model>`: the same 3x3 stem but keeping one 2x downsampling (the max-pool, or a
   stride-2 stem where the family has no pool): a quarter of the compute at 28 px, which trains 3-4x
   faster on a CPU;
 - `small_vit_*` (`small_vit_tiny_patch16_224`, also `small_deit_*`): a timm ViT at the data's size with
   small patches;
 - `torchvision/<name>` (`torchvision/mobilenet_v3_small`): a torchvision classifier.
+
+Every CNN is first probed at the requested input size on the meta device (`refuse_small_input`): one
+whose feature map would shrink to nothing is refused naming the smallest size it takes.
 
 timm and torchvision are imported inside the functions: they are heavy, and the registry answers
 for our own students without them.
@@ -34,7 +38,7 @@ SMALL_STEMS: dict[str, tuple[str, str | None]] = {
     "densenet": ("features.conv0", "features.pool0"),
     # VGG's first convolution is already 3x3 stride 1: its "stem pooling" is the first max-pool of
     # `features` (found per model: its index moves in the _bn variants), dropped by small_.
-    "vgg": ("features.0", "<first max-pool of features>"),
+    "vgg": ("features.0", FIRST_POOL),
     "xception": ("conv1", None),  # legacy_xception (Chollet's Xception): a 3x3 stride-2 stem
     "nasnet": ("conv0.conv", None),  # nasnetalarge, and medlite's nasnet_mobile (models/nasnet.py)
 }
@@ -97,7 +101,8 @@ def minimum_input(arch: str, make, in_chans: int, img_size: int) -> int | None:
 
         with torch.device("meta"):
             model = make().eval()
-        if _runs(model, in_chans, img_size) or not _runs(model, in_chans, 224):
+        # From 224 px up (ImageNet's size) or when 224 fails too, the failure is not about the size.
+        if img_size >= 224 or _runs(model, in_chans, img_size) or not _runs(model, in_chans, 224):
             _fits[key] = None
         else:
             low, high = img_size, 224  # fails at low, runs at high
