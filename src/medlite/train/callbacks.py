@@ -36,7 +36,7 @@ class EpochLog(L.Callback):
         memory = None
         if module.device.type == "cuda":
             memory = torch.cuda.max_memory_allocated(module.device) / 2**20
-            # DDP: the largest rank's peak (the one that runs out first)
+            # DDP: metrics.csv gets the largest rank's peak (the one that runs out first); the history row, rank 0's
             module.log(GPU_MEMORY, memory, sync_dist=trainer.world_size > 1, reduce_fx="max")
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         module.log("epoch_time", seconds, sync_dist=trainer.world_size > 1)  # DDP: the mean over ranks
