@@ -364,7 +364,7 @@ def test_data_config_builds_the_named_sources_model():
     assert type(DataConfig()) is MedMNISTData and type(DataConfig(source="folder", root="x")) is FolderData
     assert DataConfig.model_validate({"source": "folder", "root": "x"}) == FolderData(root="x")
     assert type(DataConfig.model_validate({})) is MedMNISTData
-    with pytest.raises(DataError, match=r"unknown data source 'dicom'; known: arrays, folder, medmnist, table"):
+    with pytest.raises(DataError, match=r"unknown data source 'dicom'; known: arrays, cifar10, cifar100, folder, medmnist, table"):
         DataConfig(source="dicom")
 
 

@@ -272,7 +272,7 @@ def test_a_new_source_registers_in_its_own_module_only(tmp_path):
         ids = np.array([f"noise[{i}]" for i in range(cfg.count)], dtype=object)
         return Source("noise", "noise", ["a", "b"], {"train": Part(labels, ids, images=rng.integers(0, 256, (cfg.count, 8, 8, 1), dtype=np.uint8))}, 1, 8)
 
-    with pytest.raises(UsageError, match=r"data\.source: unknown data source 'noise'; known: arrays, folder, medmnist, table"):
+    with pytest.raises(UsageError, match=r"data\.source: unknown data source 'noise'; known: arrays, cifar10, cifar100, folder, medmnist, table"):
         _data({"source": "noise"})
     register_source("noise", NoiseData, load)
     try:

@@ -39,6 +39,7 @@ from medlite.export.card import write_model_cards
 from medlite.report import write_report
 from medlite.runtime import artifact_bytes
 from medlite.stage import PlannedStage, Stage
+from medlite.train import checkpointing as grad_checkpointing
 from medlite.train.device import resolve_device
 from medlite.variant import Variant
 
@@ -212,6 +213,7 @@ GRAPH: tuple[Step, ...] = (
 def check_recipe(recipe: Recipe) -> None:
     """Everything that can be checked before the data is read or anything is written."""
     check_distillation(recipe)  # every architecture, and the distillation setup
+    grad_checkpointing.check(recipe)  # a model without it refused now, not after the teacher trained
     if recipe.compress.methods or recipe.compress.chains:
         check_targets(recipe, variant_names(recipe))
     for name in recipe.export.formats:  # a missing converter fails now, never as a silent skip later

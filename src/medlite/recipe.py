@@ -193,6 +193,16 @@ class BenchConfig(_Strict):
     reference: bool = Field(True, description="also time each base model in PyTorch eager fp32")
 
 
+class TelemetryConfig(_Strict):
+    """What training writes to TensorBoard (`logs/<stage>/events.*`) at epochs N, 2N, ... and the last one."""
+
+    every: int = Field(5, ge=1, description="epochs between two sets of images")
+    images: int = Field(4, ge=1, le=32, description="validation images whose feature maps (and ViT attention) are drawn")
+    features: bool = True
+    attention: bool = Field(True, description="the last block's attention (timm ViTs; other models have none)")
+    gradients: bool = Field(True, description="per-layer gradient norms over the epoch, as a figure and a histogram")
+
+
 class TrainerConfig(_Strict):
     """Where training runs, handed to Lightning's Trainer. `strategy: ddp` with `devices: 2` on CPU
     trains in 2 processes (gloo); on GPUs one process per GPU (NCCL). Defaults: one device, full
@@ -208,6 +218,29 @@ class TrainerConfig(_Strict):
         description="Lightning's Trainer(deterministic=True): deterministic kernels only, so two runs on the same "
         "machine, thread count and library versions give bitwise-identical weights (docs/reproducibility.md)",
     )
+    grad_checkpointing: bool | list[Literal["teacher", "assistants", "student"]] = Field(
+        False, description="recompute activations in the backward pass (timm's set_grad_checkpointing): less GPU "
+        "memory, more time; true: every model trained, or the sections named ([teacher]); a model without it is refused")
+    telemetry: TelemetryConfig | None = Field(
+        None, description="TensorBoard images every N epochs: feature maps of validation images, ViT attention, "
+        "gradient flow (e.g. {every: 5, images: 4})")
+
+    @model_serializer(mode="wrap")
+    def _new_keys_at_default_left_out(self, handler):
+        # Left out of every dump at their defaults: the stage keys of runs made before they existed stay valid.
+        data = handler(self)
+        if isinstance(data, dict):
+            if self.grad_checkpointing is False:
+                data.pop("grad_checkpointing", None)
+            if self.telemetry is None:
+                data.pop("telemetry", None)
+        return data
+
+    def checkpoints(self, section: str) -> bool:
+        """Whether models trained with recipe section `section` (teacher, teachers, assistants, student) recompute activations."""
+        if isinstance(self.grad_checkpointing, bool):
+            return self.grad_checkpointing
+        return ("teacher" if section == "teachers" else section) in self.grad_checkpointing
 
 
 class Recipe(_Strict):

@@ -158,6 +158,10 @@ def train_stage(ctx: Context, name: str, section: TrainSection, *, cfg=None, tea
         if cfg.pretrained and cfg.pretrained != "imagenet" and not Path(cfg.pretrained).is_file():
             raise UsageError(f"{name}.pretrained: weights file {cfg.pretrained!r} not found")
         model = ctx.models.build(cfg.arch, cfg.pretrained, image_size=input_size)
+        if recipe.trainer.checkpoints(section.field):  # checked for every section at the start of the run
+            from medlite.train.checkpointing import enable
+
+            enable(model, cfg.arch, f"{section}.arch")
         teacher_models = [ctx.models.load(t) for t in teachers]
         what = f"distilling {cfg.arch} from {parent.name} ({distill.method}, {views} views)" if teachers else f"training {cfg.arch}"
         extras = (f", mixup {mixup:g}" if mixup else "") + (f", at {input_size} px" if input_size != ctx.dataset.image_size else "")

@@ -3,13 +3,17 @@
 - any timm name (`resnet18`, `mobilenetv3_small_050`, `efficientnet_b0`, ...): the timm model;
 - `small_<timm model>` (`small_resnet18`, `small_efficientnet_b0`, `small_densenet121`): the timm model
   with its stem replaced by a 3x3 stride-1 convolution and its stem pooling dropped, the variant
-  MedMNIST uses at 28 px (ResNet, EfficientNet, MobileNetV3, ConvNeXt and DenseNet families);
+  MedMNIST uses at 28 px (ResNet, EfficientNet, MobileNetV3, ConvNeXt, DenseNet, VGG (its first
+  max-pool), Xception and NASNet families);
 - `small_pooled_<timm model>`: the same 3x3 stem but keeping one 2x downsampling (the max-pool, or a
   stride-2 stem where the family has no pool): a quarter of the compute at 28 px, which trains 3-4x
   faster on a CPU;
 - `small_vit_*` (`small_vit_tiny_patch16_224`, also `small_deit_*`): a timm ViT at the data's size with
   small patches;
 - `torchvision/<name>` (`torchvision/mobilenet_v3_small`): a torchvision classifier.
+
+Every CNN is first probed at the requested input size on the meta device (`refuse_small_input`): one
+whose feature map would shrink to nothing is refused naming the smallest size it takes.
 
 timm and torchvision are imported inside the functions: they are heavy, and the registry answers
 for our own students without them.
@@ -25,12 +29,18 @@ from medlite.models.registry import IMAGENET, register_family
 # The stem of each timm family that has a small-input variant: (its first convolution, the pooling
 # right after it or None), as dotted attribute paths. Keyed by the timm module that defines the model,
 # so `check_arch` can answer from the name without building anything.
+FIRST_POOL = "<first max-pool of features>"
 SMALL_STEMS: dict[str, tuple[str, str | None]] = {
     "resnet": ("conv1", "maxpool"),
     "efficientnet": ("conv_stem", None),
     "mobilenetv3": ("conv_stem", None),
     "convnext": ("stem.0", None),
     "densenet": ("features.conv0", "features.pool0"),
+    # VGG's first convolution is already 3x3 stride 1: its "stem pooling" is the first max-pool of
+    # `features` (found per model: its index moves in the _bn variants), dropped by small_.
+    "vgg": ("features.0", FIRST_POOL),
+    "xception": ("conv1", None),  # legacy_xception (Chollet's Xception): a 3x3 stride-2 stem
+    "nasnet": ("conv0.conv", None),  # nasnetalarge, and medlite's nasnet_mobile (models/nasnet.py)
 }
 
 
@@ -64,10 +74,68 @@ def _timm(name: str, num_classes: int, in_chans: int, img_size: int, pretrained:
     return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
+# -- the input size a model can take ------------------------------------------------------------------------
+
+_fits: dict[tuple[str, int, int], int | None] = {}
+
+
+def _runs(model, in_chans: int, size: int) -> bool:
+    import torch
+
+    try:
+        with torch.no_grad():
+            model(torch.empty(2, in_chans, size, size, device="meta"))
+    except (RuntimeError, ValueError, IndexError):
+        return False
+    return True
+
+
+def minimum_input(arch: str, make, in_chans: int, img_size: int) -> int | None:
+    """None when `make()` (a builder without weights) takes `img_size` px images; else the smallest size
+    it takes. Found on the meta device (shapes only, no weights, no arithmetic): a pooling or convolution
+    whose input shrank below its window fails there as it would on real images. Probed once per
+    (arch, channels, size). A model that also fails at 224 px is not this check's to judge (None)."""
+    key = (arch, in_chans, img_size)
+    if key not in _fits:
+        import torch
+
+        with torch.device("meta"):
+            model = make().eval()
+        # From 224 px up (ImageNet's size) or when 224 fails too, the failure is not about the size.
+        if img_size >= 224 or _runs(model, in_chans, img_size) or not _runs(model, in_chans, 224):
+            _fits[key] = None
+        else:
+            low, high = img_size, 224  # fails at low, runs at high
+            while high - low > 1:
+                mid = (low + high) // 2
+                low, high = (low, mid) if _runs(model, in_chans, mid) else (mid, high)
+            _fits[key] = high
+    return _fits[key]
+
+
+def refuse_small_input(arch: str, base: str, make, in_chans: int, img_size: int, family: str | None = None) -> None:
+    """A UsageError (before any weights are built) when the model's feature map would shrink to nothing
+    at `img_size`: it names the smallest size it takes and, where the family has one, the small_ stem."""
+    need = minimum_input(arch, make, in_chans, img_size)
+    if need is None:
+        return
+    small = f"small_{base}"
+    if family is None:
+        try:
+            family = _timm_family(base)
+        except Exception:  # noqa: BLE001 - not a timm name (torchvision/...): no small_ variant to suggest
+            family = None
+    hint = f"use {small} (a 3x3 stem for small images) or " if family in SMALL_STEMS and arch != small else "use "
+    raise UsageError(f"{arch!r} cannot take {img_size} px images: its feature map shrinks to nothing before the head "
+                     f"(it needs at least {need} px); {hint}data.image_size: {need} or more")
+
+
 # -- timm names as they are -------------------------------------------------------------------------------
 
 
 def _build_timm(base: str, arch: str, num_classes: int, in_chans: int, img_size: int, pretrained: str | Path | None):
+    if not _is_vit(base):  # a ViT is built at the data's size (its patches fit), a CNN may not fit it
+        refuse_small_input(arch, base, lambda: _timm(base, num_classes, in_chans, img_size, None), in_chans, img_size)
     return _timm(base, num_classes, in_chans, img_size, pretrained)
 
 
@@ -83,14 +151,23 @@ register_family("timm", "", _is_timm, _build_timm, names=_timm_names, imagenet=T
 # -- small_ and small_pooled_: a 3x3 stem for small images ------------------------------------------------
 
 
-def check_small(arch: str, base: str, model=None) -> None:
+def _stem_paths(family: str, model) -> tuple[str, str | None]:
+    conv, pool = SMALL_STEMS[family]
+    if pool == FIRST_POOL:
+        from torch import nn
+
+        pool = next((f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, nn.MaxPool2d)), None)
+    return conv, pool
+
+
+def check_small(arch: str, base: str, model=None, family: str | None = None) -> None:
     """Fail unless `base` has a stem `small_stem` can replace: a known family whose stem is one
     convolution (not e.g. resnet18d's three). Without `model`, one is built on the meta device:
-    the layout without allocating any weights."""
+    the layout without allocating any weights. `family`: for a model timm does not know by name."""
     import torch
     from torch import nn
 
-    family = _timm_family(base)
+    family = family or _timm_family(base)
     if family not in SMALL_STEMS:
         raise UsageError(f"{arch!r}: no small-input stem for timm's {family} models; small_* supports the "
                          f"{', '.join(sorted(SMALL_STEMS))} families (or use {base!r} as it is)")
@@ -107,14 +184,15 @@ def check_small(arch: str, base: str, model=None) -> None:
         raise UsageError(f"{arch!r}: the stem of {base!r} is not a single convolution; use {base!r} as it is")
 
 
-def small_stem(model, arch: str, base: str, in_chans: int, keep_pool: bool = False):
+def small_stem(model, arch: str, base: str, in_chans: int, keep_pool: bool = False, family: str | None = None):
     """Swap the stem for a 3x3 stride-1 convolution and drop the stem's pooling: keeps the detail of
     28 px images, which a stride-4 ImageNet stem would shrink to 7 x 7 before the first stage.
     `keep_pool` keeps one 2x downsampling (the pool, or stride 2 where the family has none)."""
     from torch import nn
 
-    check_small(arch, base, model)
-    conv_path, pool_path = SMALL_STEMS[_timm_family(base)]
+    family = family or _timm_family(base)
+    check_small(arch, base, model, family)
+    conv_path, pool_path = _stem_paths(family, model)
     parent_path, _, conv_name = conv_path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     conv = getattr(parent, conv_name)
@@ -129,6 +207,10 @@ def small_stem(model, arch: str, base: str, in_chans: int, keep_pool: bool = Fal
 
 def _small_builder(keep_pool: bool):
     def build(base: str, arch: str, num_classes: int, in_chans: int, img_size: int, pretrained: str | Path | None):
+        def bare():
+            return small_stem(_timm(base, num_classes, in_chans, img_size, None), arch, base, in_chans, keep_pool=keep_pool)
+
+        refuse_small_input(arch, base, bare, in_chans, img_size)
         model = _timm(base, num_classes, in_chans, img_size, pretrained)
         return small_stem(model, arch, base, in_chans, keep_pool=keep_pool)
 
@@ -190,6 +272,11 @@ def _torchvision_names() -> list[str]:
 
 
 def _build_torchvision(name: str, arch: str, num_classes: int, in_chans: int, img_size: int, pretrained: str | Path | None):
+    refuse_small_input(arch, name, lambda: _torchvision_model(name, num_classes, in_chans), in_chans, img_size)
+    return _torchvision_model(name, num_classes, in_chans)
+
+
+def _torchvision_model(name: str, num_classes: int, in_chans: int):
     import torch
     import torchvision
     from torch import nn

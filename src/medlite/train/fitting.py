@@ -28,7 +28,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from medlite.errors import UsageError
 from medlite.task import pos_weight as label_pos_weight, task_of
-from medlite.train.callbacks import EpochLog
+from medlite.train.callbacks import GPU_MEMORY, EpochLog, Telemetry, pick_images
 from medlite.train.data import TrainData, class_weights
 from medlite.train.device import placement, precision, resolve_device
 from medlite.train.distributed import ShareFacts
@@ -89,6 +89,16 @@ def training_warnings() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
                                 category=FutureWarning)
         yield
+
+
+class EpochCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, whose epoch rows always carry the GPU memory column: empty (null) on a CPU,
+    where nothing is logged for it, so a CPU log has the same columns as a GPU one."""
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        if "epoch_time" in metrics and GPU_MEMORY not in metrics:
+            metrics = {**metrics, GPU_MEMORY: None}
+        super().log_metrics(metrics, step)
 
 
 def hard_loss_kind(task, loss: str | None) -> str | None:
@@ -180,6 +190,10 @@ def fit(
     with tempfile.TemporaryDirectory(prefix="medlite-best-") as best_dir, training_warnings():
         best_ckpt = BestCheckpoint(best_dir, score_start=score_start) if select_best and data.n_val else None
         extra = [RichProgressBar(leave=False)] if progress else []
+        telemetry = getattr(trainer_cfg, "telemetry", None)
+        if telemetry is not None:  # images of validation images (never test ones): none without a validation split
+            val = dataset.splits["val"]
+            extra.append(Telemetry(telemetry, val.images[pick_images(val.labels, telemetry.images)]))
         if where.world > 1:
             extra.append(ShareFacts(log_dir))
         trainer = L.Trainer(
@@ -190,7 +204,7 @@ def fit(
             strategy=where.strategy,
             use_distributed_sampler=False,  # TrainData's index loaders shard themselves
             precision=precision(trainer_cfg, device),
-            logger=[CSVLogger(str(log_dir), name="", version=""), TensorBoardLogger(str(log_dir), name="", version="")],
+            logger=[EpochCSVLogger(str(log_dir), name="", version=""), TensorBoardLogger(str(log_dir), name="", version="")],
             callbacks=[EpochLog(label, None if progress else say), LearningRateMonitor("epoch"), *extra, *callbacks,
                        *([best_ckpt] if best_ckpt else [])],
             enable_checkpointing=best_ckpt is not None,
