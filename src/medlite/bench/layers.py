@@ -224,7 +224,7 @@ def _ort_profile(path: Path, *, runs: int, threads: int, input_shape) -> list[di
         session.run(None, {inp.name: x})
         marker = None
         events = []
-        for _ in range(runs):
+        for _ in range(max(1, runs)):
             session.run(None, {inp.name: x})
         profile_file = session.end_profiling()
         data = json.loads(Path(profile_file).read_text())
@@ -241,44 +241,49 @@ def _ort_profile(path: Path, *, runs: int, threads: int, input_shape) -> list[di
 
 
 def _attribute(events: list[dict], layers: list[dict], graph, runs: int, threads: int) -> tuple[dict, list[dict]]:
-    """Give each executed kernel's time to the file layer it computes; the rest are `inserted` rows."""
+    """Give each executed kernel's time to the file layer it computes; the rest are `inserted` rows.
+
+    A kernel's time is its median over the runs, not the sum: on a shared machine one preempted run
+    would otherwise hand a single layer half of the total.
+    """
     by_name = {layer["name"]: layer for layer in layers}
     node_of = {n.name: n for n in graph.node}
-    out_to_node = {o: n for n in graph.node for o in n.output}
-    producer = out_to_node
-    total = sum(e["us"] for e in events) or 1.0
+    producer = {o: n for n in graph.node for o in n.output}
+    durations: dict[str, list[float]] = {}
+    op_of: dict[str, str | None] = {}
+    for e in events:
+        durations.setdefault(e["name"], []).append(e["us"])
+        op_of[e["name"]] = e["op"]
+    kernels = {name: float(np.median(d)) for name, d in durations.items()}
+    total = sum(kernels.values()) or 1.0
     time_of: dict[str, float] = {}
     runs_as: dict[str, set[str]] = {}
-    inserted: dict[str, dict] = {}
+    inserted: list[dict] = []
     names_by_length = sorted(by_name, key=len, reverse=True)
-    for e in events:
-        target = _match(e["name"], by_name, names_by_length, out_to_node)
+    for kernel, us in kernels.items():
+        target = _match(kernel, by_name, names_by_length, producer)
         if target is not None:
             target = _fused_owner(node_of.get(target), producer, by_name) or target
+        op = op_of[kernel] or "?"
         if target is None:
-            row = inserted.setdefault(e["name"], {"name": e["name"], "op": e["op"], "us": 0.0})
-            row["us"] += e["us"]
+            inserted.append({"name": kernel, "op": op, "ms": round(us / 1000, 5), "share": round(us / total, 5),
+                             "precision": "convert" if op in CONVERT_OPS else ("int8" if op in INTEGER_OPS else "fp32")})
             continue
-        time_of[target] = time_of.get(target, 0.0) + e["us"]
-        runs_as.setdefault(target, set()).add(e["op"] or "?")
+        time_of[target] = time_of.get(target, 0.0) + us
+        runs_as.setdefault(target, set()).add(op)
     for layer in layers:
         executed = runs_as.get(layer["name"])
         layer["runs"] = sorted(executed) if executed else None
         us = time_of.get(layer["name"])
-        layer["ms"] = round(us / runs / 1000, 5) if us is not None else None
+        layer["ms"] = round(us / 1000, 5) if us is not None else None
         layer["share"] = round(us / total, 5) if us is not None else 0.0
         if executed and layer["precision"] == "int8" and layer["op"] not in INTEGER_OPS \
                 and not executed & INTEGER_OPS:
             layer["precision"] = "fp32"  # the QDQ pattern was not fused: it ran dequantized, in float
-    rows = []
-    for row in inserted.values():
-        op = row["op"] or "?"
-        rows.append({"name": row["name"], "op": op, "ms": round(row["us"] / runs / 1000, 5),
-                     "share": round(row["us"] / total, 5),
-                     "precision": "convert" if op in CONVERT_OPS else ("int8" if op in INTEGER_OPS else "fp32")})
-    latency = {"available": True, "source": f"onnxruntime profiler, {runs} runs at batch 1, {threads} thread(s)",
-               "kernel_ms": round(total / runs / 1000, 5), "inserted_share": round(sum(r["share"] for r in rows), 5)}
-    return latency, rows
+    latency = {"available": True,
+               "source": f"onnxruntime profiler, median of {runs} runs at batch 1, {threads} thread(s)",
+               "kernel_ms": round(total / 1000, 5), "inserted_share": round(sum(r["share"] for r in inserted), 5)}
+    return latency, inserted
 
 
 def _match(executed: str, by_name: dict, names_by_length: list[str], out_to_node: dict) -> str | None:
@@ -508,3 +513,38 @@ def print_layers(view: dict, console=None, top: int = 15) -> None:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
         else:
             write(line)
+
+
+# -- the bench stage's files -------------------------------------------------------------------
+
+LAYERS_DIR = "layers"
+
+
+def write_views(root: Path, variants: list, benches: dict[str, dict], *, threads: int = 1,
+                say=lambda line: None) -> list[Path]:
+    """`layers/<variant>.json` for every variant with a file; a summary goes on its bench entry.
+
+    A file that cannot be viewed gets `{"error": ...}` on its bench entry (said, not skipped silently).
+    """
+    from medlite.errors import MedliteError
+    from medlite.runstate import write_json
+
+    written = []
+    for variant in variants:
+        bench = benches.get(variant.name)
+        if bench is None or not variant.file or "error" in bench or "skipped" in bench:
+            continue
+        try:
+            view = layer_view(root / variant.file, variant.runtime, threads=threads)
+        except MedliteError as err:
+            bench["layers"] = {"error": str(err)}
+            say(f"{variant.name}: no per-layer view ({err})")
+            continue
+        out = root / LAYERS_DIR / f"{variant.name}.json"
+        write_json(out, view)
+        written.append(out)
+        t = view["totals"]
+        bench["layers"] = {"file": f"{LAYERS_DIR}/{out.name}", "layers": t["layers"], "int8_layers": t["int8_layers"],
+                           "float_layers": t["float_layers"], "float_mac_layers": t["float_mac_layers"],
+                           "latency": view["latency"].get("source") or view["latency"].get("reason")}
+    return written
