@@ -66,11 +66,11 @@ def render_section(sections: list[dict]) -> str:
     """The section's HTML (autoescaped), for the page to place as it is."""
     from jinja2 import Environment, select_autoescape
 
-    from medlite.report import _fmt_bytes, _fmt_count
+    from medlite.bench.layers import _count
 
     template = (resources.files("medlite") / "report" / "templates" / "layers.html.j2").read_text()
     env = Environment(autoescape=select_autoescape(default=True))
-    env.filters["bytes"] = _fmt_bytes
-    env.filters["count"] = _fmt_count
+    env.filters["bytes"] = lambda n: f"{_count(n)}B"
+    env.filters["count"] = _count
     env.filters["share"] = lambda x: "-" if x is None else f"{100 * x:.1f}%"
     return env.from_string(template).render(sections=sections, top=TOP)
