@@ -107,8 +107,8 @@ def _onnx_view(path: Path, *, profile: bool, runs: int, threads: int, input_shap
     for name, a in arrays.items():
         shapes[name], elem[name] = list(a.shape), inits[name].data_type
     producer = {o: n for n in graph.node for o in n.output}
-    # Constant-producing nodes whose result is a weight: DequantizeLinear / Cast of an initializer,
-    # and Constant nodes. Folded into the layers that read them.
+    # Constant-producing nodes whose result is a weight: DequantizeLinear / Cast / Identity (the
+    # exporter's shared weights) of an initializer, and Constant nodes. Folded into the layers that read them.
     folded: dict[str, tuple[str, int, int, str]] = {}  # tensor -> (node name, bytes, elements, stored dtype)
     for n in graph.node:
         if n.op_type == "Constant":
@@ -116,7 +116,7 @@ def _onnx_view(path: Path, *, profile: bool, runs: int, threads: int, input_shap
             if value is not None:
                 folded[n.output[0]] = (n.name, int(value.nbytes), int(value.size), value.dtype.name)
                 shapes[n.output[0]] = list(value.shape)
-        elif n.op_type in ("DequantizeLinear", "Cast") and n.input and n.input[0] in inits:
+        elif n.op_type in ("DequantizeLinear", "Cast", "Identity") and n.input and n.input[0] in inits:
             stored = arrays[n.input[0]]
             nbytes = sum(int(arrays[i].nbytes) for i in n.input if i in arrays)
             folded[n.output[0]] = (n.name, nbytes, int(stored.size), stored.dtype.name)
