@@ -49,6 +49,7 @@ _FUSABLE = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Le
                       "BatchNormalization", "QuantizeLinear", "DequantizeLinear"})
 _MAC_OPS = frozenset({"Conv", "ConvInteger", "QLinearConv", "Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "QGemm"})
 LAYERS_SCHEMA = 1
+RECAST_PREFIX = "InsertedPrecisionFreeCast_"
 PROFILE_RUNS = 20
 
 
@@ -260,8 +261,13 @@ def _attribute(events: list[dict], layers: list[dict], graph, runs: int, threads
     runs_as: dict[str, set[str]] = {}
     inserted: list[dict] = []
     names_by_length = sorted(by_name, key=len, reverse=True)
+    cast_to_float: set[str] = set()
     for kernel, us in kernels.items():
-        target = _match(kernel, by_name, names_by_length, producer)
+        # ONNX Runtime names a kernel it moved to float32 after its own fp16 -> fp32 cast after that
+        # cast: "InsertedPrecisionFreeCast_<tensor>[_nchwc]". The layer then ran in float32.
+        recast = kernel.startswith(RECAST_PREFIX)
+        name = kernel[len(RECAST_PREFIX):] if recast else kernel
+        target = _match(name, by_name, names_by_length, producer)
         if target is not None:
             target = _fused_owner(node_of.get(target), producer, by_name) or target
         op = op_of[kernel] or "?"
@@ -271,6 +277,8 @@ def _attribute(events: list[dict], layers: list[dict], graph, runs: int, threads
             continue
         time_of[target] = time_of.get(target, 0.0) + us
         runs_as.setdefault(target, set()).add(op)
+        if recast and op not in CONVERT_OPS:
+            cast_to_float.add(target)
     for layer in layers:
         executed = runs_as.get(layer["name"])
         layer["runs"] = sorted(executed) if executed else None
@@ -280,6 +288,9 @@ def _attribute(events: list[dict], layers: list[dict], graph, runs: int, threads
         if executed and layer["precision"] == "int8" and layer["op"] not in INTEGER_OPS \
                 and not executed & INTEGER_OPS:
             layer["precision"] = "fp32"  # the QDQ pattern was not fused: it ran dequantized, in float
+        if layer["name"] in cast_to_float and layer["precision"] == "fp16":
+            layer["precision"] = "fp32"
+            layer["note"] = "float16 in the file; ONNX Runtime ran it in float32 after a cast it inserted"
     latency = {"available": True,
                "source": f"onnxruntime profiler, median of {runs} runs at batch 1, {threads} thread(s)",
                "kernel_ms": round(total / 1000, 5), "inserted_share": round(sum(r["share"] for r in inserted), 5)}
@@ -444,6 +455,8 @@ def _totals(view: dict) -> dict:
         "float_layers": sum(l["precision"] in ("fp32", "fp16") for l in compute),
         # Layers with MACs (the ones that matter for an int8 file) that stayed float.
         "float_mac_layers": [l["name"] for l in compute if l["macs"] and l["precision"] in ("fp32", "fp16")],
+        # Stored float16, run in float32 (the runtime cast them: no fp16 kernel on this CPU).
+        "fp16_run_as_fp32": [l["name"] for l in layers if l.get("note", "").startswith("float16 in the file")],
     }
 
 
@@ -498,6 +511,9 @@ def layer_lines(view: dict, top: int = 15) -> list[str]:
     if t["float_mac_layers"] and t["int8_layers"]:
         names = ", ".join(t["float_mac_layers"])
         lines += textwrap.wrap(f"stayed float (layers with MACs): {names}", 80, subsequent_indent="  ")
+    if t.get("fp16_run_as_fp32"):
+        lines += textwrap.wrap(f"{len(t['fp16_run_as_fp32'])} layers stored in float16 ran in float32: ONNX Runtime "
+                               "cast them (no fp16 kernel on this CPU)", 80)
     if view.get("inserted"):
         lines.append(f"inserted by the runtime (no layer in the file): {len(view['inserted'])} kernels, "
                      f"{_share(lat.get('inserted_share'))} of the time")
