@@ -56,6 +56,7 @@ def main() -> None:
             "auc": v["metrics"]["auc"], "max_abs_prob_diff_vs_fp32": float(np.abs(probs - ref_probs).max()),
             "p50_ms": (bench.get("latency_ms") or {}).get("p50"), "p90_ms": (bench.get("latency_ms") or {}).get("p90"),
             "throughput_ips": bench.get("throughput_ips"), "threads": bench.get("threads"),
+            "system_load_1m": (bench.get("threads_1") or {}).get("system_load_1m"),
             "int8_layers": (layers.get("totals") or {}).get("int8_layers"),
             "float_layers": (layers.get("totals") or {}).get("float_layers"),
             "layer_view": layer_lines(layers) if layers else None,
@@ -72,6 +73,12 @@ def main() -> None:
                      f"{r['auc']:.3f} | {r['max_abs_prob_diff_vs_fp32']:.4f} | "
                      f"{'-' if r['p50_ms'] is None else format(r['p50_ms'], '.3f')} | "
                      f"{'-' if r['throughput_ips'] is None else format(r['throughput_ips'], '.0f')} |")
+    loads = [r["system_load_1m"] for r in rows if r["system_load_1m"] is not None]
+    if loads:
+        lines += ["", f"1-minute load while measuring: {min(loads):.1f}-{max(loads):.1f} on "
+                      f"{doc['machine_info'].get('cores')} cores (a shared machine: sub-millisecond latencies vary by "
+                      "about ±30% between runs). The AUCs are of a 5-epoch run (the default trains 40 + 30 epochs): "
+                      "compare files, not the AUC with the default's."]
     for r in rows:
         if r["layer_view"]:
             lines += ["", f"`medlite bench {r['variant']} --layers`:", "", "```", *r["layer_view"], "```"]

@@ -99,7 +99,7 @@ def test_every_variant_has_a_layer_view_in_the_run_and_the_report(run):
         convs = [l for l in view["layers"] if l["macs"] and l["op"] in ("Conv", "CONV_2D", "DEPTHWISE_CONV_2D")]
         assert convs
         if name.endswith("fp16"):
-            assert all(l["stored"] == ["float16"] for l in convs), name
+            assert all("float16" in l["stored"] for l in convs), name
             # fp16, or float32 where the profiler saw ONNX Runtime cast the layer (said, with the reason).
             assert all(l["precision"] == "fp16" or l["name"] in view["totals"]["fp16_run_as_fp32"] for l in convs), name
         if view["runtime"] == "litert":  # no per-op profiler in LiteRT's Python interpreter: said, not faked
