@@ -34,7 +34,8 @@ def layer_sections(root: Path, results: dict, folder: Path) -> list[dict]:
 
 
 def layer_figure(name: str, view: dict, folder: Path) -> dict:
-    """Horizontal bars, one per layer (the TOP by latency share, else by MACs), coloured by precision."""
+    """Horizontal bars, one per layer (the TOP by latency share, else by MACs, and in an int8 file every
+    layer with MACs that stayed float), coloured by the precision each runs in."""
     from medlite.report import figures
 
     timed = bool(view["latency"].get("available"))
@@ -45,10 +46,19 @@ def layer_figure(name: str, view: dict, folder: Path) -> dict:
     else:
         total = sum(l.get("macs") or 0 for l in rows) or 1
         values = [((l.get("macs") or 0) / total, l) for l in rows]
-    values = sorted(values, key=lambda p: -p[0])[:TOP][::-1]
+    ranked = sorted(values, key=lambda p: -p[0])
+    values = ranked[:TOP]
+    if view["totals"].get("int8_layers"):  # an int8 file: the layers with MACs that stayed float are always shown
+        stayed = set(view["totals"].get("float_mac_layers") or [])
+        values += [p for p in ranked[TOP:] if p[1]["name"] in stayed]
+    values = values[::-1]
     plt = figures._plt()
     fig, ax = plt.subplots(figsize=(6.2, 0.22 * max(len(values), 3) + 0.9))
-    labels = [f"{l['name'][-22:]} {l['op']}{'/dw' if l.get('kind') == 'depthwise' else ''}" for _, l in values]
+    def label(l: dict) -> str:  # LiteRT layer names already carry their operator ("5:CONV_2D")
+        text = l["name"][-22:] if l["op"] in l["name"] else f"{l['name'][-22:]} {l['op']}"
+        return text + ("/dw" if l.get("kind") == "depthwise" and "DEPTHWISE" not in l["op"] else "")
+
+    labels = [label(l) for _, l in values]
     ax.barh(range(len(values)), [100 * x for x, _ in values], color=[COLOURS.get(l["precision"], "#666") for _, l in values])
     ax.set_yticks(range(len(values)), labels, fontsize=6)
     ax.set_xlabel("share of kernel time (%)" if timed else "share of MACs (%): no per-op latency for this runtime")
@@ -56,7 +66,7 @@ def layer_figure(name: str, view: dict, folder: Path) -> dict:
 
     used = sorted({l["precision"] for _, l in values})
     ax.legend(handles=[Patch(color=COLOURS[p], label=p) for p in used if p in COLOURS], fontsize=6, loc="lower right")
-    ax.set_title(f"{name}: where the {'time' if timed else 'arithmetic'} goes (top {len(values)} layers)")
+    ax.set_title(f"{name}: where the {'time' if timed else 'arithmetic'} goes ({len(values)} of {len(rows)} layers)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return figures.save(fig, folder, f"layers_{figures.safe_stem(name)}")
