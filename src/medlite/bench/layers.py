@@ -552,9 +552,10 @@ def write_views(root: Path, variants: list, benches: dict[str, dict], *, threads
             continue
         try:
             view = layer_view(root / variant.file, variant.runtime, threads=threads)
-        except MedliteError as err:
-            bench["layers"] = {"error": str(err)}
-            say(f"{variant.name}: no per-layer view ({err})")
+        except Exception as err:  # noqa: BLE001 - one file's view failing must not lose every variant's timings
+            reason = str(err) if isinstance(err, MedliteError) else f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+            bench["layers"] = {"error": reason}  # kept in results.json and shown by the report
+            say(f"{variant.name}: no per-layer view ({reason})")
             continue
         out = root / LAYERS_DIR / f"{variant.name}.json"
         write_json(out, view)
