@@ -126,6 +126,23 @@ def test_bench_times_every_variant_and_the_eager_reference(grid_run, name, metho
 
 
 @pytest.mark.parametrize("name,method,fmt", CELLS, ids=IDS)
+def test_every_variant_has_a_per_layer_view(grid_run, name, method, fmt):
+    out, _, _ = grid_run
+    v = _variant(grid_run, name)
+    summary = v["bench"]["layers"]
+    assert "error" not in summary, f"{v['name']}: {summary}"
+    view = json.loads((out / summary["file"]).read_text())
+    assert view["layers"] and view["totals"]["macs"] > 0 and view["totals"]["param_bytes"] > 0
+    if view["latency"]["available"]:
+        shares = [l["share"] for l in view["layers"]] + [r["share"] for r in view["inserted"]]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-3)
+    else:
+        assert "not available" in view["latency"]["reason"]
+    if "int8" in (v["format"] or "") and not v["name"].endswith("_dense"):
+        assert view["totals"]["int8_layers"] > 0, f"{v['name']}: no layer reported int8"
+
+
+@pytest.mark.parametrize("name,method,fmt", CELLS, ids=IDS)
 def test_explain_runs_in_the_variants_own_runtime(grid_run, name, method, fmt):
     v = _variant(grid_run, name)
     occlusion = v["explain"]["methods"]["occlusion"]

@@ -219,7 +219,8 @@ def check_recipe(recipe: Recipe) -> None:
         spec = compress_registry.get(method)
         missing = spec.missing_packages()
         if missing:
-            raise UsageError(f"compress.methods: {method} needs {', '.join(missing)}, not installed ({spec.install_hint})")
+            key = "compress.methods" if method in recipe.compress.methods else "compress.chains"
+            raise UsageError(f"{key}: {method} needs {', '.join(missing)}, not installed ({spec.install_hint})")
     for name in recipe.export.formats:  # a missing converter fails now, never as a silent skip later
         fmt = export_registry.get(name)
         missing = fmt.missing_packages()
