@@ -1,5 +1,6 @@
 """Float16 post-training quantization end to end (issue 19): ONNX fp16 (onnxconverter-common) and
-LiteRT float16 weights, measured like every variant, and the per-layer view of each file."""
+LiteRT float16 weights (its end-to-end cells are in tests/test_conformance.py), measured like every
+variant, and the per-layer view of each file."""
 
 from __future__ import annotations
 
@@ -18,18 +19,13 @@ from medlite.recipe import load_recipe
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def _litert_ready() -> bool:
-    from medlite.export import litert
-
-    return not litert.missing_packages() and litert.fp16_unsupported() is None
-
-
-def tiny_recipe(litert: bool):
-    formats = "[onnx,litert]" if litert else "[onnx]"
+def tiny_recipe():
+    # ONNX only: the LiteRT float16 file is checked in the conformance grid (tests/test_conformance.py),
+    # against every consumer, where the LiteRT converter is loaded anyway.
     return load_recipe("breastmnist", [
         "data.limit=48", "teacher.arch=medlite_cnn_tiny", "teacher.epochs=1", "student.arch=medlite_dsconv_tiny",
         "student.epochs=1", "distill.scratch_baseline=false", "evaluate.bootstrap=20", "compress.targets=[student_kd]",
-        "compress.methods=[fp16]", "compress.chains=[]", f"export.formats={formats}", "export.litert.quantize=[fp32,fp16]",
+        "compress.methods=[fp16]", "compress.chains=[]", "export.formats=[onnx]",
         "bench.enabled=true", "bench.threads=[1]", "bench.warmup=1", "bench.iterations=3", "bench.time_budget_s=0.2",
         "bench.throughput_batch=2", "bench.reference=false", "explain.enabled=false",
     ])
@@ -41,15 +37,8 @@ def run(tmp_path_factory, data_root):
     from medlite.pipeline import run_pipeline
 
     out = tmp_path_factory.mktemp("fp16")
-    litert = _litert_ready()
-    results = run_pipeline(tiny_recipe(litert), out, data_root, say=lambda line: None, progress=False)
-    return out, {v["name"]: v for v in results["variants"]}, litert
-
-
-def _view(out: Path, variant: dict) -> dict:
-    import json
-
-    return json.loads((out / variant["bench"]["layers"]["file"]).read_text())
+    results = run_pipeline(tiny_recipe(), out, data_root, say=lambda line: None, progress=False)
+    return out, {v["name"]: v for v in results["variants"]}
 
 
 def _probs(out: Path, variant: dict) -> np.ndarray:
@@ -62,7 +51,7 @@ def _probs(out: Path, variant: dict) -> np.ndarray:
 def test_onnx_fp16_is_half_the_size_and_agrees_with_fp32(run):
     import onnx
 
-    out, variants, _ = run
+    out, variants = run
     fp32, fp16 = variants["student_kd"], variants["student_kd_fp16"]
     assert fp16["format"] == "onnx-fp16" and fp16["parent"] == "student_kd" and fp16["stage"] == "fp16"
     assert 0.4 < fp16["file_bytes"] / fp32["file_bytes"] < 0.6
@@ -75,25 +64,11 @@ def test_onnx_fp16_is_half_the_size_and_agrees_with_fp32(run):
 
 
 @pytest.mark.slow
-def test_litert_fp16_weights_half_the_size_and_agree(run):
-    out, variants, litert = run
-    if not litert:
-        pytest.skip("LiteRT converter (with float casting) not installed")
-    fp32, fp16 = variants["student_kd_tflite_fp32"], variants["student_kd_tflite_fp16"]
-    assert fp16["format"] == "tflite-fp16" and fp16["parent"] == "student_kd_tflite_fp32"
-    # The weights halve; a tiny model's graph, biases and signature are a fixed share of its file.
-    assert 0.4 < fp16["file_bytes"] / fp32["file_bytes"] < 0.7
-    np.testing.assert_allclose(_probs(out, fp16), _probs(out, fp32), atol=1e-2)
-    weights = [sum(l["param_bytes"] for l in _view(out, v)["layers"] if l["macs"]) for v in (fp32, fp16)]
-    assert 0.45 < weights[1] / weights[0] < 0.55
-
-
-@pytest.mark.slow
 def test_every_variant_has_a_layer_view_in_the_run_and_the_report(run):
     import json
 
-    out, variants, litert = run
-    for name in ["student_kd", "student_kd_fp16"] + (["student_kd_tflite_fp16"] if litert else []):
+    out, variants = run
+    for name in ["student_kd", "student_kd_fp16"]:
         summary = variants[name]["bench"]["layers"]
         view = json.loads((out / summary["file"]).read_text())
         convs = [l for l in view["layers"] if l["macs"] and l["op"] in ("Conv", "CONV_2D", "DEPTHWISE_CONV_2D")]
@@ -102,11 +77,8 @@ def test_every_variant_has_a_layer_view_in_the_run_and_the_report(run):
             assert all("float16" in l["stored"] for l in convs), name
             # fp16, or float32 where the profiler saw ONNX Runtime cast the layer (said, with the reason).
             assert all(l["precision"] == "fp16" or l["name"] in view["totals"]["fp16_run_as_fp32"] for l in convs), name
-        if view["runtime"] == "litert":  # no per-op profiler in LiteRT's Python interpreter: said, not faked
-            assert not view["latency"]["available"] and "not available" in view["latency"]["reason"]
-        else:
-            assert sum(l["share"] for l in view["layers"]) + sum(r["share"] for r in view["inserted"]) == \
-                pytest.approx(1.0, abs=1e-3)
+        assert sum(l["share"] for l in view["layers"]) + sum(r["share"] for r in view["inserted"]) == \
+            pytest.approx(1.0, abs=1e-3)
     html = (out / "report.html").read_text()
     assert 'id="layers"' in html and "student_kd_fp16" in html and (out / "figures" / "layers_student_kd_fp16.png").is_file()
 
@@ -117,7 +89,7 @@ def test_fp16_without_the_converter_is_refused_before_training(monkeypatch):
 
     monkeypatch.setattr(fp16, "missing_packages", lambda: ["onnxconverter-common"])
     with pytest.raises(UsageError, match=r"compress.methods: fp16 needs onnxconverter-common, not installed \(pip install"):
-        check_recipe(tiny_recipe(False))
+        check_recipe(tiny_recipe())
 
 
 def test_litert_fp16_without_float_casting_is_refused(monkeypatch):
