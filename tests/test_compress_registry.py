@@ -17,7 +17,7 @@ from medlite.recipe import load_recipe
 
 
 def test_builtin_methods_declare_config_and_formats():
-    assert set(registry.METHODS) == {"prune_structured", "prune_unstructured", "int8_dynamic", "int8_static", "int8_qat"}
+    assert set(registry.METHODS) == {"prune_structured", "prune_unstructured", "int8_dynamic", "int8_static", "int8_qat", "fp16"}
     from medlite.recipe import CompressConfig
 
     for spec in registry.METHODS.values():
@@ -27,6 +27,7 @@ def test_builtin_methods_declare_config_and_formats():
         assert callable(spec.load())  # the dotted stage path resolves
     assert registry.METHODS["int8_qat"].accepts == {registry.PYTORCH}
     assert registry.METHODS["int8_static"].emits == {registry.ONNX_INT8_QDQ}
+    assert registry.METHODS["fp16"].accepts == {registry.ONNX_FP32} and registry.METHODS["fp16"].emits == {registry.ONNX_FP16}
 
 
 @pytest.mark.parametrize("chain", [

@@ -33,6 +33,7 @@ def _ready_formats() -> list[str]:
 
 FORMATS = _ready_formats()
 METHODS = list(compress_registry.METHODS)
+LITERT_MODES = ["fp32", "int8_dynamic", "int8_static", "fp16"]  # every LiteRT file medlite can make
 
 
 def grid_recipe():
@@ -42,7 +43,8 @@ def grid_recipe():
         f"compress.methods=[{','.join(METHODS)}]", "compress.chains=[]",
         "compress.prune_structured.epochs=1", "compress.prune_unstructured.epochs=1", "compress.int8_qat.epochs=1",
         "compress.int8_static.calibration_images=16", "compress.int8_qat.calibration_images=16",
-        f"export.formats=[{','.join(FORMATS)}]", "export.litert.calibration_images=16",
+        f"export.formats=[{','.join(FORMATS)}]", f"export.litert.quantize=[{','.join(LITERT_MODES)}]",
+        "export.litert.calibration_images=16",
         "bench.enabled=true", "bench.threads=[1]", "bench.warmup=1", "bench.iterations=3", "bench.time_budget_s=0.2",
         "bench.throughput_batch=2", "explain.images_per_class=1", "explain.methods=[occlusion,gradcam]",
     ])
@@ -64,7 +66,7 @@ def expected_variants() -> list[tuple[str, str, str]]:
         for method in compress_registry.METHODS:
             cells.append((target + compress_registry.METHODS[method].suffix, method, "onnx"))
         if "litert" in FORMATS:
-            cells += [(f"{target}_tflite_{mode}", "-", "litert") for mode in ("fp32", "int8_dynamic", "int8_static")]
+            cells += [(f"{target}_tflite_{mode}", "-", "litert") for mode in LITERT_MODES]
     return cells
 
 
@@ -123,6 +125,23 @@ def test_bench_times_every_variant_and_the_eager_reference(grid_run, name, metho
     if v.get("checkpoint"):  # a PyTorch model behind it: the eager reference is timed too (pruned ones included)
         reference = bench.get("reference")
         assert reference and "error" not in reference, f"{v['name']}: no PyTorch eager reference: {reference}"
+
+
+@pytest.mark.parametrize("name,method,fmt", CELLS, ids=IDS)
+def test_every_variant_has_a_per_layer_view(grid_run, name, method, fmt):
+    out, _, _ = grid_run
+    v = _variant(grid_run, name)
+    summary = v["bench"]["layers"]
+    assert "error" not in summary, f"{v['name']}: {summary}"
+    view = json.loads((out / summary["file"]).read_text())
+    assert view["layers"] and view["totals"]["macs"] > 0 and view["totals"]["param_bytes"] > 0
+    if view["latency"]["available"]:
+        shares = [l["share"] for l in view["layers"]] + [r["share"] for r in view["inserted"]]
+        assert sum(shares) == pytest.approx(1.0, abs=1e-3)
+    else:
+        assert "not available" in view["latency"]["reason"]
+    if "int8" in (v["format"] or "") and not v["name"].endswith("_dense"):
+        assert view["totals"]["int8_layers"] > 0, f"{v['name']}: no layer reported int8"
 
 
 @pytest.mark.parametrize("name,method,fmt", CELLS, ids=IDS)
@@ -202,3 +221,22 @@ def test_a_registered_method_is_checked_by_the_grid_without_other_changes(monkey
         compress_registry.unregister("copy_test")
     with pytest.raises(Exception, match="copy_test"):
         load_recipe("breastmnist", ["compress.methods=[copy_test]"])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_litert_fp16_is_smaller_and_agrees_with_its_fp32_file(grid_run, target):
+    from medlite.evaluate.predictions import read_predictions
+
+    if "litert" not in FORMATS:
+        pytest.skip("LiteRT not installed")
+    out, _, _ = grid_run
+    fp32, fp16 = _variant(grid_run, f"{target}_tflite_fp32"), _variant(grid_run, f"{target}_tflite_fp16")
+    assert fp16["format"] == "tflite-fp16" and fp16["parent"] == fp32["name"]
+    # The weights halve; a tiny model's graph, biases and signature are a fixed share of its file.
+    assert 0.4 < fp16["file_bytes"] / fp32["file_bytes"] < 0.7
+    probs = [read_predictions(out / v["metrics"]["predictions"])[2] for v in (fp32, fp16)]
+    np.testing.assert_allclose(probs[1], probs[0], atol=1e-2)
+    views = [json.loads((out / v["bench"]["layers"]["file"]).read_text()) for v in (fp32, fp16)]
+    weights = [sum(l["param_bytes"] for l in view["layers"] if l["macs"]) for view in views]
+    assert 0.45 < weights[1] / weights[0] < 0.55
+    assert all(l["precision"] == "fp16" for l in views[1]["layers"] if l["macs"])

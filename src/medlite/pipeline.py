@@ -24,6 +24,7 @@ from medlite.errors import MedliteError, UsageError
 from medlite.recipe import Recipe, data_identity, dump_recipe
 from medlite.runstate import RESOLVED_RECIPE, RunDir, atomic_path, write_atomic, write_error, write_json
 from medlite.bench.stage import bench_stage
+from medlite.compress import registry as compress_registry
 from medlite.compress.stages import check_targets, run_compression
 from medlite.context import Context
 from medlite.data import load_dataset, write_splits_csv
@@ -216,11 +217,23 @@ def check_recipe(recipe: Recipe) -> None:
     grad_checkpointing.check(recipe)  # a model without it refused now, not after the teacher trained
     if recipe.compress.methods or recipe.compress.chains:
         check_targets(recipe, variant_names(recipe))
+    for method in dict.fromkeys([*recipe.compress.methods, *(m for chain in recipe.compress.chains for m in chain)]):
+        spec = compress_registry.get(method)
+        missing = spec.missing_packages()
+        if missing:
+            key = "compress.methods" if method in recipe.compress.methods else "compress.chains"
+            raise UsageError(f"{key}: {method} needs {', '.join(missing)}, not installed ({spec.install_hint})")
     for name in recipe.export.formats:  # a missing converter fails now, never as a silent skip later
         fmt = export_registry.get(name)
         missing = fmt.missing_packages()
         if missing:
             raise UsageError(f"export.formats: {name} needs {', '.join(missing)}, not installed ({fmt.install_hint})")
+    if "litert" in recipe.export.formats and "fp16" in recipe.export.litert.quantize:
+        from medlite.export.litert import fp16_unsupported
+
+        reason = fp16_unsupported()
+        if reason:
+            raise UsageError(f"export.litert.quantize: fp16 cannot be made here: {reason}")
 
 
 def run_pipeline(

@@ -191,6 +191,7 @@ class BenchConfig(_Strict):
     time_budget_s: float = Field(2.0, gt=0, description="per measurement; stops early when spent")
     throughput_batch: int = Field(32, ge=1)
     reference: bool = Field(True, description="also time each base model in PyTorch eager fp32")
+    layers: bool = Field(True, description="per-layer view of every file (layers/<variant>.json, the report's layer tables)")
 
 
 class TelemetryConfig(_Strict):

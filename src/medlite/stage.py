@@ -32,8 +32,8 @@ T = TypeVar("T")
 # a changed exporter, new facts): its old records then no longer match and the stage is redone.
 # Compression methods carry theirs in `medlite.compress.registry.MethodSpec.schema`, exporters in
 # `medlite.export.registry.ExportFormat.schema`.
-# train 4: one Stage type (keys are now kind + inputs + config for every stage).
-STAGE_SCHEMAS: dict[str, int] = {"train": 4, "export": 2, "evaluate": 2, "predict": 2, "bench": 3, "ensemble": 2,
+# bench 4: per-layer views (layers/<variant>.json). train 4: one Stage type (keys are now kind + inputs + config for every stage).
+STAGE_SCHEMAS: dict[str, int] = {"train": 4, "export": 2, "evaluate": 2, "predict": 2, "bench": 4, "ensemble": 2,
                                  "explain": 2}
 
 

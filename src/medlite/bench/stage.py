@@ -1,9 +1,10 @@
-"""The bench stage: every variant's deployed file timed in its runtime, each in a fresh process."""
+"""The bench stage: every variant's deployed file timed in its runtime, each in a fresh process;
+with `bench.layers` (on by default) also its per-layer view (`layers/<variant>.json`, `medlite.bench.layers`)."""
 
 from __future__ import annotations
 
 from medlite.context import Context
-from medlite.stage import Stage
+from medlite.stage import Output, Stage
 
 
 def bench_stage(ctx: Context) -> Stage[None]:
@@ -18,7 +19,14 @@ def bench_stage(ctx: Context) -> Stage[None]:
         from medlite.bench import bench_run_dir
 
         ctx.say(f"bench: timing {len(variants)} variants, each in a fresh process")
-        return {"bench": bench_run_dir(ctx.run.root, cfg), "machine": machine}
+        benches = bench_run_dir(ctx.run.root, cfg)
+        files = []
+        if cfg.layers:
+            from medlite.bench.layers import write_views
+
+            ctx.say("bench: per-layer views (ONNX Runtime's profiler; LiteRT without one)")
+            files = write_views(ctx.run.root, variants, benches, say=ctx.say)
+        return Output({"bench": benches, "machine": machine}, files)
 
     def emit(facts: dict) -> None:
         for name, bench in facts["bench"].items():

@@ -73,6 +73,8 @@ def bench(
         Optional[int], typer.Option("--throughput-batch", help="batch size for images/s [default: recipe]")
     ] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the figures to this JSON file")] = None,
+    layers: Annotated[bool, typer.Option(
+        "--layers", help="also the per-layer view: operators, parameter bytes, MACs, int8 or float, latency shares")] = False,
     soak: Annotated[Optional[float], typer.Option(
         "--soak", help="sustained inference for SECONDS, sampling CPU %, RSS and temperature every second")] = None,
     soak_out: Annotated[Optional[Path], typer.Option(
@@ -135,11 +137,36 @@ def bench(
                 iterations=cfg.iterations, time_budget_s=cfg.time_budget_s, throughput_batch=cfg.throughput_batch,
             )
         print_bench_table({target.name: result}, console)
+        if layers:
+            result["layers"] = _layers(target, None, input_shape, console)
     else:
         raise UsageError(f"{target}: no such file or directory")
+    if layers and target.is_dir():
+        for name, entry in result.items():
+            rel = entry.get("file")
+            if rel and "error" not in entry and "skipped" not in entry:
+                entry["layers"] = _layers(target / rel, entry.get("runtime"), None, console)
     if json_out is not None:
         write_json(json_out, result)
         console.print(f"wrote {json_out}")
+
+
+def _layers(path: Path, runtime: Optional[str], input_shape: Optional[str], console) -> dict:
+    # local: onnx, onnxruntime (or ai-edge-litert) are not for --help.
+    from medlite.bench.layers import layer_view, print_layers
+
+    shape = None
+    if input_shape is not None:
+        from medlite.bench.worker import WorkerError, parse_shape
+
+        try:
+            shape = tuple(parse_shape(input_shape))
+        except WorkerError as err:
+            raise UsageError(str(err)) from None
+    view = layer_view(path, runtime, input_shape=shape)
+    console.print()
+    print_layers(view, console)
+    return view
 
 
 def _soak(target: Path, seconds: float, out: Optional[Path], threads: Optional[str], console) -> None:

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from medlite.compress.registry import ONNX_FP32, ONNX_INT8_DYNAMIC, ONNX_INT8_QDQ, PYTORCH, MethodSpec, register
+from medlite.compress.registry import ONNX_FP16, ONNX_FP32, ONNX_INT8_DYNAMIC, ONNX_INT8_QDQ, PYTORCH, MethodSpec, register
 from medlite.config_base import Strict
 
 
@@ -83,4 +83,11 @@ register(MethodSpec(
     "int8_qat", "_int8_qat", frozenset({PYTORCH}), frozenset({ONNX_INT8_QDQ}),
     f"{_STAGES}:qat", config="int8_qat", config_model=Int8QatConfig, schema=3,
     doc="quantization-aware fine-tuning (fake quant, BN folded), exported as static QDQ with the learned ranges",
+))
+register(MethodSpec(
+    "fp16", "_fp16", frozenset({ONNX_FP32}), frozenset({ONNX_FP16}),
+    f"{_STAGES}:fp16", schema=1, check="medlite.compress.fp16:missing_packages",
+    install_hint="pip install 'medlite[fp16]', i.e. pip install onnxconverter-common==1.16.0",
+    doc="float16 weights and activations (onnxconverter-common), float32 input and output; on x86 CPUs "
+        "ONNX Runtime inserts casts and is often slower than fp32",
 ))

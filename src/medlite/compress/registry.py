@@ -8,7 +8,8 @@ Formats are what a variant offers the next method:
 - `pytorch`: a float PyTorch model with a reloadable safetensors checkpoint (trained, or pruned:
   a structured-pruned checkpoint records its own layer widths);
 - `onnx-fp32`: a float ONNX file;
-- `onnx-int8-qdq`, `onnx-int8-dynamic`: int8 ONNX files (nothing can be compressed after them).
+- `onnx-int8-qdq`, `onnx-int8-dynamic`: int8 ONNX files (nothing can be compressed after them);
+- `onnx-fp16`: a float16 ONNX file, float32 input and output (nothing is compressed after it either).
 
 A trained variant (teacher, students) offers `pytorch` and `onnx-fp32`. A chain such as
 `[prune_structured, int8_qat]` is valid when each method accepts one of the formats the previous
@@ -32,6 +33,7 @@ PYTORCH = "pytorch"
 ONNX_FP32 = "onnx-fp32"
 ONNX_INT8_QDQ = "onnx-int8-qdq"
 ONNX_INT8_DYNAMIC = "onnx-int8-dynamic"
+ONNX_FP16 = "onnx-fp16"
 TRAINED_FORMATS = frozenset({PYTORCH, ONNX_FP32})  # what a trained variant offers
 
 
@@ -48,10 +50,20 @@ class MethodSpec:
     config_model: type | None = None  # that section's pydantic model (a medlite.config_base.Strict)
     schema: int = 1  # bump when the method's output changes for the same inputs: old artifacts are redone
     doc: str = ""
+    # "module:function" -> the packages it needs that are missing here (empty: ready); checked
+    # before anything trains, like an export format's (a missing converter is never a late failure).
+    check: str | None = None
+    install_hint: str = ""
 
     def load(self) -> Callable:
         module, _, function = self.stage.partition(":")
         return getattr(import_module(module), function)
+
+    def missing_packages(self) -> list[str]:
+        if self.check is None:
+            return []
+        module, _, function = self.check.partition(":")
+        return getattr(import_module(module), function)()
 
 
 METHODS: dict[str, MethodSpec] = {}

@@ -3,7 +3,8 @@
 Each function here is the stage of a method registered in `medlite.compress.registry` (which
 declares its config section and the formats it accepts and emits). Names make the lineage
 readable: `<parent>_pruned` (structured, channels removed), `<parent>_sparse` (unstructured
-magnitude pruning), `<parent>_int8_dynamic`, `<parent>_int8_static`, `<parent>_int8_qat`, and
+magnitude pruning), `<parent>_int8_dynamic`, `<parent>_int8_static`, `<parent>_int8_qat`,
+`<parent>_fp16` (float16 ONNX, `medlite.compress.fp16`), and
 chains such as `student_kd_pruned_int8_qat` (`compress.chains`). Decisions use lineage data
 (`Variant.parent`, `.teachers`, `.train_section`), never names. Every stage is cached like the
 training stages: rerunning an unchanged recipe redoes nothing.
@@ -140,7 +141,7 @@ def _stage(ctx: Context, method: str, parent: Variant, make) -> Stage[Variant]:
 
 
 def _quantized_facts(ctx, parent, path: Path, facts: dict) -> dict:
-    """Size facts of an int8 file: parameter counts and MACs are the parent's, bytes are its own."""
+    """Size facts of an int8 (or float16) file: parameter counts and MACs are the parent's, bytes are its own."""
     from medlite.export.onnx import artifact_bytes
     from medlite.models.complexity import gzip_bytes
 
@@ -255,6 +256,19 @@ def static(ctx, parent):
         return _quantized_facts(ctx, parent, path, {**facts, "method": "int8_static"})
 
     return _stage(ctx, "int8_static", parent, make)
+
+
+def fp16(ctx, parent):
+    from medlite.compress.fp16 import convert_fp16
+
+    name = variant_name("fp16", parent)
+
+    def make(path: Path) -> dict:
+        facts = convert_fp16(ctx.run.root / parent.file, path)
+        ctx.say(f"{name}: float16 inside, float32 input and output ({facts['cast_nodes']} casts inserted)")
+        return _quantized_facts(ctx, parent, path, facts)
+
+    return _stage(ctx, "fp16", parent, make)
 
 
 def qat(ctx, parent):

@@ -3,7 +3,7 @@
     export:
       formats: [onnx, litert]          # onnx always (the reference every variant is measured in)
       litert:
-        quantize: [fp32, int8_dynamic, int8_static]
+        quantize: [fp32, int8_dynamic, int8_static]   # or fp16 (float16 weights)
         calibration_images: 256
 
 Imports only pydantic: recipe.py imports this module and must stay instant.
@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-LITERT_MODES = ("fp32", "int8_dynamic", "int8_static")
+LITERT_MODES = ("fp32", "int8_dynamic", "int8_static")  # the default list; `fp16` is asked for by name
 
 
 class _Strict(BaseModel):
@@ -27,10 +27,11 @@ class LiteRTConfig(_Strict):
 
     fp32: litert-torch's converter. int8_dynamic: int8 weights, float activations quantized on
     the fly (ai-edge-quantizer `dynamic_wi8_afp32`). int8_static: int8 weights and activations,
-    ranges calibrated on training images (`static_wi8_ai8`, min/max).
+    ranges calibrated on training images (`static_wi8_ai8`, min/max). fp16: float16 weights
+    (ai-edge-quantizer float casting), float32 arithmetic.
     """
 
-    quantize: list[Literal["fp32", "int8_dynamic", "int8_static"]] = Field(
+    quantize: list[Literal["fp32", "int8_dynamic", "int8_static", "fp16"]] = Field(
         default_factory=lambda: list(LITERT_MODES), description="which LiteRT files to make per trained variant"
     )
     calibration_images: int = Field(256, ge=1, description="training images for int8_static calibration")

@@ -4,6 +4,9 @@
   StableHLO -> TFLite). The input stays float32 N x C x H x W, batch 1, as on a device.
 - int8_dynamic: ai-edge-quantizer `dynamic_wi8_afp32` (int8 weights, activations quantized on the
   fly per op: "dynamic-range quantization").
+- fp16: ai-edge-quantizer float casting (`FLOAT_CASTING`): float16 weights of the convolutions and
+  dense layers, each followed by a DEQUANTIZE op, computed in float32 by the CPU kernels (TFLite's
+  "float16 quantization"): about half the bytes, the same arithmetic.
 - int8_static: ai-edge-quantizer `static_wi8_ai8` (int8 weights and activations, ranges from
   min/max calibration on training images, Jacob et al., CVPR 2018). Inputs and outputs stay
   float: the file quantizes at its boundary, so every consumer feeds the same tensor.
@@ -28,7 +31,8 @@ from medlite.data.preprocess import PreprocessSpec
 # litert-torch cannot be resolved by pip beside medlite (pyproject.toml says why), so the converter
 # and runtime are one pinned --no-deps file: requirements-litert.txt (`make litert` installs it).
 INSTALL_HINT = "make litert, i.e. pip install --no-deps -r requirements-litert.txt"
-FORMATS = {"fp32": "tflite-fp32", "int8_dynamic": "tflite-int8-dynamic", "int8_static": "tflite-int8-static"}
+FORMATS = {"fp32": "tflite-fp32", "int8_dynamic": "tflite-int8-dynamic", "int8_static": "tflite-int8-static",
+           "fp16": "tflite-fp16"}
 # What a conversion imports: the three entry points, and through them jax, opt_einsum, torchao,
 # litert-converter, immutabledict...
 _ENTRY_POINTS = {"litert_torch": "litert-torch", "ai_edge_litert.interpreter": "ai-edge-litert",
@@ -54,6 +58,37 @@ def missing_packages() -> list[str]:
         except ImportError as err:
             return [f"{err.name or one_line(err)} (imported by {dist})"]
     return []
+
+
+def fp16_unsupported() -> str | None:
+    """Why this installation cannot write float16 LiteRT files (None: it can).
+
+    Float16 weights come from ai-edge-quantizer's float-casting algorithm; an older quantizer
+    without it is refused before anything trains, never skipped later.
+    """
+    try:
+        from ai_edge_quantizer import algorithm_manager, qtyping
+    except ImportError as err:
+        return f"ai-edge-quantizer is not importable ({one_line(err)}; {INSTALL_HINT})"
+    if not hasattr(algorithm_manager.AlgorithmName, "FLOAT_CASTING") or not hasattr(qtyping.TensorDataType, "FLOAT"):
+        return "the installed ai-edge-quantizer has no float casting (FLOAT_CASTING), needed for float16 weights"
+    return None
+
+
+def _fp16_recipe():
+    from ai_edge_quantizer import algorithm_manager, qtyping, recipe_manager
+
+    config = qtyping.OpQuantizationConfig(
+        weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+        compute_precision=qtyping.ComputePrecision.FLOAT, explicit_dequantize=True,
+    )
+    manager = recipe_manager.RecipeManager()
+    ops = qtyping.TFLOperationName
+    # The ops float casting materializes (its registration in ai_edge_quantizer.algorithm_manager).
+    for op in (ops.CONV_2D, ops.DEPTHWISE_CONV_2D, ops.FULLY_CONNECTED, ops.CONV_2D_TRANSPOSE):
+        manager.add_quantization_config(regex=".*", operation_name=op, op_config=config,
+                                        algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING)
+    return manager.get_quantization_recipe()
 
 
 def _write_sidecar(path: Path, spec: PreprocessSpec, variant: str) -> Path:
@@ -85,7 +120,8 @@ def convert_fp32(model, spec: PreprocessSpec, path: Path, variant: str) -> dict:
 
 def quantize(fp32_path: Path, mode: str, path: Path, spec: PreprocessSpec, variant: str,
              calibration: np.ndarray | None = None) -> dict:
-    """int8 .tflite from the fp32 one: `int8_dynamic` or `int8_static` (needs float32 NCHW calibration inputs)."""
+    """int8 or float16 .tflite from the fp32 one: `int8_dynamic`, `int8_static` (needs float32 NCHW
+    calibration inputs) or `fp16` (float16 weights)."""
     from ai_edge_litert import interpreter as litert
     from ai_edge_quantizer import quantizer, recipe
 
@@ -105,6 +141,13 @@ def quantize(fp32_path: Path, mode: str, path: Path, spec: PreprocessSpec, varia
         data = {signature: [{input_name: calibration[i : i + 1].astype(np.float32)} for i in range(len(calibration))]}
         result = qt.quantize(qt.calibrate(data, num_threads=1))
         facts = {"quantizer": "ai-edge-quantizer static_wi8_ai8 (min/max)", "calibration_images": int(len(calibration))}
+    elif mode == "fp16":
+        reason = fp16_unsupported()
+        if reason:
+            raise RuntimeError(reason)
+        qt.load_quantization_recipe(_fp16_recipe())
+        result = qt.quantize()
+        facts = {"quantizer": "ai-edge-quantizer float_casting (float16 weights, float32 compute)"}
     else:
         raise ValueError(f"unknown LiteRT quantization {mode!r}")
     tmp = temp_path(path)  # a killed run's leftover is removed by RunDir.open (exact temporary names)

@@ -99,7 +99,8 @@ def render_html(results: dict, **extra) -> str:
     env.filters["bytes"] = _fmt_bytes
     context = {"dataset_figure": None, "variant_figures": {}, "training_figure": None, "pareto_figure": None,
                "galleries": [], "faithfulness": [], "agreement": [], "operating_points": [], "files": [],
-               "warnings": {}, "deploy": None, "per_label": [], "cooccurrence_figure": None}
+               "warnings": {}, "deploy": None, "per_label": [], "cooccurrence_figure": None,
+               "layers_html": None}
     context.update(extra)
     return env.from_string(template).render(results=results, columns=columns(results), rows=table_rows(results), **context)
 

@@ -149,12 +149,23 @@ def build_report(root: Path, results: dict, dataset=None) -> None:
             every = np.concatenate([s.labels for s in dataset.splits.values() if len(s)])
             extra["cooccurrence_figure"] = figures.label_cooccurrence(every, list(dataset.class_names), figs)
     _explanations(root, results, dataset, classes, extra)
+    _layers(root, results, figs, extra)
     for folder in ("predictions", "confusion", "figures", "explain"):
         extra["files"] += sorted(str(p.relative_to(root)) for p in (root / folder).glob("*") if p.is_file())
     for table in ("per_label_report.csv", "classification_report.csv"):
         if (root / table).is_file():
             extra["files"].insert(0, table)
     write_atomic(root / "report.html", render_html(results, **extra))
+
+
+def _layers(root: Path, results: dict, figs: Path, extra: dict) -> None:
+    """The per-layer section (medlite.report.layers), rendered by its own template partial."""
+    from markupsafe import Markup
+
+    from medlite.report.layers import layer_sections, render_section
+
+    sections = layer_sections(root, results, figs)
+    extra["layers_html"] = Markup(render_section(sections)) if sections else None
 
 
 def _explanations(root: Path, results: dict, dataset, classes: list[str], extra: dict) -> None:
