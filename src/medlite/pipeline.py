@@ -32,7 +32,7 @@ from medlite.data.config import canonical_data
 from medlite.data.duplicates import find_duplicates, known_split_warnings, save_hashes
 from medlite.distill.stages import check_recipe as check_distillation, run_distillation, variant_names
 from medlite.evaluate.operating_point import check_config, predict_stage
-from medlite.evaluate.external import HASHES_NAME
+from medlite.evaluate.external_common import HASHES_NAME
 from medlite.evaluate.stage import evaluate_stage
 from medlite.explain.stage import stage_explain
 from medlite.export import registry as export_registry

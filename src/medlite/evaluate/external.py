@@ -22,34 +22,15 @@ import csv
 import html
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medlite.errors import UsageError
-
-SPLIT_CHOICES = ("train", "val", "test", "all")
-SCHEMA = 1
-HASHES_NAME = "train_hashes.npy"  # beside the deployed files: the perceptual hashes of the training images
-
-
-def seen_in_training(model_file: Path, images: np.ndarray, ids: list[str]) -> tuple[dict | None, str]:
-    """How many of `images` the model's training set already held (perceptual hash within the default
-    distance), from the hashes its run kept beside its files; (None, why) when there are none."""
-    from medlite.data.duplicates import DEFAULT_MAX_DISTANCE, load_hashes
-    from medlite.data.duplicates import seen_in_training as seen
-
-    path = Path(model_file).parent / HASHES_NAME
-    if not path.is_file():
-        return None, f"no {HASHES_NAME} beside {Path(model_file).name} (made by medlite runs since the training hashes were kept)"
-    indices = seen(load_hashes(path), images, DEFAULT_MAX_DISTANCE)
-    return ({"count": len(indices), "of": int(len(images)), "max_distance": DEFAULT_MAX_DISTANCE,
-             "hashes": str(path), "files": [ids[i] for i in indices]},
-            f"{len(indices)} of {len(images)} images are within {DEFAULT_MAX_DISTANCE} bits (perceptual hash) "
-            f"of a training image")
-JSON_NAME, CSV_NAME, PAGE_NAME, FIGURES = "evaluation.json", "predictions.csv", "evaluation.html", "figures"
+from medlite.evaluate.external_common import (  # noqa: F401 - re-exported: the command's names
+    CSV_NAME, FIGURES, HASHES_NAME, JSON_NAME, PAGE_NAME, SCHEMA, SPLIT_CHOICES, colour_images, fmt_interval,
+    fmt_number, match_model_channels, seen_in_training, split_images, strict_json)
 
 
 # -- the inputs -----------------------------------------------------------------------------
@@ -124,40 +105,6 @@ def map_classes(data_classes: list[str], model_classes: list[str], class_map: di
     return [model_classes.index(target[c]) for c in data_classes]
 
 
-def colour_images(images: np.ndarray) -> np.ndarray:
-    """Per image of a uint8 (N, H, W, 3) batch: True when its channels differ anywhere (a colour image)."""
-    if images.shape[3] != 3:
-        return np.zeros(len(images), bool)
-    return ((images[..., 0] != images[..., 1]) | (images[..., 1] != images[..., 2])).reshape(len(images), -1).any(1)
-
-
-def match_model_channels(images: np.ndarray, model: int, where: str) -> tuple[np.ndarray, str | None]:
-    """The images at the model's channel count, and a note saying what was converted.
-
-    Grey images for a 3-channel model are repeated (as training with `data.channels: 3` does).
-    Colour images for a grey model are refused when most of them are colour (colour data: a grey
-    model never saw it); when only a few are (grey scans saved as RGB, some with coloured
-    annotations, as in BUSI) they are turned grey, as medlite's loaders turn them for a grey model,
-    and the note counts them.
-    """
-    from medlite.data.preprocess import match_channels
-
-    have = images.shape[3]
-    if have == model:
-        return images, None
-    if have == 1:
-        return match_channels(images, model), "grey images repeated to the model's 3 channels"
-    colour = int(colour_images(images).sum())
-    if colour * 2 > len(images):
-        raise UsageError(
-            f"{where}: {colour} of {len(images)} images are colour (3 channels), but the model takes 1-channel "
-            "(grey) input: the channels cannot be mapped"
-        )
-    note = (f"{colour} of {len(images)} images have colour (e.g. annotations): turned grey (luminance) as the model "
-            "takes 1 channel") if colour else None
-    return match_channels(images, model), note
-
-
 def default_out(model: Path, data_name: str) -> Path:
     """`runs/evaluate-<model>-<data>`: the run directory's or the file's name, and the data's."""
     from medlite.report.figures import safe_stem  # local: the figures module is matplotlib's
@@ -203,34 +150,6 @@ def _load(section: Any, spec, data_root: Path, seed: int, where: str):
             key = ".".join(map(str, first["loc"]))
             raise UsageError(f"{where}: data{'.' + key if key else ''}: {first['msg']}") from None
     return cfg, load_dataset(cfg, data_root, seed)
-
-
-def _pick(dataset, split: str) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """(images, data labels, image ids, split of each image) of `split` ('all': every split)."""
-    from medlite.data import SPLITS
-
-    names = list(SPLITS) if split == "all" else [split]
-    parts = [(n, dataset.splits[n]) for n in names if len(dataset.splits[n])]
-    if not parts:
-        raise UsageError(f"{dataset.origin}: the {split} split has no images")
-    images = np.concatenate([p.images for _, p in parts])
-    labels = np.concatenate([p.labels for _, p in parts]).astype(np.int64)
-    ids = [str(i) for _, p in parts for i in p.ids]
-    splits = [n for n, p in parts for _ in range(len(p))]
-    return images, labels, ids, splits
-
-
-def _clean(value: Any) -> Any:
-    """NaN and infinities -> None (strict JSON), numpy scalars -> Python ones, recursively."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _at_operating_point(art, probs: np.ndarray, labels: np.ndarray, classes: list[str], bootstrap: int,
@@ -308,7 +227,7 @@ def evaluate_external(model: Path, data: str, data_root: Path, *, class_map: dic
                                    confidence=confidence, batch_size=batch_size)
     where = f"{dataset.origin}"
     to_model = map_classes(list(dataset.class_names), classes, class_map or {}, where)
-    images, data_labels, ids, splits = _pick(dataset, split)
+    images, data_labels, ids, splits = split_images(dataset, split)
     images, channel_note = match_model_channels(images, int(spec.channels), where)
     labels = np.asarray(to_model, np.int64)[data_labels]
     probs = art.predict_proba(images, batch_size=batch_size)
@@ -353,7 +272,7 @@ def evaluate_external(model: Path, data: str, data_root: Path, *, class_map: dic
         "warnings": warnings,
         "files": {"json": JSON_NAME, "predictions": CSV_NAME, "page": PAGE_NAME},
     }
-    doc = _clean(doc)
+    doc = strict_json(doc)
     write_atomic(out / CSV_NAME, predictions_text(ids, splits, list(dataset.class_names), data_labels, to_model,
                                                   probs, classes, decided))
     figure = _figure(probs, labels, classes, argmax, at_op, out / FIGURES)
@@ -380,15 +299,6 @@ def _figure(probs: np.ndarray, labels: np.ndarray, classes: list[str], argmax: d
 # -- the page -------------------------------------------------------------------------------
 
 
-def _num(value: Any, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _ci(ci: dict | None, key: str) -> str:
-    pair = (ci or {}).get(key)
-    return f" ({_num(pair[0])}–{_num(pair[1])})" if pair else ""
-
-
 def page_html(doc: dict, figure_uri: str) -> str:
     """One self-contained page: no external assets, the figure embedded as a PNG data URI."""
     e = html.escape
@@ -396,26 +306,26 @@ def page_html(doc: dict, figure_uri: str) -> str:
     op = doc["metrics"]["operating_point"]
     level = int(round(doc["metrics"]["confidence"] * 100))
     rows = [
-        ("AUC", _num(a["auc"]) + _ci(a["ci"], "auc")),
-        ("accuracy (argmax)", _num(a["accuracy"]) + _ci(a["ci"], "accuracy")),
-        ("balanced accuracy (argmax)", _num(a["balanced_accuracy"])),
-        ("macro F1 (argmax)", _num(a["f1_macro"])),
-        ("ECE (calibration)", _num(a["ece"])),
+        ("AUC", fmt_number(a["auc"]) + fmt_interval(a["ci"], "auc")),
+        ("accuracy (argmax)", fmt_number(a["accuracy"]) + fmt_interval(a["ci"], "accuracy")),
+        ("balanced accuracy (argmax)", fmt_number(a["balanced_accuracy"])),
+        ("macro F1 (argmax)", fmt_number(a["f1_macro"])),
+        ("ECE (calibration)", fmt_number(a["ece"])),
     ]
     if op:
         t, g = op["at_threshold"], op["argmax"]
         rows += [
             (f"sensitivity for {op['positive_class']} at threshold {op['threshold']:.3f}",
-             _num(t["sensitivity"]) + _ci(t["ci"], "sensitivity")),
-            (f"specificity at threshold {op['threshold']:.3f}", _num(t["specificity"]) + _ci(t["ci"], "specificity")),
-            ("sensitivity at argmax", _num(g["sensitivity"]) + _ci(g["ci"], "sensitivity")),
-            ("specificity at argmax", _num(g["specificity"]) + _ci(g["ci"], "specificity")),
-            ("accuracy at the operating point", _num(op["accuracy"])),
-            ("balanced accuracy at the operating point", _num(op["balanced_accuracy"])),
+             fmt_number(t["sensitivity"]) + fmt_interval(t["ci"], "sensitivity")),
+            (f"specificity at threshold {op['threshold']:.3f}", fmt_number(t["specificity"]) + fmt_interval(t["ci"], "specificity")),
+            ("sensitivity at argmax", fmt_number(g["sensitivity"]) + fmt_interval(g["ci"], "sensitivity")),
+            ("specificity at argmax", fmt_number(g["specificity"]) + fmt_interval(g["ci"], "specificity")),
+            ("accuracy at the operating point", fmt_number(op["accuracy"])),
+            ("balanced accuracy at the operating point", fmt_number(op["balanced_accuracy"])),
         ]
     metric_rows = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in rows)
     per_class = "".join(
-        f"<tr><td>{e(name)}</td><td>{_num(v['sensitivity'])}</td><td>{_num(v['specificity'])}</td><td>{v['support']}</td></tr>"
+        f"<tr><td>{e(name)}</td><td>{fmt_number(v['sensitivity'])}</td><td>{fmt_number(v['specificity'])}</td><td>{v['support']}</td></tr>"
         for name, v in a["per_class"].items())
     mapping = "".join(f"<tr><td>{e(s)}</td><td>{e(t)}</td></tr>" for s, t in d["class_map"].items())
     warnings = "".join(f"<li>{e(w)}</li>" for w in doc["warnings"] + m["warnings"])
@@ -456,14 +366,14 @@ def summary_lines(doc: dict) -> list[str]:
         f"model: {m['selection']}",
         f"data: {d['name']} ({d['read_as']}): {d['n_images']} images of split {d['split']} ({d['split_origin']}); "
         f"classes {json.dumps(d['class_map'])}",
-        f"AUC {_num(a['auc'])}{_ci(a['ci'], 'auc')}; accuracy {_num(a['accuracy'])}{_ci(a['ci'], 'accuracy')}; "
-        f"balanced accuracy {_num(a['balanced_accuracy'])}; ECE {_num(a['ece'])} (argmax)",
+        f"AUC {fmt_number(a['auc'])}{fmt_interval(a['ci'], 'auc')}; accuracy {fmt_number(a['accuracy'])}{fmt_interval(a['ci'], 'accuracy')}; "
+        f"balanced accuracy {fmt_number(a['balanced_accuracy'])}; ECE {fmt_number(a['ece'])} (argmax)",
     ]
     if op:
         t = op["at_threshold"]
         lines.append(f"operating point {op['positive_class']} >= {op['threshold']:.3f}: sensitivity "
-                     f"{_num(t['sensitivity'])}{_ci(t['ci'], 'sensitivity')}, specificity "
-                     f"{_num(t['specificity'])}{_ci(t['ci'], 'specificity')}")
+                     f"{fmt_number(t['sensitivity'])}{fmt_interval(t['ci'], 'sensitivity')}, specificity "
+                     f"{fmt_number(t['specificity'])}{fmt_interval(t['ci'], 'specificity')}")
     else:
         lines.append(doc["metrics"]["operating_point_note"])
     lines += [f"warning: {w}" for w in doc["warnings"]]

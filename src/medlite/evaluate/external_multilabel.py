@@ -75,7 +75,7 @@ def evaluate_multilabel(art: Any, selection: str, variant: str | None, model: Pa
                         seed: int, cfg: Any, dataset: Any, *, class_map: dict[str, str], split: str, out: Path,
                         bootstrap: int, confidence: float, batch_size: int) -> dict:
     """The multi-label evaluation document of `art` on `dataset`, its files written into `out`."""
-    from medlite.evaluate import external as ext
+    from medlite.evaluate import external_common as ext
     from medlite.evaluate.multilabel import multilabel_metrics
     from medlite.report.figures import multilabel_panels  # local: matplotlib
     from medlite.runstate import write_atomic, write_json
@@ -90,7 +90,7 @@ def evaluate_multilabel(art: Any, selection: str, variant: str | None, model: Pa
                          f"{'labels' if spec.multilabel else 'classes'}) cannot be tested on {where}: "
                          f"{kind(dataset.multilabel)} data")
     columns, dropped = label_columns(list(dataset.class_names), classes, class_map, where)
-    images, data_labels, ids, splits = ext._pick(dataset, split)
+    images, data_labels, ids, splits = ext.split_images(dataset, split)
     images, channel_note = ext.match_model_channels(images, int(spec.channels), where)
     labels = data_labels[:, columns].astype(np.int64)
     probs = art.predict_proba(images, batch_size=batch_size)
@@ -135,7 +135,7 @@ def evaluate_multilabel(art: Any, selection: str, variant: str | None, model: Pa
         "warnings": warnings,
         "files": {"json": ext.JSON_NAME, "predictions": ext.CSV_NAME, "page": ext.PAGE_NAME},
     }
-    doc = ext._clean(doc)
+    doc = ext.strict_json(doc)
     write_atomic(out / ext.CSV_NAME, predictions_text(ids, splits, classes, labels, probs, decided))
     figure = multilabel_panels("external", probs, labels, classes, out / ext.FIGURES, per_label=metrics["per_label"])
     doc["files"]["figures"] = [figure["png"], figure["svg"]]
@@ -147,18 +147,18 @@ def evaluate_multilabel(art: Any, selection: str, variant: str | None, model: Pa
 
 def page_html(doc: dict, figure_uri: str) -> str:
     """The multi-label evaluation page: headline figures, a row per label, the per-label ROC curves."""
-    from medlite.evaluate.external import CSV_NAME, JSON_NAME, _ci, _num
+    from medlite.evaluate.external_common import CSV_NAME, JSON_NAME, fmt_interval, fmt_number
 
     e = html.escape
     m, d, a = doc["model"], doc["data"], doc["metrics"]["multilabel"]
     level = int(round(doc["metrics"]["confidence"] * 100))
-    rows = [("mean AUC over labels", _num(a["auc"]) + _ci(a["ci"], "auc") + f" ({a['labels_defined']} labels defined)"),
-            ("mean accuracy at 0.5", _num(a["accuracy"])),
-            ("average precision (macro / micro)", f"{_num(a['ap_macro'])} / {_num(a['ap_micro'])}")]
+    rows = [("mean AUC over labels", fmt_number(a["auc"]) + fmt_interval(a["ci"], "auc") + f" ({a['labels_defined']} labels defined)"),
+            ("mean accuracy at 0.5", fmt_number(a["accuracy"])),
+            ("average precision (macro / micro)", f"{fmt_number(a['ap_macro'])} / {fmt_number(a['ap_micro'])}")]
     metric_rows = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in rows)
     per_label = "".join(
-        f"<tr><td>{e(name)}</td><td>{_num(r['auc'])}{e(_ci(r['ci'], 'auc'))}</td><td>{_num(r['ap'])}</td>"
-        f"<td>{_num(r['threshold'])}</td><td>{_num(r['sensitivity'])}</td><td>{_num(r['specificity'])}</td>"
+        f"<tr><td>{e(name)}</td><td>{fmt_number(r['auc'])}{e(fmt_interval(r['ci'], 'auc'))}</td><td>{fmt_number(r['ap'])}</td>"
+        f"<td>{fmt_number(r['threshold'])}</td><td>{fmt_number(r['sensitivity'])}</td><td>{fmt_number(r['specificity'])}</td>"
         f"<td>{r['positives']}</td><td>{r['negatives']}</td></tr>"
         for name, r in a["per_label"].items())
     mapping = "".join(f"<tr><td>{e(s)}</td><td>{e(t)}</td></tr>" for s, t in d["class_map"].items())
@@ -189,17 +189,17 @@ sensitivity and specificity at each label's threshold stored in the file.</p>
 
 def summary_lines(doc: dict) -> list[str]:
     """What `medlite evaluate` prints for a multi-label file."""
-    from medlite.evaluate.external import CSV_NAME, JSON_NAME, PAGE_NAME, _ci, _num
+    from medlite.evaluate.external_common import CSV_NAME, JSON_NAME, PAGE_NAME, fmt_interval, fmt_number
 
     m, d, a = doc["model"], doc["data"], doc["metrics"]["multilabel"]
     lines = [f"model: {m['selection']}",
              f"data: {d['name']} ({d['read_as']}): {d['n_images']} images of split {d['split']} ({d['split_origin']}); "
              f"{len(d['class_map'])} labels",
-             f"mean AUC {_num(a['auc'])}{_ci(a['ci'], 'auc')} over {a['labels_defined']} labels; mean accuracy at 0.5 "
-             f"{_num(a['accuracy'])}; AP macro {_num(a['ap_macro'])}, micro {_num(a['ap_micro'])}"]
+             f"mean AUC {fmt_number(a['auc'])}{fmt_interval(a['ci'], 'auc')} over {a['labels_defined']} labels; mean accuracy at 0.5 "
+             f"{fmt_number(a['accuracy'])}; AP macro {fmt_number(a['ap_macro'])}, micro {fmt_number(a['ap_micro'])}"]
     for name, r in a["per_label"].items():
-        lines.append(f"  {name}: AUC {_num(r['auc'])}, sensitivity {_num(r['sensitivity'])}, specificity "
-                     f"{_num(r['specificity'])} at {_num(r['threshold'])} ({r['positives']} positive)")
+        lines.append(f"  {name}: AUC {fmt_number(r['auc'])}, sensitivity {fmt_number(r['sensitivity'])}, specificity "
+                     f"{fmt_number(r['specificity'])} at {fmt_number(r['threshold'])} ({r['positives']} positive)")
     lines += [f"warning: {w}" for w in doc["warnings"]]
     lines.append(f"seen in training: {doc['seen_in_training_reason']}" if doc["seen_in_training"] is not None
                  else f"seen in training: unknown ({doc['seen_in_training_reason']})")
