@@ -63,6 +63,35 @@ def test_taps_cover_both_backbones_and_multistage_fuses_them():
     assert fused.head.in_features == (12 + 24 + 48) + (32 + 64 + 128)
 
 
+@pytest.mark.parametrize("method", ["fitnet", "at", "sp", "multistage"])
+def test_feature_methods_tap_hybrid_teacher_and_student(method):
+    from medlite.distill.config import CONFIGS
+    from medlite.distill.methods import StudentOutput, TeacherOutput, build_method
+
+    cfg = CONFIGS[method]()
+    torch.manual_seed(0)
+    teacher = create("hybrid(medlite_dsconv_tiny,medlite_cnn_tiny)", 3, 1, 28)
+    student = create(cfg.student_arch(TINY), 3, 1, 28)
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 0])
+    built = build_method(cfg, student, [teacher], x)
+    taps = built.student_taps() + built.teacher_taps()
+    assert taps and all("backbones." in p for p in taps)
+    if method != "fitnet":  # FitNet's one hint is the middle stage of the list (the first backbone's last)
+        assert any("backbones.1." in p for p in taps)  # the second backbone is tapped too
+    s_taps, t_taps = FeatureTaps(student, built.student_taps()), FeatureTaps(teacher, built.teacher_taps())
+    logits = student(x)
+    with torch.no_grad():
+        t_logits = teacher(x)
+    loss = built.loss(StudentOutput(logits, s_taps.take()), TeacherOutput([t_logits], None, t_taps.take()), y,
+                      hard_loss=lambda z: torch.nn.functional.cross_entropy(z, y), epoch=1)
+    loss.backward()
+    s_taps.remove()
+    t_taps.remove()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in student.get_submodule("base.backbones.1" if method == "multistage" else "backbones.1").parameters()
+               if p.requires_grad and p.dim() > 1)
+
+
 def test_explanations_take_the_cnn_backbones_layer():
     from medlite.explain.methods import find_target_layer
 
