@@ -97,8 +97,8 @@ def test_explanations_take_the_cnn_backbones_layer():
 
     x = torch.zeros(1, 1, 28, 28)
     assert find_target_layer(_seeded(f"fused({TINY})"), x)[0] == "base.backbones.0.stages.2"
-    vit_first = _seeded("hybrid(small_vit_tiny_patch16_224,medlite_cnn_tiny)")
-    assert find_target_layer(vit_first, x) == ("backbones.1.stages.2", None)  # the ViT is passed over
+    vit_first = _seeded("hybrid(test_vit,medlite_cnn_tiny)", 32)  # timm's tiny test ViT (16 px patches)
+    assert find_target_layer(vit_first, torch.zeros(1, 1, 32, 32)) == ("backbones.1.stages.2", None)  # the ViT is passed over
 
 
 def test_onnx_and_int8_files_give_torchs_probabilities(tmp_path):
