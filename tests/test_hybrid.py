@@ -158,6 +158,7 @@ def test_pruning_refuses_a_backbone_it_cannot_rebuild():
     ("hybrid(medlite_cnn_tiny,nosuch_net)", r"hybrid\(medlite_cnn_tiny,nosuch_net\): unknown architecture 'nosuch_net'"),
     ("hybrid(medlite_cnn_tiny,ensemble(medlite_cnn_tiny,medlite_dsconv_tiny))", r"backbone 'ensemble\(.*cannot be fused"),
     ("hybrid(medlite_cnn_tiny)", r"takes exactly 2 architectures, not 1"),
+    ("hybrid(medlite_cnn_tiny,fused(medlite_cnn_tiny))", r"backbone 'fused\(medlite_cnn_tiny\)' cannot be fused"),
 ])
 def test_backbones_that_cannot_be_fused_are_refused_by_name(arch, message):
     with pytest.raises(UsageError, match=message):
@@ -213,3 +214,13 @@ def test_hybrid_student_end_to_end_on_breastmnist(tmp_path, data_root):
     assert v["student_kd_int8_static"]["file"].endswith(".onnx")
     assert v["student_kd"]["explain"]["methods"]["gradcam"]["layer"].startswith("base.backbones.0.")
     json.dumps(results)  # the results document stays JSON
+
+
+def test_compare_students_left_out_of_the_dump_when_empty():
+    """Recipes written before the key existed keep their dumps (run markers, study trial records, card hashes)."""
+    from medlite.recipe import Recipe, dump_recipe
+
+    assert "compare_students" not in dump_recipe(Recipe())
+    with_one = Recipe.model_validate({"compare_students": ["medlite_cnn_tiny"]})
+    assert with_one.compare_students[0].arch == "medlite_cnn_tiny" and "compare_students" in dump_recipe(with_one)
+    assert Recipe.model_validate(with_one.model_dump(mode="json")) == with_one

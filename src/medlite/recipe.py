@@ -246,6 +246,15 @@ class Recipe(_Strict):
         """`[resnet18, resnet34]` is short for `[{arch: resnet18}, {arch: resnet34}]`."""
         return [{"arch": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
 
+    @model_serializer(mode="wrap")
+    def _no_compare_students_left_out(self, handler):
+        # `compare_students` empty is left out of every dump (as TrainConfig.loss is): the run markers, study
+        # trial records and card hashes of the recipes written before the key existed stay what they were.
+        data = handler(self)
+        if not self.compare_students and isinstance(data, dict):
+            data.pop("compare_students", None)
+        return data
+
     @model_validator(mode="after")
     def _one_teacher_form(self) -> "Recipe":
         """With `teachers:`, `teacher` is the first of them (a resolved recipe.yaml states both, equal)."""

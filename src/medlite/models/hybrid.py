@@ -180,7 +180,6 @@ def _builder(kind: str):
             load_pretrained(model, Path(pretrained))
         return model
 
-    build.__module__ = __name__
     return build
 
 
