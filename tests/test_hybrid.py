@@ -119,11 +119,12 @@ def test_onnx_and_int8_files_give_torchs_probabilities(tmp_path):
     assert np.abs(got - expected).max() < 0.05
 
 
-def test_structured_pruning_of_convolutional_backbones_reloads(tmp_path):
+@pytest.mark.parametrize("arch", [TINY, "hybrid_gated(medlite_cnn_tiny,medlite_dsconv_tiny)", f"fused({TINY})"])
+def test_structured_pruning_of_convolutional_backbones_reloads(tmp_path, arch):
+    """A head over torch.cat of the pooled features came out of torch-pruning with the wrong width."""
     from medlite.compress.prune import prune_structured
     from medlite.models.weights import load_checkpoint, save_state
 
-    arch = f"fused({TINY})"
     pruned = prune_structured(_seeded(arch, classes=2), torch.randn(1, 1, 28, 28), 0.3)
     assert count_params(pruned) < 0.7 * count_params(_seeded(arch, classes=2))
     save_state(pruned, tmp_path / "p.safetensors", metadata={"arch": arch, "structure": "pruned"})
