@@ -225,3 +225,17 @@ def test_compare_students_left_out_of_the_dump_when_empty():
     with_one = Recipe.model_validate({"compare_students": ["medlite_cnn_tiny"]})
     assert with_one.compare_students[0].arch == "medlite_cnn_tiny" and "compare_students" in dump_recipe(with_one)
     assert Recipe.model_validate(with_one.model_dump(mode="json")) == with_one
+
+
+def test_compare_students_are_checked_like_the_student():
+    from medlite.distill.stages import check_recipe, variant_names
+    from medlite.recipe import Recipe
+
+    recipe = Recipe.model_validate({"compare_students": [{"arch": "hybrid(medlite_cnn_tiny,nosuch_net)"}]})
+    with pytest.raises(UsageError, match=r"compare_students\[0\]\.arch: hybrid\(medlite_cnn_tiny,nosuch_net\)"):
+        check_recipe(recipe)
+    fitnet = Recipe.model_validate({"distill": {"method": "fitnet"},
+                                    "compare_students": [{"arch": "medlite_cnn_tiny", "image_size": 14}]})
+    with pytest.raises(UsageError, match=r"compare_students\[0\]\.image_size: fitnet"):
+        check_recipe(fitnet)
+    assert variant_names(fitnet)[-2:] == ["student_kd", "compare_1_kd"]

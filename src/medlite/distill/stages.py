@@ -45,6 +45,11 @@ def compare_name(i: int) -> str:
     return f"compare_{i + 1}_kd"
 
 
+def _students(recipe) -> list[tuple[str, object]]:
+    """The distilled students' sections by key: `student`, then `compare_students[i]`."""
+    return [("student", recipe.student)] + [(f"compare_students[{i}]", c) for i, c in enumerate(recipe.compare_students)]
+
+
 def _bank_control(recipe) -> bool:
     """The fixed-view scratch control exists where the distilled student learns from a bank of views."""
     d = recipe.distill
@@ -71,18 +76,16 @@ def check_recipe(recipe) -> None:
     if type(d).uses_teacher_features and n > 1 and not recipe.assistants:
         raise UsageError(f"distill.method: {d.method} distils features from one teacher, not an ensemble of {n}; "
                          "use a logit method (kd, dkd, dist) or add an assistant")
-    students = [("student", recipe.student)] + [(f"compare_students[{i}]", c) for i, c in enumerate(recipe.compare_students)]
-    for where, cfg in students:
+    for where, cfg in _students(recipe):
         if cfg.image_size is not None and type(d).uses_teacher_features:
-                raise UsageError(f"{where}.image_size: {d.method} matches the teacher's feature maps, which a student at "
+            raise UsageError(f"{where}.image_size: {d.method} matches the teacher's feature maps, which a student at "
                              "another resolution does not have; use a logit method (kd, dkd, dist, multistage)")
 
 
 def check_data(recipe, dataset) -> None:
     """Checks that need the data: a cross-resolution student is smaller than the data, never larger;
     multi-label data (several findings per image) and the settings that need one class per image."""
-    students = [("student", recipe.student)] + [(f"compare_students[{i}]", c) for i, c in enumerate(recipe.compare_students)]
-    for where, cfg in students:
+    for where, cfg in _students(recipe):
         size = cfg.image_size
         if size is not None and size > dataset.image_size:
             raise UsageError(f"{where}.image_size: {size} px is larger than the data's {dataset.image_size} px; "
