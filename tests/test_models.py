@@ -104,6 +104,8 @@ KIND_EXAMPLES = {
     "torchvision": "torchvision/mobilenet_v3_small",
     "ensemble": "ensemble(medlite_cnn_tiny, medlite_dsconv_tiny)",
     "fused": "fused(medlite_dsconv_tiny)",
+    "hybrid": "hybrid(medlite_cnn_tiny, medlite_dsconv_tiny)",
+    "hybrid_gated": "hybrid_gated(medlite_cnn_tiny, medlite_dsconv_tiny)",
 }
 
 

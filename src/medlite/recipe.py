@@ -263,6 +263,9 @@ class Recipe(_Strict):
     assistants: list[StudentConfig] = Field(
         default_factory=list, description="teacher -> assistant 1 -> ... -> student, largest first (an arch name or a section each)"
     )
+    compare_students: list[StudentConfig] = Field(
+        default_factory=list, description="other students distilled from the same teacher(s) with the same method, "
+        "for comparison (an arch name or a student section each): variants compare_1_kd, compare_2_kd, ...")
     distill: DistillConfig = KDConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     compress: CompressConfig = CompressConfig()
@@ -271,11 +274,20 @@ class Recipe(_Strict):
     explain: ExplainConfig = ExplainConfig()
     trainer: TrainerConfig = TrainerConfig()
 
-    @field_validator("teachers", "assistants", mode="before")
+    @field_validator("teachers", "assistants", "compare_students", mode="before")
     @classmethod
     def _arch_names(cls, value: Any) -> Any:
         """`[resnet18, resnet34]` is short for `[{arch: resnet18}, {arch: resnet34}]`."""
         return [{"arch": v} if isinstance(v, str) else v for v in value] if isinstance(value, list) else value
+
+    @model_serializer(mode="wrap")
+    def _no_compare_students_left_out(self, handler):
+        # `compare_students` empty is left out of every dump (as TrainConfig.loss is): the run markers, study
+        # trial records and card hashes of the recipes written before the key existed stay what they were.
+        data = handler(self)
+        if not self.compare_students and isinstance(data, dict):
+            data.pop("compare_students", None)
+        return data
 
     @model_validator(mode="after")
     def _one_teacher_form(self) -> "Recipe":
@@ -470,7 +482,8 @@ def validate_tree(tree: Any, source: str, overrides: list[str] | None = None) ->
 def _trained_models(recipe: Recipe) -> list[tuple[str, TrainConfig]]:
     """Every model the recipe trains, by the key that configures it."""
     teachers = [(f"teachers.{i}", t) for i, t in enumerate(recipe.teachers)] if recipe.teachers else [("teacher", recipe.teacher)]
-    return [*teachers, *((f"assistants.{i}", a) for i, a in enumerate(recipe.assistants)), ("student", recipe.student)]
+    return [*teachers, *((f"assistants.{i}", a) for i, a in enumerate(recipe.assistants)), ("student", recipe.student),
+            *((f"compare_students.{i}", c) for i, c in enumerate(recipe.compare_students))]
 
 
 def _switch_distill_method(tree: dict, file_method: str, set_keys: list[list[str]]) -> list[str]:

@@ -96,6 +96,10 @@ def prune_structured(
     import torch_pruning as tp
 
     _check_ratio(ratio)
+    why = getattr(model, "why_not_prunable", None)  # a model that knows it cannot be pruned says why (hybrids)
+    reason = why() if callable(why) else None
+    if reason:
+        raise UsageError(f"prune_structured: {reason}")
     if importance == "taylor" and batch is None:
         raise UsageError("importance 'taylor' needs a labelled batch (images, labels) for its gradients")
     scorer = _importance(importance)

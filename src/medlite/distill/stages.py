@@ -37,7 +37,17 @@ def variant_names(recipe) -> list[str]:
         names.append(SCRATCH)
     if _bank_control(recipe):
         names.append(SCRATCH_BANK)
-    return names + [STUDENT]
+    return names + [STUDENT] + [compare_name(i) for i in range(len(recipe.compare_students))]
+
+
+def compare_name(i: int) -> str:
+    """The variant of `compare_students[i]`: another student distilled like `student_kd`."""
+    return f"compare_{i + 1}_kd"
+
+
+def _students(recipe) -> list[tuple[str, object]]:
+    """The distilled students' sections by key: `student`, then `compare_students[i]`."""
+    return [("student", recipe.student)] + [(f"compare_students[{i}]", c) for i, c in enumerate(recipe.compare_students)]
 
 
 def _bank_control(recipe) -> bool:
@@ -53,6 +63,7 @@ def check_recipe(recipe) -> None:
     sections = [("teacher", recipe.teacher)] if recipe.teachers is None else [
         (f"teachers[{i}]", t) for i, t in enumerate(recipe.teachers)]
     sections += [(f"assistants[{i}]", a) for i, a in enumerate(recipe.assistants)] + [("student", recipe.student)]
+    sections += [(f"compare_students[{i}]", c) for i, c in enumerate(recipe.compare_students)]
     for where, cfg in sections:
         try:
             check_arch(cfg.arch)
@@ -65,18 +76,20 @@ def check_recipe(recipe) -> None:
     if type(d).uses_teacher_features and n > 1 and not recipe.assistants:
         raise UsageError(f"distill.method: {d.method} distils features from one teacher, not an ensemble of {n}; "
                          "use a logit method (kd, dkd, dist) or add an assistant")
-    if recipe.student.image_size is not None and type(d).uses_teacher_features:
-        raise UsageError(f"student.image_size: {d.method} matches the teacher's feature maps, which a student at "
-                         "another resolution does not have; use a logit method (kd, dkd, dist, multistage)")
+    for where, cfg in _students(recipe):
+        if cfg.image_size is not None and type(d).uses_teacher_features:
+            raise UsageError(f"{where}.image_size: {d.method} matches the teacher's feature maps, which a student at "
+                             "another resolution does not have; use a logit method (kd, dkd, dist, multistage)")
 
 
 def check_data(recipe, dataset) -> None:
     """Checks that need the data: a cross-resolution student is smaller than the data, never larger;
     multi-label data (several findings per image) and the settings that need one class per image."""
-    size = recipe.student.image_size
-    if size is not None and size > dataset.image_size:
-        raise UsageError(f"student.image_size: {size} px is larger than the data's {dataset.image_size} px; "
-                         "a student is trained at the data's size or lower")
+    for where, cfg in _students(recipe):
+        size = cfg.image_size
+        if size is not None and size > dataset.image_size:
+            raise UsageError(f"{where}.image_size: {size} px is larger than the data's {dataset.image_size} px; "
+                             "a student is trained at the data's size or lower")
     _check_task(recipe, dataset)
 
 
@@ -91,6 +104,7 @@ def _check_task(recipe, dataset) -> None:
     sections = [("teacher", recipe.teacher)] if recipe.teachers is None else [
         (f"teachers[{i}]", t) for i, t in enumerate(recipe.teachers)]
     sections += [(f"assistants[{i}]", a) for i, a in enumerate(recipe.assistants)] + [("student", recipe.student)]
+    sections += [(f"compare_students[{i}]", c) for i, c in enumerate(recipe.compare_students)]
     for where, cfg in sections:
         try:
             hard_loss_kind(task, cfg.loss)
@@ -215,7 +229,8 @@ def ensemble_stage(ctx: Context, members: list[Variant], weights: list[float] | 
 
 
 def run_distillation(ctx: Context) -> None:
-    """Train the teacher(s), their ensemble, the assistants, the scratch baseline and the distilled student."""
+    """Train the teacher(s), their ensemble, the assistants, the scratch baseline, the distilled student and
+    the students it is compared with (`compare_students`, distilled the same way)."""
     recipe = ctx.recipe
     d = recipe.distill
     run = ctx.ledger.run_stage
@@ -243,3 +258,7 @@ def run_distillation(ctx: Context) -> None:
     student = recipe.student.model_copy(update={"arch": d.student_arch(recipe.student.arch)})
     run(train_stage(ctx, STUDENT, TrainSection("student"), cfg=student, teachers=teachers, parent=parent,
                     stage="distill"))
+    for i, cfg in enumerate(recipe.compare_students):  # the same teacher(s) and method, another student
+        cfg = cfg.model_copy(update={"arch": d.student_arch(cfg.arch)})
+        run(train_stage(ctx, compare_name(i), TrainSection("compare_students", i), cfg=cfg, teachers=teachers,
+                        parent=parent, stage="distill"))

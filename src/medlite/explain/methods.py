@@ -80,7 +80,8 @@ def _feature_candidates(model) -> list[str]:
 
 def find_target_layer(model, example, min_size: int = 4) -> tuple[str, Callable | None]:
     """The CAM layer: for a ViT the last block's first norm (tokens reshaped to the patch grid);
-    for a CNN the deepest feature stage whose map is at least `min_size` pixels wide.
+    for a CNN the deepest feature stage whose map is at least `min_size` pixels wide; for a model that
+    names a `cam_backbone()` (a hybrid: its first non-ViT backbone; `fused(a)`: `a`), that one's layer.
 
     Why not always the last stage: at MedMNIST's 28 px a ResNet's last stage is 1-2 pixels wide,
     which gives one blob per image; the stage before it still carries class evidence at 4 x 4.
@@ -88,6 +89,13 @@ def find_target_layer(model, example, min_size: int = 4) -> tuple[str, Callable 
     """
     import torch
 
+    backbone = getattr(model, "cam_backbone", None)
+    if callable(backbone):
+        # A model made of models (a hybrid's backbones, `fused(...)`'s base) names the submodule that sees
+        # the image and stands for it: its own CAM layer, under that path.
+        path = backbone()
+        layer, reshape = find_target_layer(model.get_submodule(path), example, min_size)
+        return f"{path}.{layer}", reshape
     if is_vit(model):
         return f"blocks.{len(model.blocks) - 1}.norm1", vit_reshape(model)
     names = _feature_candidates(model)

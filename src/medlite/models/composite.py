@@ -69,6 +69,14 @@ class FusedStages(nn.Module):
     def stage_paths(self) -> list[str]:
         return [f"base.{p}" for p in self._paths]
 
+    def cam_backbone(self) -> str:
+        """Explanations take their CAM layer from the base (a hybrid base then picks its backbone)."""
+        return "base"
+
+    def why_not_prunable(self) -> str | None:
+        why = getattr(self.base, "why_not_prunable", None)
+        return why() if callable(why) else None
+
     def _stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         from medlite.models.taps import as_map
 

@@ -12,8 +12,9 @@ An architecture name is read by ONE parser, `parse_arch`, with this grammar (whi
     arch := NAME | KIND "(" arch ("," arch)* ")"      NAME, KIND: any characters but "(", ")", ","
 
 `check_arch` (fail fast, before anything trains) and `create` (build) both walk its tree. A new kind
-(a hybrid two-backbone model, say) is one `register_composite` call in its own module under
-`medlite/models/`: every module there is imported (so registered) before the first look-up.
+is one `register_composite` call in its own module under `medlite/models/` (the hybrid two-backbone
+models, `hybrid(a,b)`, are `hybrid.py`): every module there is imported (so registered) before the
+first look-up.
 
 Light on purpose (no torch, no timm at import): recipes and the CLI import this module; the builders
 import the deep-learning libraries when they run.
@@ -284,7 +285,10 @@ def _check(node: Arch) -> None:
     if node.composite:
         entry = _composite(node)
         for member in node.args:
-            _check(member)
+            try:
+                _check(member)
+            except UsageError as err:  # say which composite the member is in: hybrid(a,b): 'b' ...
+                raise UsageError(f"{node}: {err}") from None
         if entry.check:
             entry.check([str(a) for a in node.args], str(node))
         return

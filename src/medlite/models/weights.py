@@ -145,13 +145,29 @@ def load_pruned_state(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> 
             stat = state_dict.get(f"{name}.running_mean", weight)
             if stat is None or stat.shape[0] == module.num_features:
                 continue
-            new = type(module)(int(stat.shape[0]), module.eps, module.momentum, module.affine,
-                               module.track_running_stats)
+            new = _resized_norm(module, int(stat.shape[0]))
         else:
             continue
         _set_module(model, name, new)
     model.load_state_dict(state_dict)
     return model
+
+
+def _resized_norm(module: nn.modules.batchnorm._BatchNorm, width: int) -> nn.modules.batchnorm._BatchNorm:
+    """`module` at `width` channels, everything else kept: a copy, not a fresh `type(module)(...)`, since
+    subclasses carry more than a batch norm (timm's BatchNormAct2d holds its activation, SiLU in an
+    EfficientNet, which a fresh one would make the default ReLU). The tensors are placeholders the
+    checkpoint then fills."""
+    import copy
+
+    new = copy.deepcopy(module)
+    new.num_features = width
+    for name, tensor in list(new.named_parameters(recurse=False)):
+        setattr(new, name, nn.Parameter(torch.empty(width, dtype=tensor.dtype)))
+    for name, tensor in list(new.named_buffers(recurse=False)):
+        if tensor is not None and tensor.dim() == 1:  # running_mean / running_var (num_batches_tracked is a scalar)
+            new.register_buffer(name, torch.empty(width, dtype=tensor.dtype))
+    return new
 
 
 # -- unstructured (gradual magnitude) pruning ------------------------------------------------
