@@ -346,33 +346,120 @@ def test_killed_study_resumes_only_the_missing_trials(tmp_path, data_root):
     assert doc["trials_finished"] == 3 and len(_store_entries(out, "teacher")) == 1
 
 
+def _kill_a_trials_node(cluster, trials: Path, stop) -> list[int]:
+    """Watcher: once a trial has started on a node other than the driver's, SIGKILL that node."""
+    import ray
+
+    while not stop.is_set():
+        if ray.is_initialized():
+            driver_node = ray.get_runtime_context().get_node_id()
+            for path in trials.glob("*/attempts.jsonl"):
+                for line in path.read_text().splitlines():
+                    entry = json.loads(line)
+                    node = cluster.node_of(entry["pid"])
+                    if entry["node"] != driver_node and node not in (None, 0):  # never the head (GCS)
+                        cluster.kill_node(node)
+                        return [node]
+        time.sleep(0.1)
+    return []
+
+
 @pytest.mark.slow
-def test_two_node_ray_study_equals_the_local_one(tmp_path, data_root):
+def test_two_node_ray_study_equals_the_local_one_and_survives_a_dead_node(tmp_path, data_root, monkeypatch):
+    """Two trials on a two-node loopback cluster (one CPU each, so one trial per node); the node
+    running the trial that is not on the driver's node is killed mid-trial: Ray reruns that
+    trial on the surviving node, the run directory resumes, study.json records the retry, and
+    the table equals the local executor's."""
     pytest.importorskip("ray")
+    import threading
+
     from raycluster import RayCluster
 
     from medlite.study.runner import run_study
 
     path = write_study(tmp_path, grid={"distill.alpha": [0.5]}, seeds=[0, 1],
                        set={**TINY, "distill.scratch_baseline": False})
-    local = run_study(path, tmp_path / "local", data_root, workers=2, say=lambda _: None)
-    env = {**os.environ, "PYTHONPATH": str(SRC), "MEDLITE_DATA_ROOT": str(data_root), "RAY_USAGE_STATS_ENABLED": "0"}
+    # Faster death detection than Ray's default (a missed health check every 3 s, 5 times over).
+    env = {**os.environ, "PYTHONPATH": str(SRC), "MEDLITE_DATA_ROOT": str(data_root), "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3"}
     import shutil
     import tempfile
 
     short = Path(tempfile.mkdtemp(prefix="mlray", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
     cluster = RayCluster(short, env, nodes=2, cpus=1)
+    # The cluster starts (mostly waiting on `ray start`) while the local reference trains here.
+    starter = threading.Thread(target=cluster.start)
+    starter.start()
     try:
-        cluster.start()
-        remote = run_study(path, tmp_path / "ray", data_root, executor="ray", address=cluster.address, say=lambda _: None)
+        # In this process (no pool to start), one torch thread per trial like each Ray task: the same floats.
+        import torch
+
+        import medlite.study.executors as executors
+
+        monkeypatch.setattr(executors, "cores", lambda: 1)
+        threads = torch.get_num_threads()
+        try:
+            local = run_study(path, tmp_path / "local", data_root, say=lambda _: None)
+        finally:
+            torch.set_num_threads(threads)
+        starter.join()
+        stop, killed = threading.Event(), []
+        watcher = threading.Thread(target=lambda: killed.extend(_kill_a_trials_node(cluster, tmp_path / "ray" / "trials", stop)))
+        watcher.start()
+        try:
+            remote = run_study(path, tmp_path / "ray", data_root, executor="ray", address=cluster.address,
+                               say=lambda _: None)
+        finally:
+            stop.set()
+            watcher.join()
     finally:
+        starter.join()
         cluster.stop()
         shutil.rmtree(short, ignore_errors=True)
-    assert not remote["failed"]
-    markers = [json.loads(p.read_text()) for p in (tmp_path / "ray" / "trials").glob("*/trial.json")]
-    assert len({m["ray_node"] for m in markers}) == 2  # one trial per node (each node has one CPU)
+    assert not remote["failed"] and killed == [1]
+    info = json.loads((tmp_path / "ray" / "study.json").read_text())["invocations"][-1]["ray"]
+    assert info["nodes"] == 2 and info["address"] == cluster.address
+    (retried,) = info["retried"]
+    assert retried["dir"].startswith("trials/") and len(retried["attempts"]) == 2
+    assert retried["attempts"][0]["node"] != retried["attempts"][1]["node"]  # rerun on the surviving node
+    log = (tmp_path / "ray" / retried["dir"] / "trial.log").read_text()
+    assert log.count("trial start on") == 2
     strip = lambda doc: [{k: e[k] for k in e if k not in ("latency_ms",)} for e in doc["summary"]]  # noqa: E731
     assert strip(remote) == strip(local)
+
+
+def test_ray_address_that_does_not_answer_exits_2_in_one_line(tmp_path, data_root):
+    """A closed port on 127.0.0.1, given as --ray-address or in $RAY_ADDRESS: exit 2, one line, the
+    study directory untouched (Ray itself would retry for minutes)."""
+    pytest.importorskip("ray")
+    from raycluster import free_port
+
+    path = write_study(tmp_path)
+    address = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "MEDLITE_DATA_ROOT": str(data_root)}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "medlite.cli", "study", str(path), "--out", str(tmp_path / "s"), "--executor", "ray"]
+    for extra, extra_env, source in ((["--ray-address", address], {}, "--ray-address"),
+                                     ([], {"RAY_ADDRESS": address}, "RAY_ADDRESS")):
+        proc = subprocess.run(cmd + extra, env={**env, **extra_env}, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{source} {address}: no Ray cluster answers there" in lines[0]
+        assert not (tmp_path / "s").exists()
+
+
+def test_a_node_that_cannot_reach_the_study_storage_is_named():
+    from medlite.study.executors import probe_storage, storage_error
+
+    ok = {"host": "a", "problems": []}
+    assert storage_error({"n1": ok, "n2": ok}) is None
+    bad = probe_storage("/nonexistent/.medlite-probe-x", "x", {"study": "/nonexistent", "store": "/proc/store",
+                                                                "trials": "/proc/trials", "data_root": "/nonexistent/d"})
+    assert len(bad["problems"]) == 4
+    error = storage_error({"n1": ok, "abcdef0123456789": bad})
+    assert error is not None and error.exit_code == 2
+    assert str(error).startswith(f"--executor ray: node {bad['host']} (abcdef012345): the study directory /nonexistent")
+    assert "storage all nodes share" in str(error) and "\n" not in str(error)
 
 
 def test_tune_picks_by_validation_and_trains_the_teacher_once(tmp_path, data_root):

@@ -62,6 +62,7 @@ def run_study(
     workers: int | None = None,
     cpus_per_trial: float = 1,
     gpus_per_trial: float = 0,
+    retries: int = 3,
     dry_run: bool = False,
     say: Callable[[str], None] = print,
     console=None,
@@ -81,7 +82,7 @@ def run_study(
 
         data_root = default_data_root()
     runner = create_executor(executor, workers=workers, address=address, cpus_per_trial=cpus_per_trial,
-                             gpus_per_trial=gpus_per_trial)
+                             gpus_per_trial=gpus_per_trial, retries=retries)
     _check_out(out)
     write_atomic(out / "study.yaml", Path(study).read_text())
     write_json(out / "trials.json", [
@@ -108,8 +109,14 @@ def run_study(
     document = summarise(spec, all_settings, trials, out, wall_seconds=wall, executor=executor)
     # Each invocation's wall time, kept across reruns: a rerun with nothing left to train should not
     # make the study look free (one killed with kill -9 never wrote its entry, and is missing here).
-    document["invocations"] = _previous_invocations(out) + [
-        {"executor": executor, "trials_run": len(todo), "wall_seconds": round(wall, 2)}]
+    invocation = {"executor": executor, "trials_run": len(todo), "wall_seconds": round(wall, 2)}
+    info = dict(getattr(runner, "info", None) or {})
+    if info:  # the cluster, and each trial a node's death made run again (with its attempts)
+        trial_of = {str((out / "trials" / t.dirname).resolve()): t for t in todo}
+        info["retried"] = [{"trial": trial_of[r["dir"]].name, "dir": f"trials/{trial_of[r['dir']].dirname}",
+                            "attempts": r["attempts"]} for r in info.get("retried", [])]
+        invocation[executor] = info
+    document["invocations"] = _previous_invocations(out) + [invocation]
     document["failed"] = [{"trial": t.name, "dir": f"trials/{t.dirname}", "error": o.get("error")} for t, o in failed]
     from medlite.study.outputs import write_outputs
 

@@ -43,6 +43,34 @@ def _ray_node() -> str | None:
 
 
 TRIAL_LOG = "trial.log"
+ATTEMPTS = "attempts.jsonl"  # one line per start of a trial by an executor that retries (Ray)
+
+
+def _record_attempt(out: Path, job: dict) -> None:
+    if not job.get("attempt_tag"):
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    line = {"tag": job["attempt_tag"], "node": _ray_node(), "host": platform.node(), "pid": os.getpid(),
+            "time": round(time.time(), 3)}
+    with open(out / ATTEMPTS, "a") as f:  # one short append: whole lines even from several nodes over NFS
+        f.write(json.dumps(line) + "\n")
+
+
+def attempts(job: dict) -> list[dict]:
+    """The starts of `job` in this invocation (its tag), oldest first: more than one means retried."""
+    try:
+        lines = (Path(job["dir"]) / ATTEMPTS).read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a node's death
+        if entry.get("tag") == job.get("attempt_tag"):
+            found.append({k: entry.get(k) for k in ("node", "pid", "time")})
+    return found
 
 
 def run_trial(job: dict) -> dict:
@@ -57,6 +85,7 @@ def run_trial(job: dict) -> dict:
     from medlite.stagestore import StageStore
 
     out = Path(job["dir"])
+    _record_attempt(out, job)
     if is_done(out, job["recipe"]):
         return {"dir": str(out), "status": "done", "seconds": 0.0}
     # Beside medlite's own names (logs/ is the run directory's): the trial folder stays one medlite may adopt.
