@@ -492,3 +492,36 @@ def test_latex_table_escapes_every_special_character():
 
     assert _latex_escape("a_b 50% R&D <0.001† -0.03* ±Δ") == (
         r"a\_b 50\% R\&D $<$0.001$^{\dagger}$ -0.03$^{*}$ $\pm$$\Delta$")
+
+
+def test_fsspec_stage_store_counts_an_entry_only_once_its_record_is_written(tmp_path, monkeypatch):
+    """The store at an fsspec URL (here file://, the same code as s3:// or gs://): files first, record
+    last; a damaged file is never taken; no fsspec, or an unknown protocol: one-line refusals."""
+    pytest.importorskip("fsspec")
+    from medlite.runstate import sha256
+    from medlite.stagestore import FsspecStore, open_store
+
+    store = open_store(f"file://{tmp_path / 'remote'}")
+    assert isinstance(store, FsspecStore)
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "models").mkdir(parents=True)
+    (a / "models" / "teacher.pt").write_bytes(b"weights")
+    record = {"key": "k1", "outputs": {"models/teacher.pt": sha256(a / "models" / "teacher.pt")}, "facts": {"auc": 0.9}}
+    assert store.fetch("teacher", "k1", b) is None
+    entry = store.entry("teacher", "k1")
+    (tmp_path / "remote" / entry / "files" / "models").mkdir(parents=True)
+    (tmp_path / "remote" / entry / "files" / "models" / "teacher.pt").write_bytes(b"weights")
+    assert store.fetch("teacher", "k1", b) is None  # files without a record: a publisher that died
+    store.publish("teacher", "k1", a, record)
+    assert store.published == [entry]
+    got = open_store(f"file://{tmp_path / 'remote'}").fetch("teacher", "k1", b)
+    assert got["facts"] == {"auc": 0.9} and (b / "models" / "teacher.pt").read_bytes() == b"weights"
+    (tmp_path / "remote" / entry / "files" / "models" / "teacher.pt").write_bytes(b"damaged")
+    c = tmp_path / "c"
+    assert store.fetch("teacher", "k1", c) is None and not (c / "models" / "teacher.pt").exists()
+
+    with pytest.raises(UsageError, match="nosuchfs://x: .*"):
+        open_store("nosuchfs://x")
+    monkeypatch.setitem(sys.modules, "fsspec", None)
+    with pytest.raises(UsageError, match=r"--store s3://b/s: a stage store URL needs fsspec"):
+        open_store("s3://b/s")

@@ -142,7 +142,18 @@ def probe_storage(token_file: str, token: str, paths: dict[str, str]) -> dict:
         problems.append(f"the study directory {paths['study']} is not the driver's (token {seen[:40]!r})")
     if not Path(paths["data_root"]).is_dir():
         problems.append(f"the data root {paths['data_root']} does not exist")
-    for key in ("store", "trials"):
+    if "://" in paths["store"]:  # an fsspec URL: this node needs fsspec (and s3fs, ...) and access
+        try:
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(paths["store"])
+            test = f"{root}/{PROBE}-{uuid.uuid4().hex}"
+            with fs.open(test, "w") as f:
+                f.write(token)
+            fs.rm(test)
+        except Exception as err:  # noqa: BLE001 - ImportError, credentials, network: all "cannot reach"
+            problems.append(f"cannot write the stage store {paths['store']} ({type(err).__name__}: {err})".splitlines()[0])
+    for key in ("trials",) if "://" in paths["store"] else ("store", "trials"):
         folder = Path(paths[key])
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -203,11 +214,11 @@ class RayExecutor:
 
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        store = Path(jobs[0]["store"])
-        paths = {"study": str(store.parent), "store": str(store), "trials": str(Path(jobs[0]["dir"]).parent),
+        study = Path(jobs[0]["dir"]).parent.parent  # <study>/trials/<trial>
+        paths = {"study": str(study), "store": jobs[0]["store"], "trials": str(Path(jobs[0]["dir"]).parent),
                  "data_root": jobs[0]["data_root"]}
         token = uuid.uuid4().hex
-        token_file = store.parent / f"{PROBE}-{token}"
+        token_file = study / f"{PROBE}-{token}"
         token_file.write_text(token)
         try:
             nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]

@@ -63,6 +63,7 @@ def run_study(
     cpus_per_trial: float = 1,
     gpus_per_trial: float = 0,
     retries: int = 3,
+    store: str | None = None,
     dry_run: bool = False,
     say: Callable[[str], None] = print,
     console=None,
@@ -83,6 +84,12 @@ def run_study(
         data_root = default_data_root()
     runner = create_executor(executor, workers=workers, address=address, cpus_per_trial=cpus_per_trial,
                              gpus_per_trial=gpus_per_trial, retries=retries)
+    from medlite.stagestore import is_url, open_store
+
+    # The stage store: the study's own folder, a path elsewhere (shared storage) or an fsspec URL.
+    store = store if store and is_url(store) else str(Path(store).expanduser().resolve() if store else (out / "store").resolve())
+    if is_url(store):
+        open_store(store)  # fsspec (and the file system's package) missing: refused before any trial
     _check_out(out)
     write_atomic(out / "study.yaml", Path(study).read_text())
     write_json(out / "trials.json", [
@@ -95,7 +102,7 @@ def run_study(
         if is_done(out / "trials" / t.dirname, recipe_json):
             continue
         jobs.append({"dir": str((out / "trials" / t.dirname).resolve()), "recipe": recipe_json,
-                     "data_root": str(Path(data_root).resolve()), "store": str((out / "store").resolve())})
+                     "data_root": str(Path(data_root).resolve()), "store": store})
         todo.append(t)
     say(f"study {spec.name}: {len(trials)} trials, {len(trials) - len(todo)} already done, "
         f"running {len(todo)} with the {executor} executor")

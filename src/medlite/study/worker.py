@@ -82,7 +82,7 @@ def run_trial(job: dict) -> dict:
     torch.set_num_threads(threads)
     from medlite.pipeline import run_pipeline
     from medlite.recipe import Recipe
-    from medlite.stagestore import StageStore
+    from medlite.stagestore import open_store
 
     out = Path(job["dir"])
     _record_attempt(out, job)
@@ -96,7 +96,7 @@ def run_trial(job: dict) -> dict:
         log.write(f"{time.strftime('%H:%M:%S')} {message}\n")
 
     say(f"trial start on {platform.node()} pid {os.getpid()} ({threads} threads)")
-    store = StageStore(Path(job["store"]))
+    store = open_store(job["store"])  # a path, or an fsspec URL
     start = time.perf_counter()
     try:
         recipe = Recipe.model_validate(job["recipe"])
