@@ -446,6 +446,11 @@ def test_ray_address_that_does_not_answer_exits_2_in_one_line(tmp_path, data_roo
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and f"{source} {address}: no Ray cluster answers there" in lines[0]
         assert not (tmp_path / "s").exists()
+    from medlite.study.runner import run_study
+
+    with pytest.raises(UsageError, match="--ray-address 127.0.0.1:6379: only with --executor ray"):
+        run_study(path, tmp_path / "s", data_root, address="127.0.0.1:6379")  # not silently ignored
+    assert not (tmp_path / "s").exists()
 
 
 def test_a_node_that_cannot_reach_the_study_storage_is_named():

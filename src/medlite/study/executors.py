@@ -200,7 +200,7 @@ class RayExecutor:
 
     def _connect(self, ray) -> None:
         options: dict = {"log_to_driver": False, "include_dashboard": False}
-        if self.address and getattr(self, "host", None) in ("127.0.0.1", "localhost", "::1"):
+        if self.address and not self.address.startswith("ray://") and getattr(self, "host", None) in ("127.0.0.1", "localhost", "::1"):
             options["_node_ip_address"] = "127.0.0.1"  # a loopback cluster: the driver registers there too
         try:
             ray.init(address=self.address, **options)

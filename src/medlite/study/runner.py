@@ -82,6 +82,8 @@ def run_study(
         from medlite.data.medmnist import default_data_root
 
         data_root = default_data_root()
+    if address and executor != "ray":
+        raise UsageError(f"--ray-address {address}: only with --executor ray (this study runs with {executor})")
     runner = create_executor(executor, workers=workers, address=address, cpus_per_trial=cpus_per_trial,
                              gpus_per_trial=gpus_per_trial, retries=retries)
     from medlite.stagestore import is_url, open_store
