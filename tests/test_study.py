@@ -524,6 +524,8 @@ def test_fsspec_stage_store_counts_an_entry_only_once_its_record_is_written(tmp_
     (tmp_path / "remote" / entry / "files" / "models" / "teacher.pt").write_bytes(b"damaged")
     c = tmp_path / "c"
     assert store.fetch("teacher", "k1", c) is None and not (c / "models" / "teacher.pt").exists()
+    store.publish("teacher.evaluate", "k2", a, {"key": "k2", "outputs": {}, "facts": {"n": 3}})  # facts only
+    assert store.fetch("teacher.evaluate", "k2", c)["facts"] == {"n": 3}
 
     with pytest.raises(UsageError, match="nosuchfs://x: .*"):
         open_store("nosuchfs://x")

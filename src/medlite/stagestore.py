@@ -211,6 +211,7 @@ class FsspecStore:
             target = f"{self.root}/{entry}/files/{rel}"
             self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)  # object stores: nothing to make
             self.fs.put_file(str(run_root / rel), target)
+        self.fs.makedirs(f"{self.root}/{entry}", exist_ok=True)  # a stage may have no output files
         with self.fs.open(f"{self.root}/{entry}/record.json", "w") as f:  # last: the entry now counts
             f.write(json.dumps({"stage": stage, **record}))
         self.published.append(entry)
