@@ -347,30 +347,28 @@ def test_killed_study_resumes_only_the_missing_trials(tmp_path, data_root):
 
 
 def _kill_a_trials_node(cluster, trials: Path, stop) -> list[int]:
-    """Watcher: once a trial has started on a node other than the driver's, SIGKILL that node."""
-    import ray
-
+    """Watcher: once a trial has started on the worker node, SIGKILL that node. Never the head: it
+    holds the GCS, and the driver attaches to it (Ray prefers the head among nodes on one host)."""
     while not stop.is_set():
-        if ray.is_initialized():
-            driver_node = ray.get_runtime_context().get_node_id()
-            for path in trials.glob("*/attempts.jsonl"):
-                for line in path.read_text().splitlines():
-                    entry = json.loads(line)
-                    node = cluster.node_of(entry["pid"])
-                    if entry["node"] != driver_node and node not in (None, 0):  # never the head (GCS)
-                        cluster.kill_node(node)
-                        return [node]
+        for path in trials.glob("*/attempts.jsonl"):
+            for line in path.read_text().splitlines():
+                if cluster.node_of(json.loads(line)["pid"]) == 1:
+                    cluster.kill_node(1)
+                    return [1]
         time.sleep(0.1)
     return []
 
 
 @pytest.mark.slow
 def test_two_node_ray_study_equals_the_local_one_and_survives_a_dead_node(tmp_path, data_root, monkeypatch):
-    """Two trials on a two-node loopback cluster (one CPU each, so one trial per node); the node
-    running the trial that is not on the driver's node is killed mid-trial: Ray reruns that
-    trial on the surviving node, the run directory resumes, study.json records the retry, and
-    the table equals the local executor's."""
+    """Two trials on a two-node loopback cluster (one CPU each, so one trial per node); the worker
+    node is killed mid-trial: Ray reruns that trial on the head, the run directory resumes,
+    study.json records the retry, and the table equals the local executor's. The Ray driver is
+    `medlite study --ray-address` in a subprocess: Ray's threads never enter this process, so a
+    later test's DDP fork cannot inherit them."""
     pytest.importorskip("ray")
+    import shutil
+    import tempfile
     import threading
 
     from raycluster import RayCluster
@@ -382,9 +380,7 @@ def test_two_node_ray_study_equals_the_local_one_and_survives_a_dead_node(tmp_pa
     # Faster death detection than Ray's default (a missed health check every 3 s, 5 times over).
     env = {**os.environ, "PYTHONPATH": str(SRC), "MEDLITE_DATA_ROOT": str(data_root), "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3"}
-    import shutil
-    import tempfile
-
+    env.pop("RAY_ADDRESS", None)
     short = Path(tempfile.mkdtemp(prefix="mlray", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
     cluster = RayCluster(short, env, nodes=2, cpus=1)
     # The cluster starts (mostly waiting on `ray start`) while the local reference trains here.
@@ -407,8 +403,9 @@ def test_two_node_ray_study_equals_the_local_one_and_survives_a_dead_node(tmp_pa
         watcher = threading.Thread(target=lambda: killed.extend(_kill_a_trials_node(cluster, tmp_path / "ray" / "trials", stop)))
         watcher.start()
         try:
-            remote = run_study(path, tmp_path / "ray", data_root, executor="ray", address=cluster.address,
-                               say=lambda _: None)
+            proc = subprocess.run([sys.executable, "-m", "medlite.cli", "study", str(path), "--out", str(tmp_path / "ray"),
+                                   "--executor", "ray", "--ray-address", cluster.address], env=env, capture_output=True,
+                                  text=True, timeout=600)
         finally:
             stop.set()
             watcher.join()
@@ -416,9 +413,12 @@ def test_two_node_ray_study_equals_the_local_one_and_survives_a_dead_node(tmp_pa
         starter.join()
         cluster.stop()
         shutil.rmtree(short, ignore_errors=True)
-    assert not remote["failed"] and killed == [1]
-    info = json.loads((tmp_path / "ray" / "study.json").read_text())["invocations"][-1]["ray"]
-    assert info["nodes"] == 2 and info["address"] == cluster.address
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert killed == [1]
+    remote = json.loads((tmp_path / "ray" / "study.json").read_text())
+    assert not remote["failed"]
+    info = remote["invocations"][-1]["ray"]
+    assert info["nodes"] == 2 and info["address"] == cluster.address and info["address_from"] == "--ray-address"
     (retried,) = info["retried"]
     assert retried["dir"].startswith("trials/") and len(retried["attempts"]) == 2
     assert retried["attempts"][0]["node"] != retried["attempts"][1]["node"]  # rerun on the surviving node
@@ -426,6 +426,7 @@ def test_two_node_ray_study_equals_the_local_one_and_survives_a_dead_node(tmp_pa
     assert log.count("trial start on") == 2
     strip = lambda doc: [{k: e[k] for k in e if k not in ("latency_ms",)} for e in doc["summary"]]  # noqa: E731
     assert strip(remote) == strip(local)
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
 def test_ray_address_that_does_not_answer_exits_2_in_one_line(tmp_path, data_root):
