@@ -360,7 +360,7 @@ def _kill_a_trials_node(cluster, trials: Path, stop) -> list[int]:
 
 
 @pytest.mark.slow
-def test_two_node_ray_study_equals_the_local_one_and_survives_a_dead_node(tmp_path, data_root, monkeypatch):
+def test_two_node_ray_study_equals_the_local_one_and_survives_a_dead_node(tmp_path, data_root):
     """Two trials on a two-node loopback cluster (one CPU each, so one trial per node); the worker
     node is killed mid-trial: Ray reruns that trial on the head, the run directory resumes,
     study.json records the retry, and the table equals the local executor's. The Ray driver is
@@ -387,17 +387,9 @@ def test_two_node_ray_study_equals_the_local_one_and_survives_a_dead_node(tmp_pa
     starter = threading.Thread(target=cluster.start)
     starter.start()
     try:
-        # In this process (no pool to start), one torch thread per trial like each Ray task: the same floats.
-        import torch
-
-        import medlite.study.executors as executors
-
-        monkeypatch.setattr(executors, "cores", lambda: 1)
-        threads = torch.get_num_threads()
-        try:
-            local = run_study(path, tmp_path / "local", data_root, say=lambda _: None)
-        finally:
-            torch.set_num_threads(threads)
+        # Two worker processes, one torch thread per trial like each Ray task: the same floats. (Not in
+        # this process: after a pipeline ran here with 1 thread, a later test's DDP fork deadlocked.)
+        local = run_study(path, tmp_path / "local", data_root, workers=2, say=lambda _: None)
         starter.join()
         stop, killed = threading.Event(), []
         watcher = threading.Thread(target=lambda: killed.extend(_kill_a_trials_node(cluster, tmp_path / "ray" / "trials", stop)))
