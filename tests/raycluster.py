@@ -1,5 +1,6 @@
 """A real two-node Ray cluster on 127.0.0.1 for tests; torn down by process id (only the processes
-this helper started: those whose command line names its private temp dir, and their children)."""
+this helper started: the Ray processes that appeared during its `ray start` calls, and their children).
+One node can be killed alone (`kill_node`): a machine that died mid-study."""
 
 from __future__ import annotations
 
@@ -66,21 +67,44 @@ class RayCluster:
 
     def start(self) -> "RayCluster":
         self.temp_dir.mkdir(parents=True, exist_ok=True)
-        before = _pids()
-        try:
-            self._start()
-        finally:
-            # Ours: Ray processes that appeared while we started the cluster (not this test process).
-            self.pids = {p for p in _pids() - before if "ray" in _cmdline(p)} - {os.getpid()}
+        self.node_pids: list[set[int]] = []  # per node: the processes its `ray start` left running
+        self.pids: set[int] = set()
+        self._start()
         return self
 
+    def _ray_node(self, *args: str) -> None:
+        before = _pids()
+        try:
+            self._ray(*args)
+        finally:
+            # Ours: Ray processes that appeared while we started this node (not this test process).
+            new = {p for p in _pids() - before if "ray" in _cmdline(p)} - {os.getpid()} - self.pids
+            self.node_pids.append(new)
+            self.pids |= new
+
     def _start(self) -> None:
-        self._ray("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
-                  "--num-cpus", str(self.cpus), "--include-dashboard=false", "--temp-dir", str(self.temp_dir),
-                  "--disable-usage-stats")
+        # Every server on 127.0.0.1 only.
+        self._ray_node("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
+                       "--num-cpus", str(self.cpus), "--include-dashboard=false", "--temp-dir", str(self.temp_dir),
+                       "--disable-usage-stats")
         for _ in range(self.nodes - 1):
-            self._ray("start", "--address", self.address, "--node-ip-address", "127.0.0.1",
-                      "--num-cpus", str(self.cpus), "--disable-usage-stats")
+            self._ray_node("start", "--address", self.address, "--node-ip-address", "127.0.0.1",
+                           "--num-cpus", str(self.cpus), "--disable-usage-stats")
+
+    def node_of(self, pid: int) -> int | None:
+        """The node (index) whose processes include `pid` (a task's worker is its raylet's child)."""
+        for i, roots in enumerate(self.node_pids):
+            if pid in _tree(roots):
+                return i
+        return None
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL one node's processes (raylet, its workers): a machine that died."""
+        for pid in sorted(_tree(self.node_pids[index]) & _pids() - {os.getpid()}):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def stop(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):

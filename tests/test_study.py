@@ -346,33 +346,118 @@ def test_killed_study_resumes_only_the_missing_trials(tmp_path, data_root):
     assert doc["trials_finished"] == 3 and len(_store_entries(out, "teacher")) == 1
 
 
+def _kill_a_trials_node(cluster, trials: Path, stop) -> list[int]:
+    """Watcher: once a trial has started on the worker node, SIGKILL that node. Never the head: it
+    holds the GCS, and the driver attaches to it (Ray prefers the head among nodes on one host)."""
+    while not stop.is_set():
+        for path in trials.glob("*/attempts.jsonl"):
+            for line in path.read_text().splitlines():
+                if cluster.node_of(json.loads(line)["pid"]) == 1:
+                    cluster.kill_node(1)
+                    return [1]
+        time.sleep(0.1)
+    return []
+
+
 @pytest.mark.slow
-def test_two_node_ray_study_equals_the_local_one(tmp_path, data_root):
+def test_two_node_ray_study_equals_the_local_one_and_survives_a_dead_node(tmp_path, data_root):
+    """Two trials on a two-node loopback cluster (one CPU each, so one trial per node); the worker
+    node is killed mid-trial: Ray reruns that trial on the head, the run directory resumes,
+    study.json records the retry, and the table equals the local executor's. The Ray driver is
+    `medlite study --ray-address` in a subprocess: Ray's threads never enter this process, so a
+    later test's DDP fork cannot inherit them."""
     pytest.importorskip("ray")
+    import shutil
+    import tempfile
+    import threading
+
     from raycluster import RayCluster
 
     from medlite.study.runner import run_study
 
     path = write_study(tmp_path, grid={"distill.alpha": [0.5]}, seeds=[0, 1],
                        set={**TINY, "distill.scratch_baseline": False})
-    local = run_study(path, tmp_path / "local", data_root, workers=2, say=lambda _: None)
-    env = {**os.environ, "PYTHONPATH": str(SRC), "MEDLITE_DATA_ROOT": str(data_root), "RAY_USAGE_STATS_ENABLED": "0"}
-    import shutil
-    import tempfile
-
+    # Faster death detection than Ray's default (a missed health check every 3 s, 5 times over).
+    env = {**os.environ, "PYTHONPATH": str(SRC), "MEDLITE_DATA_ROOT": str(data_root), "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3"}
+    env.pop("RAY_ADDRESS", None)
     short = Path(tempfile.mkdtemp(prefix="mlray", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
     cluster = RayCluster(short, env, nodes=2, cpus=1)
+    # The cluster starts (mostly waiting on `ray start`) while the local reference trains here.
+    starter = threading.Thread(target=cluster.start)
+    starter.start()
     try:
-        cluster.start()
-        remote = run_study(path, tmp_path / "ray", data_root, executor="ray", address=cluster.address, say=lambda _: None)
+        # Two worker processes, one torch thread per trial like each Ray task: the same floats. (Not in
+        # this process: after a pipeline ran here with 1 thread, a later test's DDP fork deadlocked.)
+        local = run_study(path, tmp_path / "local", data_root, workers=2, say=lambda _: None)
+        starter.join()
+        stop, killed = threading.Event(), []
+        watcher = threading.Thread(target=lambda: killed.extend(_kill_a_trials_node(cluster, tmp_path / "ray" / "trials", stop)))
+        watcher.start()
+        try:
+            proc = subprocess.run([sys.executable, "-m", "medlite.cli", "study", str(path), "--out", str(tmp_path / "ray"),
+                                   "--executor", "ray", "--ray-address", cluster.address], env=env, capture_output=True,
+                                  text=True, timeout=600)
+        finally:
+            stop.set()
+            watcher.join()
     finally:
+        starter.join()
         cluster.stop()
         shutil.rmtree(short, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert killed == [1]
+    remote = json.loads((tmp_path / "ray" / "study.json").read_text())
     assert not remote["failed"]
-    markers = [json.loads(p.read_text()) for p in (tmp_path / "ray" / "trials").glob("*/trial.json")]
-    assert len({m["ray_node"] for m in markers}) == 2  # one trial per node (each node has one CPU)
+    info = remote["invocations"][-1]["ray"]
+    assert info["nodes"] == 2 and info["address"] == cluster.address and info["address_from"] == "--ray-address"
+    (retried,) = info["retried"]
+    assert retried["dir"].startswith("trials/") and len(retried["attempts"]) == 2
+    assert retried["attempts"][0]["node"] != retried["attempts"][1]["node"]  # rerun on the surviving node
+    log = (tmp_path / "ray" / retried["dir"] / "trial.log").read_text()
+    assert log.count("trial start on") == 2
     strip = lambda doc: [{k: e[k] for k in e if k not in ("latency_ms",)} for e in doc["summary"]]  # noqa: E731
     assert strip(remote) == strip(local)
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+def test_ray_address_that_does_not_answer_exits_2_in_one_line(tmp_path, data_root):
+    """A closed port on 127.0.0.1, given as --ray-address or in $RAY_ADDRESS: exit 2, one line, the
+    study directory untouched (Ray itself would retry for minutes)."""
+    pytest.importorskip("ray")
+    from raycluster import free_port
+
+    path = write_study(tmp_path)
+    address = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "MEDLITE_DATA_ROOT": str(data_root)}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "medlite.cli", "study", str(path), "--out", str(tmp_path / "s"), "--executor", "ray"]
+    for extra, extra_env, source in ((["--ray-address", address], {}, "--ray-address"),
+                                     ([], {"RAY_ADDRESS": address}, "RAY_ADDRESS")):
+        proc = subprocess.run(cmd + extra, env={**env, **extra_env}, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"{source} {address}: no Ray cluster answers there" in lines[0]
+        assert not (tmp_path / "s").exists()
+    from medlite.study.runner import run_study
+
+    with pytest.raises(UsageError, match="--ray-address 127.0.0.1:6379: only with --executor ray"):
+        run_study(path, tmp_path / "s", data_root, address="127.0.0.1:6379")  # not silently ignored
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_node_that_cannot_reach_the_study_storage_is_named():
+    from medlite.study.executors import probe_storage, storage_error
+
+    ok = {"host": "a", "problems": []}
+    assert storage_error({"n1": ok, "n2": ok}) is None
+    bad = probe_storage("/nonexistent/.medlite-probe-x", "x", {"study": "/nonexistent", "store": "/proc/store",
+                                                                "trials": "/proc/trials", "data_root": "/nonexistent/d"})
+    assert len(bad["problems"]) == 4
+    error = storage_error({"n1": ok, "abcdef0123456789": bad})
+    assert error is not None and error.exit_code == 2
+    assert str(error).startswith(f"--executor ray: node {bad['host']} (abcdef012345): the study directory /nonexistent")
+    assert "storage all nodes share" in str(error) and "\n" not in str(error)
 
 
 def test_tune_picks_by_validation_and_trains_the_teacher_once(tmp_path, data_root):
@@ -405,3 +490,38 @@ def test_latex_table_escapes_every_special_character():
 
     assert _latex_escape("a_b 50% R&D <0.001† -0.03* ±Δ") == (
         r"a\_b 50\% R\&D $<$0.001$^{\dagger}$ -0.03$^{*}$ $\pm$$\Delta$")
+
+
+def test_fsspec_stage_store_counts_an_entry_only_once_its_record_is_written(tmp_path, monkeypatch):
+    """The store at an fsspec URL (here file://, the same code as s3:// or gs://): files first, record
+    last; a damaged file is never taken; no fsspec, or an unknown protocol: one-line refusals."""
+    pytest.importorskip("fsspec")
+    from medlite.runstate import sha256
+    from medlite.stagestore import FsspecStore, open_store
+
+    store = open_store(f"file://{tmp_path / 'remote'}")
+    assert isinstance(store, FsspecStore)
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "models").mkdir(parents=True)
+    (a / "models" / "teacher.pt").write_bytes(b"weights")
+    record = {"key": "k1", "outputs": {"models/teacher.pt": sha256(a / "models" / "teacher.pt")}, "facts": {"auc": 0.9}}
+    assert store.fetch("teacher", "k1", b) is None
+    entry = store.entry("teacher", "k1")
+    (tmp_path / "remote" / entry / "files" / "models").mkdir(parents=True)
+    (tmp_path / "remote" / entry / "files" / "models" / "teacher.pt").write_bytes(b"weights")
+    assert store.fetch("teacher", "k1", b) is None  # files without a record: a publisher that died
+    store.publish("teacher", "k1", a, record)
+    assert store.published == [entry]
+    got = open_store(f"file://{tmp_path / 'remote'}").fetch("teacher", "k1", b)
+    assert got["facts"] == {"auc": 0.9} and (b / "models" / "teacher.pt").read_bytes() == b"weights"
+    (tmp_path / "remote" / entry / "files" / "models" / "teacher.pt").write_bytes(b"damaged")
+    c = tmp_path / "c"
+    assert store.fetch("teacher", "k1", c) is None and not (c / "models" / "teacher.pt").exists()
+    store.publish("teacher.evaluate", "k2", a, {"key": "k2", "outputs": {}, "facts": {"n": 3}})  # facts only
+    assert store.fetch("teacher.evaluate", "k2", c)["facts"] == {"n": 3}
+
+    with pytest.raises(UsageError, match="nosuchfs://x: .*"):
+        open_store("nosuchfs://x")
+    monkeypatch.setitem(sys.modules, "fsspec", None)
+    with pytest.raises(UsageError, match=r"--store s3://b/s: a stage store URL needs fsspec"):
+        open_store("s3://b/s")

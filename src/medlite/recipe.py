@@ -212,7 +212,8 @@ class TrainerConfig(_Strict):
 
     devices: int = Field(1, ge=1, le=1024, description="processes (CPU) or GPUs per node")
     num_nodes: int = Field(1, ge=1, le=1024)
-    strategy: Literal["auto", "ddp"] = "auto"
+    # ddp_spawn: spawned ranks on CPU too (the way several GPUs train; slower start than ddp's fork)
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     deterministic: bool = Field(
         False,

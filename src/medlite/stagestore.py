@@ -128,3 +128,93 @@ def _link_or_copy(source: Path, target: Path) -> None:
     except OSError:
         shutil.copy2(source, tmp)
     os.replace(tmp, target)
+
+
+def is_url(spec: str | os.PathLike) -> bool:
+    return "://" in str(spec)
+
+
+def open_store(spec: str | os.PathLike):
+    """The store at a path (`StageStore`) or at an fsspec URL (`FsspecStore`: s3://, gs://, ...)."""
+    return FsspecStore(str(spec)) if is_url(spec) else StageStore(Path(spec))
+
+
+class FsspecStore:
+    """The stage store on object storage or any fsspec file system, for trials on nodes that share no
+    POSIX file system for it. The same entries as `StageStore` (`<entry>/files/...`, `record.json`).
+
+    Object stores have no locks and no atomic folder rename, so: an entry counts once its
+    `record.json` exists, and that is written after every file (a trial killed mid-publish leaves
+    files without a record: never read, overwritten by the next publisher). Two trials missing the
+    same stage at once may both compute it (no lock to make the second wait): the same result,
+    twice the time; each taken file is checked against the recorded digest.
+    """
+
+    def __init__(self, url: str) -> None:
+        from medlite.errors import UsageError
+
+        try:
+            import fsspec
+        except ImportError:
+            raise UsageError(f"--store {url}: a stage store URL needs fsspec (pip install fsspec, and the "
+                             "file system's package, e.g. s3fs); or give a path on storage every node shares") from None
+        try:
+            self.fs, self.root = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as err:
+            raise UsageError(f"--store {url}: {err}") from None
+        self.url = url
+        self.hits: list[str] = []
+        self.published: list[str] = []
+
+    entry = staticmethod(StageStore.entry)
+
+    def _record(self, entry: str) -> dict | None:
+        try:
+            with self.fs.open(f"{self.root}/{entry}/record.json", "r") as f:
+                return json.loads(f.read())
+        except (OSError, ValueError):  # FileNotFoundError is an OSError
+            return None
+
+    def fetch(self, stage: str, key: str, run_root: Path) -> dict | None:
+        entry = self.entry(stage, key)
+        record = self._record(entry)
+        if record is None:
+            return None
+        taken = []
+        for rel, digest in record["outputs"].items():
+            target = run_root / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + f".{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                self.fs.get_file(f"{self.root}/{entry}/files/{rel}", str(tmp))
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                break
+            if sha256(tmp) != digest:
+                tmp.unlink()
+                break
+            taken.append((tmp, target))
+        else:
+            for tmp, target in taken:
+                os.replace(tmp, target)
+            self.hits.append(entry)
+            return record
+        for tmp, _ in taken:  # a damaged entry: recompute (publish replaces it)
+            tmp.unlink(missing_ok=True)
+        return None
+
+    def publish(self, stage: str, key: str, run_root: Path, record: dict) -> None:
+        entry = self.entry(stage, key)
+        if self._record(entry) is not None:
+            return
+        for rel in record["outputs"]:
+            target = f"{self.root}/{entry}/files/{rel}"
+            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)  # object stores: nothing to make
+            self.fs.put_file(str(run_root / rel), target)
+        self.fs.makedirs(f"{self.root}/{entry}", exist_ok=True)  # a stage may have no output files
+        with self.fs.open(f"{self.root}/{entry}/record.json", "w") as f:  # last: the entry now counts
+            f.write(json.dumps({"stage": stage, **record}))
+        self.published.append(entry)
+
+    def release_all(self) -> None:
+        """Nothing held: there are no locks."""

@@ -30,10 +30,14 @@ def study(
     out: Annotated[Optional[Path], typer.Option("--out", help="study directory (default: runs/study-<name>)")] = None,
     data_root: Annotated[Optional[Path], typer.Option("--data-root", help="dataset folder (default: $MEDLITE_DATA_ROOT)")] = None,
     executor: Annotated[str, typer.Option("--executor", help="local (process pool) or ray")] = "local",
-    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster HOST:PORT (--executor ray)")] = None,
+    address: Annotated[Optional[str], typer.Option("--ray-address", "--address",
+                                                   help="Ray cluster HOST:PORT (--executor ray; default: $RAY_ADDRESS, else a one-machine Ray)")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="local worker processes (default: cores)")] = None,
     cpus_per_trial: Annotated[float, typer.Option("--cpus-per-trial", min=0.01, help="Ray: CPUs per trial")] = 1,
     gpus_per_trial: Annotated[float, typer.Option("--gpus-per-trial", min=0, help="Ray: GPUs per trial")] = 0,
+    retries: Annotated[int, typer.Option("--retries", min=0, help="Ray: reruns of a trial whose node or worker died")] = 3,
+    store: Annotated[Optional[str], typer.Option("--store", help="stage store: a path on storage every node shares, "
+                                                 "or an fsspec URL (s3://...; default: STUDY_DIR/store)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="validate and print the trials; train nothing")] = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -50,7 +54,7 @@ def study(
     with _write_faults(out or Path("runs")):
         document = run_study(
             study_file, out, data_root.expanduser() if data_root else None, executor=executor, address=address,
-            workers=workers, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, dry_run=dry_run,
+            workers=workers, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, retries=retries, store=store, dry_run=dry_run,
             say=console.print, console=console,
         )
     if dry_run:

@@ -62,6 +62,8 @@ def run_study(
     workers: int | None = None,
     cpus_per_trial: float = 1,
     gpus_per_trial: float = 0,
+    retries: int = 3,
+    store: str | None = None,
     dry_run: bool = False,
     say: Callable[[str], None] = print,
     console=None,
@@ -80,8 +82,16 @@ def run_study(
         from medlite.data.medmnist import default_data_root
 
         data_root = default_data_root()
+    if address and executor != "ray":
+        raise UsageError(f"--ray-address {address}: only with --executor ray (this study runs with {executor})")
     runner = create_executor(executor, workers=workers, address=address, cpus_per_trial=cpus_per_trial,
-                             gpus_per_trial=gpus_per_trial)
+                             gpus_per_trial=gpus_per_trial, retries=retries)
+    from medlite.stagestore import is_url, open_store
+
+    # The stage store: the study's own folder, a path elsewhere (shared storage) or an fsspec URL.
+    store = store if store and is_url(store) else str(Path(store).expanduser().resolve() if store else (out / "store").resolve())
+    if is_url(store):
+        open_store(store)  # fsspec (and the file system's package) missing: refused before any trial
     _check_out(out)
     write_atomic(out / "study.yaml", Path(study).read_text())
     write_json(out / "trials.json", [
@@ -94,7 +104,7 @@ def run_study(
         if is_done(out / "trials" / t.dirname, recipe_json):
             continue
         jobs.append({"dir": str((out / "trials" / t.dirname).resolve()), "recipe": recipe_json,
-                     "data_root": str(Path(data_root).resolve()), "store": str((out / "store").resolve())})
+                     "data_root": str(Path(data_root).resolve()), "store": store})
         todo.append(t)
     say(f"study {spec.name}: {len(trials)} trials, {len(trials) - len(todo)} already done, "
         f"running {len(todo)} with the {executor} executor")
@@ -108,8 +118,14 @@ def run_study(
     document = summarise(spec, all_settings, trials, out, wall_seconds=wall, executor=executor)
     # Each invocation's wall time, kept across reruns: a rerun with nothing left to train should not
     # make the study look free (one killed with kill -9 never wrote its entry, and is missing here).
-    document["invocations"] = _previous_invocations(out) + [
-        {"executor": executor, "trials_run": len(todo), "wall_seconds": round(wall, 2)}]
+    invocation = {"executor": executor, "trials_run": len(todo), "wall_seconds": round(wall, 2)}
+    info = dict(getattr(runner, "info", None) or {})
+    if info:  # the cluster, and each trial a node's death made run again (with its attempts)
+        trial_of = {str((out / "trials" / t.dirname).resolve()): t for t in todo}
+        info["retried"] = [{"trial": trial_of[r["dir"]].name, "dir": f"trials/{trial_of[r['dir']].dirname}",
+                            "attempts": r["attempts"]} for r in info.get("retried", [])]
+        invocation[executor] = info
+    document["invocations"] = _previous_invocations(out) + [invocation]
     document["failed"] = [{"trial": t.name, "dir": f"trials/{t.dirname}", "error": o.get("error")} for t, o in failed]
     from medlite.study.outputs import write_outputs
 

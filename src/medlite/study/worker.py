@@ -43,6 +43,34 @@ def _ray_node() -> str | None:
 
 
 TRIAL_LOG = "trial.log"
+ATTEMPTS = "attempts.jsonl"  # one line per start of a trial by an executor that retries (Ray)
+
+
+def _record_attempt(out: Path, job: dict) -> None:
+    if not job.get("attempt_tag"):
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    line = {"tag": job["attempt_tag"], "node": _ray_node(), "host": platform.node(), "pid": os.getpid(),
+            "time": round(time.time(), 3)}
+    with open(out / ATTEMPTS, "a") as f:  # one short append: whole lines even from several nodes over NFS
+        f.write(json.dumps(line) + "\n")
+
+
+def attempts(job: dict) -> list[dict]:
+    """The starts of `job` in this invocation (its tag), oldest first: more than one means retried."""
+    try:
+        lines = (Path(job["dir"]) / ATTEMPTS).read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a node's death
+        if entry.get("tag") == job.get("attempt_tag"):
+            found.append({k: entry.get(k) for k in ("node", "pid", "time")})
+    return found
 
 
 def run_trial(job: dict) -> dict:
@@ -55,12 +83,14 @@ def run_trial(job: dict) -> dict:
     from medlite.pipeline import run_pipeline
     from medlite.recipe import Recipe
     from medlite.runstate import Before, discard_skeleton
-    from medlite.stagestore import StageStore
+    from medlite.stagestore import open_store
 
     out = Path(job["dir"])
     if is_done(out, job["recipe"]):
+        _record_attempt(out, job)
         return {"dir": str(out), "status": "done", "seconds": 0.0}
     before = Before.of(out)  # what a failure may take away again: only what this trial makes
+    _record_attempt(out, job)
     # Beside medlite's own names (logs/ is the run directory's): the trial folder stays one medlite may adopt.
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / TRIAL_LOG, "a", buffering=1)
@@ -69,7 +99,7 @@ def run_trial(job: dict) -> dict:
         log.write(f"{time.strftime('%H:%M:%S')} {message}\n")
 
     say(f"trial start on {platform.node()} pid {os.getpid()} ({threads} threads)")
-    store = StageStore(Path(job["store"]))
+    store = open_store(job["store"])  # a path, or an fsspec URL
     start = time.perf_counter()
     try:
         recipe = Recipe.model_validate(job["recipe"])
@@ -80,7 +110,7 @@ def run_trial(job: dict) -> dict:
         log.close()
         # Failed (or interrupted) before computing anything: no skeleton of empty folders, marker and lock
         # in the study directory; the log of why it failed stays (study.json's `failed` points to it).
-        discard_skeleton(before, keep=frozenset({TRIAL_LOG}))
+        discard_skeleton(before, keep=frozenset({TRIAL_LOG, ATTEMPTS}))
         return {"dir": str(out), "status": "failed", "error": f"{type(err).__name__}: {err}",
                 "seconds": round(time.perf_counter() - start, 2)}
     finally:

@@ -46,11 +46,14 @@ class EpochLog(L.Callback):
         module.history.append(row)
         fault_point(f"epoch:{self.label}:{trainer.current_epoch + 1}")  # tests kill a run mid-training here
         if self.say and trainer.is_global_zero:
-            val = f" val_auc {metrics['val_auc']:.3f} val_acc {metrics['val_acc']:.3f}" if "val_auc" in metrics else ""
-            self.say(
-                f"{self.label} epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"
-                f" loss {metrics.get('train_loss', float('nan')):.4f}{val} ({seconds:.1f}s)"
-            )
+            self.say(self.line(self.label, row, trainer.max_epochs))
+
+    @staticmethod
+    def line(label: str, row: dict, epochs: int) -> str:
+        """The plain line of one epoch's history row."""
+        val = f" val_auc {row['val_auc']:.3f} val_acc {row['val_acc']:.3f}" if "val_auc" in row else ""
+        return (f"{label} epoch {row['epoch'] + 1}/{epochs}"
+                f" loss {row.get('train_loss', float('nan')):.4f}{val} ({row['seconds']:.1f}s)")
 
 
 # -- TensorBoard telemetry --------------------------------------------------------------------------------

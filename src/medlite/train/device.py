@@ -29,29 +29,42 @@ class Placement:
     world: int = 1
 
 
-def placement(trainer_cfg: TrainerConfig | None, device: str, balance: str, score_start: bool) -> Placement:
+MULTI_NODE = ("trainer.num_nodes: DDP over several nodes is not supported: Lightning's multi-node launch "
+              "(torchrun, SLURM) runs the whole command on every rank, while medlite runs the pipeline once and "
+              "forks or spawns only its training; train on one node (trainer.devices: its GPUs), or spread "
+              "trials over machines with `medlite study --executor ray`")
+
+
+def placement(trainer_cfg: TrainerConfig | None, device: str, balance: str, gpus: int | None = None) -> Placement:
     """The placement for a recipe's `trainer` section (None: one process).
 
-    Several processes on one CPU machine run as `ddp_fork` (gloo): only training is forked, the
-    rest of the pipeline runs once. One GPU with `ddp` is a world of one. Several GPUs or nodes
-    would need each rank to run the whole command (Lightning's launcher): refused, not faked.
+    Only training runs in several processes; every other stage runs once, in the launching
+    process, which owns the run directory. Several processes on one CPU machine run as
+    `ddp_fork` (gloo): the ranks are forked, cheap. Several GPUs run as `ddp_spawn` (NCCL): a
+    forked child cannot use CUDA once the parent has (an earlier stage trained or scored on the
+    GPU), so the ranks are spawned, fresh interpreters that receive the trainer pickled.
+    `strategy: ddp_spawn` asks for spawning on CPU too (gloo): the GPU code path, testable
+    without a GPU. Several nodes are refused (`MULTI_NODE` says why and what to do instead).
+    `gpus`: the GPUs this machine has (default: counted).
     """
     if trainer_cfg is None:
         return Placement()
     devices, nodes = trainer_cfg.devices, trainer_cfg.num_nodes
     world = devices * nodes
+    if nodes > 1:
+        raise UsageError(MULTI_NODE)
     if world == 1:
-        return Placement("ddp" if trainer_cfg.strategy == "ddp" else "auto")
-    if trainer_cfg.strategy != "ddp":
-        raise UsageError(f"trainer.devices/num_nodes: {world} processes need trainer.strategy: ddp")
-    if device != "cpu" or nodes > 1:
-        raise UsageError("trainer: DDP over several GPUs or nodes is not supported yet; use devices: 1 per GPU, "
-                         "or several CPU processes on one machine (device: cpu)")
+        return Placement("ddp" if trainer_cfg.strategy in ("ddp", "ddp_spawn") else "auto")
+    if trainer_cfg.strategy == "auto":
+        raise UsageError(f"trainer.devices: {world} processes need trainer.strategy: ddp")
+    if device == "cuda":
+        have = torch.cuda.device_count() if gpus is None else gpus
+        if devices > have:
+            raise UsageError(f"trainer.devices: {devices} GPUs requested but this machine has {have}")
     if balance == "sampler":
         raise UsageError("data.balance: 'sampler' is not supported with DDP; use class_weights")
-    if score_start:
-        raise UsageError("trainer: DDP is for training from scratch or distilling, not for fine-tuning stages")
-    return Placement("ddp_fork", devices, 1, world)
+    spawn = device == "cuda" or trainer_cfg.strategy == "ddp_spawn"
+    return Placement("ddp_spawn" if spawn else "ddp_fork", devices, 1, world)
 
 
 def precision(trainer_cfg: TrainerConfig | None, device: str) -> str:

@@ -8,9 +8,12 @@ launching process reads them (`ShareFacts.load`).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
+import torch.multiprocessing
 
 FACTS_FILE = "ddp_result.json"
 
@@ -36,3 +39,19 @@ class ShareFacts(L.Callback):
         module.history[:] = facts["history"]
         module.val_passes, module.auc_missing = facts["val_passes"], facts["auc_missing"]
         path.unlink()
+
+
+@contextmanager
+def spawn_sharing(spawned: bool) -> Iterator[None]:
+    """While ranks are spawned, CPU tensors of the pickled trainer travel as named shared-memory
+    files: the default (file descriptors passed over a socket) failed on the 2-core VM ("unable
+    to resize file ... Invalid argument" in every rank), the named files did not."""
+    if not spawned:
+        yield
+        return
+    before = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        yield
+    finally:
+        torch.multiprocessing.set_sharing_strategy(before)

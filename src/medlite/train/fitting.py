@@ -31,7 +31,7 @@ from medlite.task import pos_weight as label_pos_weight, task_of
 from medlite.train.callbacks import GPU_MEMORY, EpochLog, Telemetry, pick_images
 from medlite.train.data import TrainData, class_weights
 from medlite.train.device import placement, precision, resolve_device
-from medlite.train.distributed import ShareFacts
+from medlite.train.distributed import ShareFacts, spawn_sharing
 from medlite.train.module import ClassifierModule
 from medlite.train.selection import BestCheckpoint, load_best, select
 from medlite.train.teachers import teaching
@@ -113,6 +113,17 @@ def hard_loss_kind(task, loss: str | None) -> str | None:
     return loss
 
 
+def _one_process_scorer(accelerator: str, precision: str, deterministic: bool, best_ckpt: BestCheckpoint,
+                        log_dir: Path) -> L.Trainer:
+    """A one-process Trainer to score the starting weights before DDP forks or spawns: the
+    checkpoint callback keeps that score, which the ranks then inherit (forked or pickled)."""
+    return L.Trainer(
+        accelerator=accelerator, devices=1, strategy="auto", precision=precision, logger=False,
+        callbacks=[best_ckpt], enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1.0,
+        deterministic=deterministic, default_root_dir=str(log_dir),
+    )
+
+
 def fit(
     model,
     dataset,
@@ -157,7 +168,7 @@ def fit(
     if task.multilabel and cfg.label_smoothing:
         raise UsageError("label_smoothing: defined for cross-entropy over one softmax, not for multi-label data; set it to 0")
     device = resolve_device(device)
-    where = placement(trainer_cfg, device, data_cfg.balance, score_start)  # refused before any work
+    where = placement(trainer_cfg, device, data_cfg.balance)  # refused before any work
     L.seed_everything(seed, workers=True, verbose=False)
     if input_size == dataset.image_size:
         input_size = None
@@ -196,6 +207,10 @@ def fit(
             extra.append(Telemetry(telemetry, val.images[pick_images(val.labels, telemetry.images)]))
         if where.world > 1:
             extra.append(ShareFacts(log_dir))
+        # Spawned ranks get the trainer pickled: `say` (a closure, a console) stays here and the
+        # epoch lines are said once training is back (from rank 0's history).
+        spawned = where.strategy == "ddp_spawn" and where.world > 1
+        epoch_say = None if progress or spawned else say
         trainer = L.Trainer(
             max_epochs=cfg.epochs,
             accelerator="gpu" if device == "cuda" else "cpu",
@@ -205,7 +220,7 @@ def fit(
             use_distributed_sampler=False,  # TrainData's index loaders shard themselves
             precision=precision(trainer_cfg, device),
             logger=[EpochCSVLogger(str(log_dir), name="", version=""), TensorBoardLogger(str(log_dir), name="", version="")],
-            callbacks=[EpochLog(label, None if progress else say), LearningRateMonitor("epoch"), *extra, *callbacks,
+            callbacks=[EpochLog(label, epoch_say), LearningRateMonitor("epoch"), *extra, *callbacks,
                        *([best_ckpt] if best_ckpt else [])],
             enable_checkpointing=best_ckpt is not None,
             enable_progress_bar=progress,
@@ -217,10 +232,19 @@ def fit(
             default_root_dir=str(log_dir),
         )
         if best_ckpt is not None and score_start:
-            trainer.validate(module, datamodule=data, verbose=False)
-        trainer.fit(module, datamodule=data)
+            # Under DDP the starting weights are scored here, in one process, before the ranks start:
+            # a validate() of its own would run in child processes and its result die with them.
+            scorer = trainer if where.world == 1 else _one_process_scorer(
+                "gpu" if device == "cuda" else "cpu", precision(trainer_cfg, device),
+                bool(trainer_cfg is not None and trainer_cfg.deterministic), best_ckpt, log_dir)
+            scorer.validate(module, datamodule=data, verbose=False)
+        with spawn_sharing(spawned):
+            trainer.fit(module, datamodule=data)
         if where.world > 1:
             ShareFacts.load(log_dir, module)  # the ranks trained in child processes: take rank 0's facts
+        if spawned and say and not progress:
+            for row in module.history:
+                say(EpochLog.line(label, row, cfg.epochs))
         best = load_best(best_ckpt.best_model_path, module) if best_ckpt is not None else None
     model.cpu().eval()
     chosen = select(best, select_best=select_best, epochs=cfg.epochs, history=module.history,
