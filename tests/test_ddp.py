@@ -169,3 +169,128 @@ def test_compression_fine_tunes_run_under_ddp(tmp_path, data_root):
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     assert zeros == pytest.approx(0.5, abs=0.02)  # rank 0's final, permanently pruned weights came back
     assert not any(name.endswith("_orig") for name, _ in pruned.named_parameters())
+
+
+# -- several nodes: torchrun on every node, rank 0 leads (medlite.train.launched) ------------------------
+
+TINY_RUN = ["data.limit=48", "teacher.arch=medlite_cnn_tiny", "student.arch=medlite_dsconv_tiny", "teacher.epochs=2",
+            "student.epochs=2", "evaluate.bootstrap=20", "bench.enabled=false", "explain.enabled=false",
+            "compress.methods=[int8_static]"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(data_root) -> dict:
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MEDLITE_FAULT", "RANK", "WORLD_SIZE", "LOCAL_", "GROUP_RANK", "MASTER_", "TORCHELASTIC", "NODE_RANK"))}
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")])), MEDLITE_DATA_ROOT=str(data_root),
+               OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")  # gloo's sockets on loopback only
+    return env
+
+
+def _two_nodes(out, data_root, overrides=()):
+    """`medlite run` on two 'nodes' of one process each, with the environment torchrun gives its workers
+    (`torchrun --nnodes 2 --nproc-per-node 1 --node-rank R --master-addr 127.0.0.1`). The workers are
+    started here rather than by torchrun's agent, whose own store listens on every interface; medlite's
+    store listens on MASTER_ADDR only, and gloo's sockets on loopback (GLOO_SOCKET_IFNAME)."""
+    import subprocess
+    import sys
+
+    port, env = _free_port(), _env(data_root)
+    sets = [arg for item in (*TINY_RUN, *overrides) for arg in ("--set", item)]
+    nodes = []
+    for rank in (0, 1):
+        worker = {"RANK": str(rank), "GROUP_RANK": str(rank), "LOCAL_RANK": "0", "WORLD_SIZE": "2",
+                  "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                  "TORCHELASTIC_RUN_ID": "medlite-test"}
+        nodes.append(subprocess.Popen([sys.executable, "-m", "medlite.cli", "run", "breastmnist", "--out", str(out), *sets],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env, **worker}))
+    return [(node.wait(timeout=300), *node.communicate()) for node in nodes]
+
+
+def test_two_torchrun_nodes_train_like_two_forked_processes(tmp_path, data_root):
+    """Two torchrun nodes give the numbers two forked ranks on one machine give (same world, same shards,
+    rank 0's random streams): every training stage ran on both, rank 0 alone wrote the run."""
+    import subprocess
+    import sys
+
+    (code0, out0, err0), (code1, out1, err1) = _two_nodes(tmp_path / "nodes", data_root)
+    assert code0 == 0, out0 + err0
+    assert code1 == 0 and out1 == "" and "Traceback" not in err1, out1 + err1
+    assert "ddp: 2 processes on 2 node(s), started by torchrun" in out0
+    sets = [arg for item in (*TINY_RUN, "trainer.devices=2", "trainer.strategy=ddp") for arg in ("--set", item)]
+    forked = subprocess.run([sys.executable, "-m", "medlite.cli", "run", "breastmnist", "--out", str(tmp_path / "fork"),
+                             *sets], capture_output=True, text=True, env=_env(data_root), timeout=300)
+    assert forked.returncode == 0, forked.stdout + forked.stderr
+    nodes = json.loads((tmp_path / "nodes" / "results.json").read_text())
+    fork = json.loads((tmp_path / "fork" / "results.json").read_text())
+    assert [v["name"] for v in nodes["variants"]] == [v["name"] for v in fork["variants"]]
+    trained = 0
+    for a, b in zip(nodes["variants"], fork["variants"]):
+        assert a["metrics"]["auc"] == b["metrics"]["auc"], a["name"]  # measured on the exported files
+        if a.get("train", {}).get("history"):
+            trained += 1
+            assert [h["val_auc"] for h in a["train"]["history"]] == [h["val_auc"] for h in b["train"]["history"]]
+            assert a["train"]["processes"] == {"processes": 2, "nodes": 2, "started_by": "torchrun",
+                                               "global_batch": 64, "per_process_batch": 32}
+            assert b["train"]["processes"]["started_by"] == "ddp_fork"
+    assert trained == 3  # teacher, scratch student, KD student
+
+
+def test_a_failing_leader_releases_the_other_nodes(tmp_path, data_root):
+    """Rank 0 fails inside the pipeline (no such data file): it exits 2 in one line, the follower stops
+    waiting and exits by itself, and no run folder is left behind."""
+    results = _two_nodes(tmp_path / "run", tmp_path / "no-data")
+    (code0, out0, err0), (code1, out1, err1) = results
+    assert code0 != 0 and "medlite: error:" in err0 and "breastmnist.npz" in err0, out0 + err0
+    assert code1 == 0 and out1 == "", out1 + err1
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_launchers_world_is_read_from_its_environment_and_checked_against_the_recipe():
+    from medlite.errors import UsageError
+    from medlite.train.launched import World, check_recipe, launched_world
+
+    torchrun = {"TORCHELASTIC_RUN_ID": "x", "RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2",
+                "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
+    world = launched_world(torchrun)
+    assert world == World(3, 1, 4, 2, "torchrun", "10.0.0.1", 29500) and world.nodes == 2
+    assert launched_world({**torchrun, "WORLD_SIZE": "1"}) is None  # one rank: an ordinary run
+    assert launched_world({}) is None
+    with pytest.raises(UsageError, match=r"WORLD_SIZE='four'"):
+        launched_world({**torchrun, "WORLD_SIZE": "four"})
+    with pytest.raises(UsageError, match="MASTER_PORT is not set"):
+        launched_world({k: v for k, v in torchrun.items() if k != "MASTER_PORT"})
+    assert launched_world({"SLURM_NTASKS": "2", "SLURM_PROCID": "0", "SLURM_JOB_NAME": "bash"}) is None  # salloc's shell
+
+    check_recipe(world, 1, 1, "auto")  # the launcher's world
+    check_recipe(world, 2, 2, "ddp")  # the same, written out
+    with pytest.raises(UsageError, match=r"trainer.devices: 4 x trainer.num_nodes: 1 does not match the launcher"):
+        check_recipe(world, 4, 1, "ddp")
+    with pytest.raises(UsageError, match="ddp_spawn"):
+        check_recipe(world, 1, 1, "ddp_spawn")
+
+
+def test_a_slurm_job_step_is_a_launched_world(monkeypatch):
+    """`srun medlite run ...` with 2 tasks per node on 2 nodes: Lightning's SLURMEnvironment names the
+    main node (the first of SLURM_NODELIST) and derives the port from the job id (15000 + its last four digits)."""
+    from medlite.train.launched import launched_world
+
+    slurm = {"SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NNODES": "2",
+             "SLURM_NTASKS_PER_NODE": "2(x2)", "SLURM_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "51234",
+             "SLURM_JOB_NAME": "medlite"}
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "MASTER_"))]:
+        monkeypatch.delenv(key)
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    world = launched_world(dict(os.environ))
+    assert (world.rank, world.local_rank, world.size, world.local_size, world.nodes) == (3, 1, 4, 2, 2)
+    assert (world.launcher, world.main_address, world.main_port) == ("slurm", "gpu07", 15000 + 1234)

@@ -33,6 +33,29 @@ def run(
 
         plan(parsed, out, resolve_data_root(data_root), say=typer.echo)
         return
+    # Under torchrun or srun every rank runs this command: rank 0 runs the pipeline, the others train
+    # with it (medlite.train.launched) and write nothing.
+    from medlite.train.launched import launched_world
+
+    world = launched_world()
+    if world is not None:
+        from medlite.train import launched
+        from medlite.train.device import resolve_device
+
+        device = resolve_device(parsed.device)
+        if world.rank != 0:
+            launched.join(world, device)
+            launched.follow()
+            return
+        with launched.leading(world, device):
+            state(ctx).console.print(f"ddp: {world.size} processes on {world.nodes} node(s), started by {world.launcher}: "
+                                     f"rank 0 runs the pipeline and writes the run; every rank trains")
+            _run(ctx, parsed, out, default_out, data_root, fresh)
+        return
+    _run(ctx, parsed, out, default_out, data_root, fresh)
+
+
+def _run(ctx: typer.Context, parsed, out: Path, default_out: bool, data_root: Optional[Path], fresh: bool) -> None:
     console = state(ctx).console
     console.print(f"medlite run {parsed.name} -> {out}")
     # local: the pipeline module imports torch; the report module jinja2 and matplotlib.

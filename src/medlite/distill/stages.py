@@ -19,6 +19,7 @@ from medlite.models import count_params
 from medlite.models.weights import save_state
 from medlite.runstate import sha256
 from medlite.stage import Stage
+from medlite.train import launched
 from medlite.variant import TrainSection, Variant
 
 SINGLE_TEACHER, ENSEMBLE, STUDENT = "teacher", "teacher_ensemble", "student_kd"
@@ -154,6 +155,8 @@ def train_stage(ctx: Context, name: str, section: TrainSection, *, cfg=None, tea
               fixed_views, mixup]
     if recipe.trainer != type(recipe.trainer)():  # devices/strategy/precision change the numbers
         config.append(recipe.trainer.model_dump())
+    if launched.current() is not None:  # so does the world a launcher started (torchrun, srun)
+        config.append(launched.current().describe())
 
     # How it was trained, recorded for every comparison: what the student saw (`live` augmentation, or a
     # `bank` of fixed views: a logit method's default, the scratch control's), mixup, its input size.

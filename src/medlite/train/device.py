@@ -27,12 +27,13 @@ class Placement:
     devices: int = 1
     num_nodes: int = 1
     world: int = 1
+    launched: bool = False  # the ranks were started by torchrun or SLURM (medlite.train.launched)
 
 
-MULTI_NODE = ("trainer.num_nodes: DDP over several nodes is not supported: Lightning's multi-node launch "
-              "(torchrun, SLURM) runs the whole command on every rank, while medlite runs the pipeline once and "
-              "forks or spawns only its training; train on one node (trainer.devices: its GPUs), or spread "
-              "trials over machines with `medlite study --executor ray`")
+MULTI_NODE = ("trainer.num_nodes: several nodes train together when a launcher starts the run on each of them: "
+              "`torchrun --nnodes N --nproc-per-node GPUS --rdzv-endpoint HOST:PORT -m medlite run ...` "
+              "(or SLURM's srun); alone, medlite forks or spawns ranks on this machine only. To spread "
+              "independent trials over machines instead: `medlite study --executor ray`")
 
 
 def placement(trainer_cfg: TrainerConfig | None, device: str, balance: str, gpus: int | None = None) -> Placement:
@@ -44,11 +45,21 @@ def placement(trainer_cfg: TrainerConfig | None, device: str, balance: str, gpus
     forked child cannot use CUDA once the parent has (an earlier stage trained or scored on the
     GPU), so the ranks are spawned, fresh interpreters that receive the trainer pickled.
     `strategy: ddp_spawn` asks for spawning on CPU too (gloo): the GPU code path, testable
-    without a GPU. Several nodes are refused (`MULTI_NODE` says why and what to do instead).
+    without a GPU. In a run a launcher started (torchrun, SLURM; `medlite.train.launched`) the
+    ranks exist already and the world is the launcher's. Several nodes without a launcher are
+    refused (`MULTI_NODE` says how to start them).
     `gpus`: the GPUs this machine has (default: counted).
     """
     if trainer_cfg is None:
         return Placement()
+    from medlite.train import launched
+
+    world_launched = launched.current()
+    if world_launched is not None:
+        launched.check_recipe(world_launched, trainer_cfg.devices, trainer_cfg.num_nodes, trainer_cfg.strategy)
+        if balance == "sampler":
+            raise UsageError("data.balance: 'sampler' is not supported with DDP; use class_weights")
+        return Placement("ddp", world_launched.local_size, world_launched.nodes, world_launched.size, launched=True)
     devices, nodes = trainer_cfg.devices, trainer_cfg.num_nodes
     world = devices * nodes
     if nodes > 1:

@@ -31,6 +31,7 @@ from medlite.task import pos_weight as label_pos_weight, task_of
 from medlite.train.callbacks import GPU_MEMORY, EpochLog, Telemetry, pick_images
 from medlite.train.data import TrainData, class_weights
 from medlite.train.device import placement, precision, resolve_device
+from medlite.train import launched
 from medlite.train.distributed import ShareFacts, spawn_sharing
 from medlite.train.module import ClassifierModule
 from medlite.train.selection import BestCheckpoint, load_best, select
@@ -50,9 +51,11 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     selected_by: str = "val_auc"  # what chose best_epoch: val_auc, val_loss (AUC not computable), last_epoch
     warnings: list[str] = field(default_factory=list)
+    processes: dict | None = None  # under DDP: how many ranks, on how many nodes, started how; the batches
 
     def to_dict(self) -> dict:
         mean = float(np.mean(self.epoch_seconds)) if self.epoch_seconds else 0.0
+        extra = {"processes": self.processes} if self.processes else {}
         return {
             "best_epoch": self.best_epoch,
             "best_val_auc": self.best_val_auc,
@@ -64,6 +67,7 @@ class FitResult:
             "history": self.history,
             "selected_by": self.selected_by,
             "warnings": self.warnings,
+            **extra,
         }
 
 
@@ -210,7 +214,8 @@ def fit(
         # Spawned ranks get the trainer pickled: `say` (a closure, a console) stays here and the
         # epoch lines are said once training is back (from rank 0's history).
         spawned = where.strategy == "ddp_spawn" and where.world > 1
-        epoch_say = None if progress or spawned else say
+        pickled = spawned or where.launched  # the trainer travels to other processes: no closures in it
+        epoch_say = None if progress or pickled else say
         trainer = L.Trainer(
             max_epochs=cfg.epochs,
             accelerator="gpu" if device == "cuda" else "cpu",
@@ -238,11 +243,14 @@ def fit(
                 "gpu" if device == "cuda" else "cpu", precision(trainer_cfg, device),
                 bool(trainer_cfg is not None and trainer_cfg.deterministic), best_ckpt, log_dir)
             scorer.validate(module, datamodule=data, verbose=False)
-        with spawn_sharing(spawned):
-            trainer.fit(module, datamodule=data)
+        if where.launched:
+            launched.fit_everywhere(trainer, module, data)
+        else:
+            with spawn_sharing(spawned):
+                trainer.fit(module, datamodule=data)
         if where.world > 1:
             ShareFacts.load(log_dir, module)  # the ranks trained in child processes: take rank 0's facts
-        if spawned and say and not progress:
+        if pickled and say and not progress:
             for row in module.history:
                 say(EpochLog.line(label, row, cfg.epochs))
         best = load_best(best_ckpt.best_model_path, module) if best_ckpt is not None else None
@@ -259,5 +267,18 @@ def fit(
         history=module.history,
         selected_by=chosen.selected_by,
         warnings=chosen.notes,
+        processes=_processes(where, cfg.batch_size),
     )
+
+
+def _processes(where, batch_size: int) -> dict | None:
+    """What DDP changes, for the record: the ranks and the batch each one takes (the global batch stays
+    the recipe's, `TrainData` divides it; BatchNorm statistics are per rank)."""
+    if where.world <= 1:
+        return None
+    world = launched.current()
+    started = world.launcher if world is not None else where.strategy
+    return {"processes": where.world, "nodes": where.num_nodes, "started_by": started,
+            "global_batch": max(1, batch_size // where.world) * where.world,
+            "per_process_batch": max(1, batch_size // where.world)}
 
