@@ -4,7 +4,7 @@ On one node with N >= 1 GPUs: the default recipe's teacher trained (a) on one GP
 `trainer.strategy: ddp, trainer.devices: N` (medlite spawns the ranks: `ddp_spawn`, NCCL), through
 `medlite.train.fit`; then (c) a whole tiny pipeline run with DDP (teacher, students, distillation,
 QAT and pruning fine-tunes), every variant measured, and (d) the refusals: more GPUs than the
-machine has, and num_nodes 2. Prints one JSON document (also $OUT/gpu_ddp_check.json when $OUT is
+machine has, and num_nodes 2 without a launcher (torchrun or srun: README, "Several nodes"). Prints one JSON document (also $OUT/gpu_ddp_check.json when $OUT is
 set). Needs no network: the data root must hold breastmnist.npz.
 
     PYTHONPATH=src python benchmarks/gpu_ddp_check.py [--data-root DIR] [--epochs 10] [--devices N]

@@ -94,12 +94,20 @@ def test_ddp_two_cpu_processes_match_one(tmp_path, data_root):
     assert abs(ddp.best_val_auc - single.best_val_auc) <= 0.15
 
 
-def test_ddp_placement_spawns_on_gpus_and_refuses_nodes_and_missing_gpus():
+def test_ddp_placement_spawns_on_gpus_and_refuses_nodes_and_missing_gpus(monkeypatch):
+    import sys
+
     from medlite.errors import UsageError
     from medlite.train.device import MULTI_NODE, Placement, placement
 
+    for module in ("jax", "ray"):  # whatever earlier tests imported: a clean process first
+        monkeypatch.delitem(sys.modules, module, raising=False)
     r = load_recipe("breastmnist", ["trainer.devices=2", "trainer.strategy=ddp"])
     assert placement(r.trainer, "cpu", "none") == Placement("ddp_fork", 2, 1, 2)
+    # JAX's threads (the LiteRT converter, imported by a run that exports .tflite) make a fork unsafe.
+    monkeypatch.setitem(sys.modules, "jax", sys)
+    assert placement(r.trainer, "cpu", "none") == Placement("ddp_spawn", 2, 1, 2)
+    monkeypatch.delitem(sys.modules, "jax")
     # A GPU parent may hold CUDA already (an earlier stage): the ranks are spawned, not forked.
     assert placement(r.trainer, "cuda", "none", gpus=2) == Placement("ddp_spawn", 2, 1, 2)
     spawn = load_recipe("breastmnist", ["trainer.devices=2", "trainer.strategy=ddp_spawn"]).trainer
@@ -223,7 +231,7 @@ def test_two_torchrun_nodes_train_like_two_forked_processes(tmp_path, data_root)
     import sys
 
     (code0, out0, err0), (code1, out1, err1) = _two_nodes(tmp_path / "nodes", data_root)
-    assert code0 == 0, out0 + err0
+    assert code0 == 0, out0 + err0 + "\n--- node 1:\n" + out1 + err1
     assert code1 == 0 and out1 == "" and "Traceback" not in err1, out1 + err1
     assert "ddp: 2 processes on 2 node(s), started by torchrun" in out0
     sets = [arg for item in (*TINY_RUN, "trainer.devices=2", "trainer.strategy=ddp") for arg in ("--set", item)]

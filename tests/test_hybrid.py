@@ -119,6 +119,30 @@ def test_onnx_and_int8_files_give_torchs_probabilities(tmp_path):
     assert np.abs(got - expected).max() < 0.05
 
 
+def test_litert_fp32_and_int8_files_give_torchs_probabilities(tmp_path):
+    """A multi-stage student (layer fusion over both backbones, the gated head) through LiteRT's
+    converter and quantizer, read by the interpreter as every consumer reads it."""
+    from medlite.export.litert import missing_packages
+
+    if missing_packages():
+        pytest.skip("LiteRT converter not installed (make litert)")
+    from medlite.data.preprocess import PreprocessSpec, normalize
+    from medlite.export.litert import convert_fp32, quantize
+    from medlite.runtime import open_artifact
+
+    model = _seeded("fused(hybrid_gated(medlite_cnn_tiny,medlite_dsconv_tiny))", classes=3)
+    spec = PreprocessSpec(28, 1, 0.5, 0.5, ("a", "b", "c"))
+    images = np.random.default_rng(0).integers(0, 256, (40, 28, 28, 1), dtype=np.uint8)
+    with torch.no_grad():
+        want = torch.softmax(model(torch.from_numpy(normalize(images[32:], spec))), 1).numpy()
+    fp32, int8 = tmp_path / "h.tflite", tmp_path / "h_int8.tflite"
+    convert_fp32(model, spec, fp32, "h")
+    np.testing.assert_allclose(open_artifact(fp32).predict_proba(images[32:]), want, atol=1e-4)
+    quantize(fp32, "int8_static", int8, spec, "h_int8", calibration=normalize(images[:32], spec))
+    assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+    assert np.abs(open_artifact(int8).predict_proba(images[32:]) - want).max() < 0.05
+
+
 @pytest.mark.parametrize("arch", [TINY, "hybrid_gated(medlite_cnn_tiny,medlite_dsconv_tiny)", f"fused({TINY})"])
 def test_structured_pruning_of_convolutional_backbones_reloads(tmp_path, arch):
     """A head over torch.cat of the pooled features came out of torch-pruning with the wrong width."""

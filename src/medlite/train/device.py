@@ -45,7 +45,7 @@ def placement(trainer_cfg: TrainerConfig | None, device: str, balance: str, gpus
     forked child cannot use CUDA once the parent has (an earlier stage trained or scored on the
     GPU), so the ranks are spawned, fresh interpreters that receive the trainer pickled.
     `strategy: ddp_spawn` asks for spawning on CPU too (gloo): the GPU code path, testable
-    without a GPU. In a run a launcher started (torchrun, SLURM; `medlite.train.launched`) the
+    without a GPU; so does a process a threaded library runs in (`fork_unsafe`). In a run a launcher started (torchrun, SLURM; `medlite.train.launched`) the
     ranks exist already and the world is the launcher's. Several nodes without a launcher are
     refused (`MULTI_NODE` says how to start them).
     `gpus`: the GPUs this machine has (default: counted).
@@ -74,8 +74,24 @@ def placement(trainer_cfg: TrainerConfig | None, device: str, balance: str, gpus
             raise UsageError(f"trainer.devices: {devices} GPUs requested but this machine has {have}")
     if balance == "sampler":
         raise UsageError("data.balance: 'sampler' is not supported with DDP; use class_weights")
-    spawn = device == "cuda" or trainer_cfg.strategy == "ddp_spawn"
+    spawn = device == "cuda" or trainer_cfg.strategy == "ddp_spawn" or fork_unsafe() is not None
     return Placement("ddp_spawn" if spawn else "ddp_fork", devices, 1, world)
+
+
+# Libraries that run threads of their own once imported: a process forked while they run inherits their
+# locks held and can hang in its first collective (seen: gloo after the LiteRT converter's JAX).
+_THREADED = {"jax": "JAX (the LiteRT converter)", "ray": "Ray's client"}
+
+
+def fork_unsafe() -> str | None:
+    """Why forking DDP ranks from this process could deadlock them (a threaded library is loaded), or None;
+    then the ranks are spawned instead, fresh interpreters (`ddp_spawn`, the path GPUs take)."""
+    import sys
+
+    for module, name in _THREADED.items():
+        if module in sys.modules:
+            return f"{name} runs threads in this process"
+    return None
 
 
 def precision(trainer_cfg: TrainerConfig | None, device: str) -> str:

@@ -3,18 +3,15 @@
 The parts, each in its own module: `device` (device, DDP placement, precision), `data` (the
 LightningDataModule, teacher bank included), `teachers` (distillation method and teachers),
 `module` (the LightningModule: loss and metrics), `selection` (the ModelCheckpoint that keeps the
-best epoch, and the facts reported about it), `callbacks` (per-epoch log), `distributed` (DDP).
+best epoch, and the facts reported about it), `callbacks` (per-epoch log), `distributed` (DDP),
+`launched` (the ranks torchrun or srun started), `quiet` (what training leaves out of the output).
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,16 +21,16 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from medlite.errors import UsageError
 from medlite.task import pos_weight as label_pos_weight, task_of
+from medlite.train import launched
 from medlite.train.callbacks import GPU_MEMORY, EpochLog, Telemetry, pick_images
 from medlite.train.data import TrainData, class_weights
-from medlite.train.device import placement, precision, resolve_device
-from medlite.train import launched
+from medlite.train.device import fork_unsafe, placement, precision, resolve_device
 from medlite.train.distributed import ShareFacts, spawn_sharing
 from medlite.train.module import ClassifierModule
+from medlite.train.quiet import quiet_lightning_info, training_warnings
 from medlite.train.selection import BestCheckpoint, load_best, select
 from medlite.train.teachers import teaching
 
@@ -69,30 +66,6 @@ class FitResult:
             "warnings": self.warnings,
             **extra,
         }
-
-
-def _quiet_lightning_info() -> None:
-    # Lightning's info lines (GPU/TPU available, LOCAL_RANK...) would drown the pipeline's own
-    # output; its warnings still show.
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-@contextmanager
-def training_warnings() -> Iterator[None]:
-    """Warnings during training reach the user, except these named ones, which do not apply here."""
-    with warnings.catch_warnings():
-        # TrainData's loaders only draw index batches; the images are gathered on the device from
-        # tensors already in memory, so DataLoader workers would add process start-up and IPC, no speed.
-        warnings.filterwarnings("ignore", message=r"The '\w+' does not have many workers", category=PossibleUserWarning)
-        # Lightning 2.6's own pytree helper (lightning/pytorch/utilities/_pytree.py) builds torch's
-        # deprecated `LeafSpec()`; a note for Lightning's maintainers, nothing a medlite user can act on.
-        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                                category=FutureWarning)
-        # The same for LightningModule.all_gather (DDP validation), built on a deprecated torch function.
-        warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated",
-                                category=FutureWarning)
-        yield
 
 
 class EpochCSVLogger(CSVLogger):
@@ -200,7 +173,7 @@ def fit(
     log_dir.mkdir(parents=True, exist_ok=True)
     if progress is None:
         progress = sys.stderr.isatty()
-    _quiet_lightning_info()
+    quiet_lightning_info()
     # The best epoch's weights go to a checkpoint file, read back below; the caller saves the model.
     with tempfile.TemporaryDirectory(prefix="medlite-best-") as best_dir, training_warnings():
         best_ckpt = BestCheckpoint(best_dir, score_start=score_start) if select_best and data.n_val else None
@@ -278,6 +251,9 @@ def _processes(where, batch_size: int) -> dict | None:
         return None
     world = launched.current()
     started = world.launcher if world is not None else where.strategy
+    unsafe = fork_unsafe() if where.strategy == "ddp_spawn" else None
+    if unsafe:
+        started += f" (not forked: {unsafe})"
     return {"processes": where.world, "nodes": where.num_nodes, "started_by": started,
             "global_batch": max(1, batch_size // where.world) * where.world,
             "per_process_batch": max(1, batch_size // where.world)}

@@ -184,9 +184,9 @@ def fit_everywhere(trainer, module, datamodule) -> None:
 
 def follow() -> None:
     """A rank other than 0: train every fit rank 0 sends, until it says stop."""
-    from medlite.train.fitting import _quiet_lightning_info, training_warnings
+    from medlite.train.quiet import quiet_lightning_info, training_warnings
 
-    _quiet_lightning_info()
+    quiet_lightning_info()
     while True:
         message = _broadcast(None)
         if message == _STOP:
