@@ -139,8 +139,12 @@ def test_ddp_spawn_on_two_cpu_processes_trains_and_hands_back_the_best_model(tmp
     assert [line.split(" loss")[0] for line in said] == ["train epoch 1/2", "train epoch 2/2"]  # said here, once
 
 
-def test_compression_fine_tunes_run_under_ddp(tmp_path, data_root):
-    """QAT and pruning fine-tunes (score_start: the starting weights are a candidate) under ddp_fork."""
+def test_compression_fine_tunes_run_under_ddp(tmp_path, data_root, monkeypatch):
+    """QAT and pruning fine-tunes (score_start: the starting weights are a candidate) under ddp_fork, also
+    when a threaded library would make medlite spawn (a fake-quant model cannot be pickled: forked, said)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "jax", sys.modules.get("jax", sys))  # as after a LiteRT export
     from medlite.compress.prune import GradualMagnitudePruning
     from medlite.compress.qat import prepare_qat
     from medlite.data import load_dataset
@@ -164,6 +168,8 @@ def test_compression_fine_tunes_run_under_ddp(tmp_path, data_root):
     result = fit(qat, dataset, ruin, data_cfg=recipe.data, seed=0, log_dir=tmp_path / "qat", device="cpu",
                  progress=False, trainer_cfg=ddp, score_start=True)
     assert len(result.history) == 1 and result.history[0]["val_auc"] < result.best_val_auc
+    assert result.processes["started_by"] == "ddp_fork"
+    assert any("cannot be pickled to spawned ranks" in w for w in result.warnings), result.warnings
     assert result.best_epoch == -1  # the scored start beat the epoch: kept
     assert _val_auc(qat, dataset) == pytest.approx(start, abs=1e-9)  # ... and these are its weights
     recipe = load_recipe("breastmnist", ["data.limit=64", "student.epochs=1", "student.batch_size=16",

@@ -53,6 +53,7 @@ RECIPE = textwrap.dedent(
     evaluate: {bootstrap: 20}
     compress: {methods: [int8_static], targets: [student_kd], int8_static: {calibration_images: 16}}
     bench: {enabled: false}
+    explain: {enabled: false}
     """
 )
 

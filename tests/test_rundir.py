@@ -29,6 +29,7 @@ USER_RECIPE = textwrap.dedent(
     evaluate: {bootstrap: 20}
     compress: {methods: []}
     bench: {enabled: false}
+    explain: {enabled: false}
     """
 )
 

@@ -27,6 +27,7 @@ TINY = {
     "student.epochs": 1,
     "compress.methods": [],
     "bench.enabled": False,
+    "explain.enabled": False,  # the trials' explanations are nothing the study reads
     "evaluate.bootstrap": 0,
 }
 

@@ -126,20 +126,28 @@ class StudyResult:
 
 def run(recipe: str | Path = "breastmnist", *, out: str | Path | None = None,
         overrides: Mapping[str, Any] | Iterable[str] | None = None, data_root: str | Path | None = None,
-        fresh: bool = False, say: Callable[[str], None] | None = print, progress: bool | None = False) -> RunResult:
+        fresh: bool = False, say: Callable[[str], None] | None = print, progress: bool | None = False) -> RunResult | None:
     """Run a recipe (a built-in name or a YAML path) as `medlite run` does; returns the finished run.
 
     `overrides` are `--set`'s, as a mapping (`{"student.epochs": 2}`) or "key=value" strings. `out`
     defaults to the CLI's `runs/<name>-<data>` directory; `say` receives the progress lines (None: quiet).
+    In a script torchrun or srun started on several ranks, rank 0 runs the recipe and the other ranks
+    train with it (README, "Several nodes"); there it returns None.
     """
     from medlite.pipeline import run_pipeline
     from medlite.recipe import default_run_dir, load_recipe
+    from medlite.train import launched
+    from medlite.train.device import resolve_device
 
     parsed = load_recipe(str(recipe), _override_list(overrides))
     root = Path(out) if out is not None else default_run_dir(parsed)
-    results = run_pipeline(parsed, root, _data_root(data_root), fresh=fresh, say=say or (lambda _: None),
-                           progress=progress, default_out=out is None)
-    return RunResult(root, results)
+
+    def lead(_world) -> RunResult:
+        results = run_pipeline(parsed, root, _data_root(data_root), fresh=fresh, say=say or (lambda _: None),
+                               progress=progress, default_out=out is None)
+        return RunResult(root, results)
+
+    return launched.on_every_rank(resolve_device(parsed.device), lead)
 
 
 def load(run_dir: str | Path) -> RunResult:

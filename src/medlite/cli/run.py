@@ -35,24 +35,16 @@ def run(
         return
     # Under torchrun or srun every rank runs this command: rank 0 runs the pipeline, the others train
     # with it (medlite.train.launched) and write nothing.
-    from medlite.train.launched import launched_world
+    from medlite.train import launched
+    from medlite.train.device import resolve_device
 
-    world = launched_world()
-    if world is not None:
-        from medlite.train import launched
-        from medlite.train.device import resolve_device
-
-        device = resolve_device(parsed.device)
-        if world.rank != 0:
-            launched.join(world, device)
-            launched.follow()
-            return
-        with launched.leading(world, device):
+    def lead(world) -> None:
+        if world is not None:
             state(ctx).console.print(f"ddp: {world.size} processes on {world.nodes} node(s), started by {world.launcher}: "
                                      f"rank 0 runs the pipeline and writes the run; every rank trains")
-            _run(ctx, parsed, out, default_out, data_root, fresh)
-        return
-    _run(ctx, parsed, out, default_out, data_root, fresh)
+        _run(ctx, parsed, out, default_out, data_root, fresh)
+
+    launched.on_every_rank(resolve_device(parsed.device), lead)
 
 
 def _run(ctx: typer.Context, parsed, out: Path, default_out: bool, data_root: Optional[Path], fresh: bool) -> None:

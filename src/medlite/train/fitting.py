@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -146,6 +146,7 @@ def fit(
         raise UsageError("label_smoothing: defined for cross-entropy over one softmax, not for multi-label data; set it to 0")
     device = resolve_device(device)
     where = placement(trainer_cfg, device, data_cfg.balance)  # refused before any work
+    where, placement_note = _unpicklable(model, where, trainer_cfg, device)
     L.seed_everything(seed, workers=True, verbose=False)
     if input_size == dataset.image_size:
         input_size = None
@@ -239,9 +240,30 @@ def fit(
         teacher_cache_seconds=data.bank_seconds,
         history=module.history,
         selected_by=chosen.selected_by,
-        warnings=chosen.notes,
+        warnings=chosen.notes + ([placement_note] if placement_note else []),
         processes=_processes(where, cfg.batch_size),
     )
+
+
+def _unpicklable(model, where, trainer_cfg, device: str):
+    """Spawned ranks (and a launcher's) get the model pickled, which torch refuses for a parametrized one (QAT's
+    fake-quant, pruning masks). A spawn chosen only because the process runs threads (`fork_unsafe`) forks
+    after all, said in the fit's warnings; a spawn the setup needs (GPUs, `strategy: ddp_spawn`, a launcher)
+    is refused in one line."""
+    from torch.nn.utils import parametrize
+
+    if where.world <= 1 or where.strategy == "ddp_fork":
+        return where, None
+    if not any(parametrize.is_parametrized(m) for m in model.modules()):
+        return where, None
+    unsafe = fork_unsafe()
+    if where.strategy == "ddp_spawn" and device == "cpu" and trainer_cfg.strategy != "ddp_spawn" and unsafe:
+        return replace(where, strategy="ddp_fork"), (f"DDP ranks forked although {unsafe}: a parametrized model "
+                                                     "(fake-quant or pruning masks) cannot be pickled to spawned ranks")
+    how = "started by a launcher" if where.launched else "spawned"
+    raise UsageError(f"trainer.strategy: a parametrized model (QAT fake-quant, pruning masks) cannot be sent to ranks "
+                     f"{how} (torch pickles it only through state_dict()); train it with trainer.devices: 1 or, on CPU, "
+                     f"trainer.strategy: ddp")
 
 
 def _processes(where, batch_size: int) -> dict | None:

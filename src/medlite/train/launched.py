@@ -16,13 +16,15 @@ from __future__ import annotations
 import io
 import os
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 from medlite.errors import UsageError
 
+T = TypeVar("T")
 _STOP = "stop"
 # Between two fits rank 0 evaluates, exports and benchmarks alone, for as long as that takes: the
 # followers' wait for the next message must not time out (gloo's default is 30 minutes).
@@ -201,6 +203,23 @@ def release() -> None:
     """Rank 0, at the end (done or failed): the followers stop waiting."""
     if _session.world is not None and _session.world.rank == 0:
         _broadcast(_STOP)
+
+
+def on_every_rank(device: str, lead: Callable[[World | None], T]) -> T | None:
+    """`lead(world)` as the run of rank 0 (world None: no launcher, an ordinary run); on the other ranks,
+    train what rank 0 sends until it is done, and return None. `device`: the resolved device."""
+    world = launched_world()
+    if world is None:
+        return lead(None)
+    if world.rank != 0:
+        join(world, device)
+        try:
+            follow()
+        finally:
+            _session.world = None
+        return None
+    with leading(world, device):
+        return lead(world)
 
 
 @contextmanager
