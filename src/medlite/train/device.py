@@ -31,7 +31,8 @@ class Placement:
 
 
 MULTI_NODE = ("trainer.num_nodes: several nodes train together when a launcher starts the run on each of them: "
-              "`torchrun --nnodes N --nproc-per-node GPUS --rdzv-endpoint HOST:PORT -m medlite run ...` "
+              "`torchrun --nnodes N --nproc-per-node GPUS --node-rank R --master-addr HOST --master-port PORT "
+              "-m medlite.cli run ...` "
               "(or SLURM's srun); alone, medlite forks or spawns ranks on this machine only. To spread "
               "independent trials over machines instead: `medlite study --executor ray`")
 
@@ -45,9 +46,10 @@ def placement(trainer_cfg: TrainerConfig | None, device: str, balance: str, gpus
     forked child cannot use CUDA once the parent has (an earlier stage trained or scored on the
     GPU), so the ranks are spawned, fresh interpreters that receive the trainer pickled.
     `strategy: ddp_spawn` asks for spawning on CPU too (gloo): the GPU code path, testable
-    without a GPU; so does a process a threaded library runs in (`fork_unsafe`). In a run a launcher started (torchrun, SLURM; `medlite.train.launched`) the
-    ranks exist already and the world is the launcher's. Several nodes without a launcher are
-    refused (`MULTI_NODE` says how to start them).
+    without a GPU; so does a process a threaded library runs in (`fork_unsafe`). In a run a
+    launcher started (torchrun, SLURM; `medlite.train.launched`) the ranks exist already and the
+    world is the launcher's. Several nodes without a launcher are refused (`MULTI_NODE` says how
+    to start them).
     `gpus`: the GPUs this machine has (default: counted).
     """
     if trainer_cfg is None:

@@ -246,10 +246,10 @@ def fit(
 
 
 def _unpicklable(model, where, trainer_cfg, device: str):
-    """Spawned ranks (and a launcher's) get the model pickled, which torch refuses for a parametrized one (QAT's
-    fake-quant, pruning masks). A spawn chosen only because the process runs threads (`fork_unsafe`) forks
-    after all, said in the fit's warnings; a spawn the setup needs (GPUs, `strategy: ddp_spawn`, a launcher)
-    is refused in one line."""
+    """Spawned ranks (and a launcher's) get the model pickled, which torch refuses for a parametrized one
+    (`torch.nn.utils.parametrize`, e.g. QAT's fake-quant). A spawn chosen only because the process runs
+    threads (`fork_unsafe`) forks after all, said in the fit's warnings; a spawn the setup needs (GPUs,
+    `strategy: ddp_spawn`, a launcher) is refused in one line."""
     from torch.nn.utils import parametrize
 
     if where.world <= 1 or where.strategy == "ddp_fork":
@@ -259,11 +259,12 @@ def _unpicklable(model, where, trainer_cfg, device: str):
     unsafe = fork_unsafe()
     if where.strategy == "ddp_spawn" and device == "cpu" and trainer_cfg.strategy != "ddp_spawn" and unsafe:
         return replace(where, strategy="ddp_fork"), (f"DDP ranks forked although {unsafe}: a parametrized model "
-                                                     "(fake-quant or pruning masks) cannot be pickled to spawned ranks")
-    how = "started by a launcher" if where.launched else "spawned"
-    raise UsageError(f"trainer.strategy: a parametrized model (QAT fake-quant, pruning masks) cannot be sent to ranks "
-                     f"{how} (torch pickles it only through state_dict()); train it with trainer.devices: 1 or, on CPU, "
-                     f"trainer.strategy: ddp")
+                                                     "(e.g. QAT's fake-quant) cannot be pickled to spawned ranks")
+    instead = ("run it without a launcher" if where.launched
+               else "train it with trainer.devices: 1 or, on CPU, trainer.strategy: ddp")
+    raise UsageError(f"trainer.strategy: a parametrized model (e.g. QAT's fake-quant) cannot be sent to ranks "
+                     f"{'a launcher started' if where.launched else 'spawned'} (torch pickles it only through "
+                     f"state_dict()); {instead}")
 
 
 def _processes(where, batch_size: int) -> dict | None:

@@ -17,7 +17,7 @@ import io
 import os
 import pickle
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
@@ -229,7 +229,10 @@ def leading(world: World, device: str) -> Iterator[None]:
     try:
         yield
     finally:
-        release()
+        # A rank that died broke the group: its error (or the run's own) is the one to report, not the
+        # failed goodbye to it.
+        with suppress(RuntimeError):
+            release()
         _session.world = None
 
 
