@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
-from medlite.errors import UsageError
+from medlite.errors import InternalError, UsageError
 
 T = TypeVar("T")
 _STOP = "stop"
@@ -180,8 +180,15 @@ def fit_everywhere(trainer, module, datamodule) -> None:
     augmentation and dropout streams as `ddp_fork` on one machine: the same numbers)."""
     buffer = io.BytesIO()
     pickle.dump((trainer, module, datamodule, _random_states()), buffer)
-    _broadcast(buffer.getvalue())
-    trainer.fit(module, datamodule=datamodule)
+    try:
+        _broadcast(buffer.getvalue())
+        trainer.fit(module, datamodule=datamodule)
+    except RuntimeError as err:
+        if "closed by peer" not in str(err) and "Connection reset" not in str(err):
+            raise
+        first = str(err).strip().splitlines()[0]
+        raise InternalError(f"ddp: a rank of the {_session.world.size} that {_session.world.launcher} started stopped "
+                            f"answering (see its node's log); this run stopped here ({first[:200]})") from err
 
 
 def follow() -> None:
