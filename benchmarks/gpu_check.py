@@ -31,12 +31,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 
-def _data_root(arg: str | None) -> Path:
+def data_root(arg: str | None, tool: str = "gpu_check") -> Path:
+    """The folder holding breastmnist.npz: --data-root, $MEDLITE_DATA_ROOT, or shared/ beside the repo
+    (also the GPU DDP check's, `tool` names the script in the message)."""
     for candidate in (arg, os.environ.get("MEDLITE_DATA_ROOT"), REPO / "shared" / "data" / "medmnist",
                       REPO.parent / "shared" / "data" / "medmnist"):
         if candidate and (Path(candidate) / "breastmnist.npz").is_file():
             return Path(candidate)
-    sys.exit("gpu_check: breastmnist.npz not found; pass --data-root DIR (or set MEDLITE_DATA_ROOT)")
+    sys.exit(f"{tool}: breastmnist.npz not found; pass --data-root DIR (or set MEDLITE_DATA_ROOT)")
 
 
 def _test_auc(model, dataset) -> float:
@@ -94,7 +96,7 @@ def main() -> None:
     from medlite.data import load_dataset
     from medlite.recipe import load_recipe
 
-    root = _data_root(args.data_root)
+    root = data_root(args.data_root)
     recipe = load_recipe("breastmnist")
     dataset = load_dataset(recipe.data, root, recipe.seed)
     out: dict = {

@@ -29,11 +29,10 @@ sys.path.insert(0, str(REPO / "src"))
 
 
 def _data_root(arg: str | None) -> Path:
-    for candidate in (arg, os.environ.get("MEDLITE_DATA_ROOT"), REPO / "shared" / "data" / "medmnist",
-                      REPO.parent / "shared" / "data" / "medmnist"):
-        if candidate and (Path(candidate) / "breastmnist.npz").is_file():
-            return Path(candidate)
-    sys.exit("gpu_ddp_check: breastmnist.npz not found; pass --data-root DIR (or set MEDLITE_DATA_ROOT)")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_check import data_root  # the same search as the single-GPU check
+
+    return data_root(arg, "gpu_ddp_check")
 
 
 def teacher(data_root: Path, epochs: int, devices: int | None) -> dict:
