@@ -167,3 +167,11 @@ def test_broken_pipe_exits_0_quietly(model, busi_root):
     result = closed_pipe_run("-edge", str(model), str(busi_root / "benign" / "benign (1).png"))
     assert result.returncode == 0, result.stderr
     assert "BrokenPipe" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_first_line_quotes_a_library_error_in_one_line():
+    from medlite.errors import first_line
+
+    assert first_line(RuntimeError("  gloo: connection closed\nframe 1\nframe 2")) == "gloo: connection closed"
+    assert first_line(AssertionError()) == "AssertionError"  # no message: the type names it
+    assert first_line(ValueError("\n\n")) == "ValueError"

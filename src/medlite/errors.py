@@ -43,3 +43,10 @@ def unknown_name(kind: str, name: str, known: list[str]) -> str:
 
     hint = difflib.get_close_matches(name, known, n=1)
     return f"unknown {kind} {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else f"; choose from {', '.join(known)}")
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (a library's may run to many), or its type's name when it
+    has none: what a one-line error quotes of the failure beneath it."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medlite.errors import UsageError
+from medlite.errors import UsageError, first_line
 from medlite.models.registry import call_arch, create, parse_arch, register_composite
 from medlite.models.taps import stage_paths
 
@@ -93,7 +93,7 @@ class Hybrid(nn.Module):
                 with torch.no_grad():
                     out = model(x)
             except (RuntimeError, ValueError, AssertionError) as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                first = first_line(err)
                 raise UsageError(f"{arch}: backbone {name!r} cannot take {img_size} px images ({first[:160]})") from None
             finally:
                 model.train(was)

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Callable, Protocol
 
-from medlite.errors import UsageError
+from medlite.errors import UsageError, first_line
 
 Poll = Callable[[dict[int, dict]], None]  # called about twice a second with {job index: outcome so far}
 
@@ -133,6 +133,8 @@ def probe_storage(token_file: str, token: str, paths: dict[str, str]) -> dict:
     import uuid
     from pathlib import Path
 
+    from medlite.stagestore import is_url
+
     problems = []
     try:
         seen = Path(token_file).read_text()
@@ -142,7 +144,7 @@ def probe_storage(token_file: str, token: str, paths: dict[str, str]) -> dict:
         problems.append(f"the study directory {paths['study']} is not the driver's (token {seen[:40]!r})")
     if not Path(paths["data_root"]).is_dir():
         problems.append(f"the data root {paths['data_root']} does not exist")
-    if "://" in paths["store"]:  # an fsspec URL: this node needs fsspec (and s3fs, ...) and access
+    if is_url(paths["store"]):  # an fsspec URL: this node needs fsspec (and s3fs, ...) and access
         try:
             import fsspec
 
@@ -153,7 +155,7 @@ def probe_storage(token_file: str, token: str, paths: dict[str, str]) -> dict:
             fs.rm(test)
         except Exception as err:  # noqa: BLE001 - ImportError, credentials, network: all "cannot reach"
             problems.append(f"cannot write the stage store {paths['store']} ({type(err).__name__}: {err})".splitlines()[0])
-    for key in ("trials",) if "://" in paths["store"] else ("store", "trials"):
+    for key in ("trials",) if is_url(paths["store"]) else ("store", "trials"):
         folder = Path(paths[key])
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -205,7 +207,7 @@ class RayExecutor:
         try:
             ray.init(address=self.address, **options)
         except (ConnectionError, RuntimeError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             raise UsageError(f"{self.source} {self.address}: cannot join the Ray cluster ({first})") from None
 
     def _check_storage(self, ray, jobs: list[dict]) -> list[str]:
@@ -266,7 +268,7 @@ class RayExecutor:
                     try:
                         outcomes[i] = ray.get(ref)
                     except Exception as err:  # noqa: BLE001 - every attempt's node or worker died
-                        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                        first = first_line(err)
                         outcomes[i] = {"dir": jobs[i]["dir"], "status": "failed",
                                        "error": f"ray: {first} (after {self.retries} retries)"}
                     outcomes[i]["attempts"] = attempts(jobs[i])

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
-from medlite.errors import InternalError, UsageError
+from medlite.errors import InternalError, UsageError, first_line
 
 T = TypeVar("T")
 _STOP = "stop"
@@ -186,7 +186,7 @@ def fit_everywhere(trainer, module, datamodule) -> None:
     except RuntimeError as err:
         if "closed by peer" not in str(err) and "Connection reset" not in str(err):
             raise
-        first = str(err).strip().splitlines()[0]
+        first = first_line(err)
         raise InternalError(f"ddp: a rank of the {_session.world.size} that {_session.world.launcher} started stopped "
                             f"answering (see its node's log); this run stopped here ({first[:200]})") from err
 
