@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +28,9 @@ class Placement:
     num_nodes: int = 1
     world: int = 1
     launched: bool = False  # the ranks were started by torchrun or SLURM (medlite.train.launched)
+    # Why the ranks are spawned although fork was asked for (`fork_unsafe`), else None; an explanation
+    # carried for the record, not part of what the placement is.
+    fork_unsafe: str | None = field(default=None, compare=False)
 
 
 MULTI_NODE = ("trainer.num_nodes: several nodes train together when a launcher starts the run on each of them: "
@@ -76,8 +79,9 @@ def placement(trainer_cfg: TrainerConfig | None, device: str, balance: str, gpus
             raise UsageError(f"trainer.devices: {devices} GPUs requested but this machine has {have}")
     if balance == "sampler":
         raise UsageError("data.balance: 'sampler' is not supported with DDP; use class_weights")
-    spawn = device == "cuda" or trainer_cfg.strategy == "ddp_spawn" or fork_unsafe() is not None
-    return Placement("ddp_spawn" if spawn else "ddp_fork", devices, 1, world)
+    unsafe = None if device == "cuda" or trainer_cfg.strategy == "ddp_spawn" else fork_unsafe()
+    spawn = device == "cuda" or trainer_cfg.strategy == "ddp_spawn" or unsafe is not None
+    return Placement("ddp_spawn" if spawn else "ddp_fork", devices, 1, world, fork_unsafe=unsafe)
 
 
 # Libraries that run threads of their own once imported: a process forked while they run inherits their

@@ -27,7 +27,7 @@ from medlite.task import pos_weight as label_pos_weight, task_of
 from medlite.train import launched
 from medlite.train.callbacks import GPU_MEMORY, EpochLog, Telemetry, pick_images
 from medlite.train.data import TrainData, class_weights
-from medlite.train.device import fork_unsafe, placement, precision, resolve_device
+from medlite.train.device import placement, precision, resolve_device
 from medlite.train.distributed import ShareFacts, spawn_sharing
 from medlite.train.module import ClassifierModule
 from medlite.train.quiet import quiet_lightning_info, training_warnings
@@ -146,7 +146,7 @@ def fit(
         raise UsageError("label_smoothing: defined for cross-entropy over one softmax, not for multi-label data; set it to 0")
     device = resolve_device(device)
     where = placement(trainer_cfg, device, data_cfg.balance)  # refused before any work
-    where, placement_note = _unpicklable(model, where, trainer_cfg, device)
+    where, placement_note = _unpicklable(model, where)
     L.seed_everything(seed, workers=True, verbose=False)
     if input_size == dataset.image_size:
         input_size = None
@@ -245,7 +245,7 @@ def fit(
     )
 
 
-def _unpicklable(model, where, trainer_cfg, device: str):
+def _unpicklable(model, where):
     """Spawned ranks (and a launcher's) get the model pickled, which torch refuses for a parametrized one
     (`torch.nn.utils.parametrize`, e.g. QAT's fake-quant). A spawn chosen only because the process runs
     threads (`fork_unsafe`) forks after all, said in the fit's warnings; a spawn the setup needs (GPUs,
@@ -256,10 +256,9 @@ def _unpicklable(model, where, trainer_cfg, device: str):
         return where, None
     if not any(parametrize.is_parametrized(m) for m in model.modules()):
         return where, None
-    unsafe = fork_unsafe()
-    if where.strategy == "ddp_spawn" and device == "cpu" and trainer_cfg.strategy != "ddp_spawn" and unsafe:
-        return replace(where, strategy="ddp_fork"), (f"DDP ranks forked although {unsafe}: a parametrized model "
-                                                     "(e.g. QAT's fake-quant) cannot be pickled to spawned ranks")
+    if where.strategy == "ddp_spawn" and where.fork_unsafe:
+        return replace(where, strategy="ddp_fork"), (f"DDP ranks forked although {where.fork_unsafe}: a parametrized "
+                                                     "model (e.g. QAT's fake-quant) cannot be pickled to spawned ranks")
     instead = ("run it without a launcher" if where.launched
                else "train it with trainer.devices: 1 or, on CPU, trainer.strategy: ddp")
     raise UsageError(f"trainer.strategy: a parametrized model (e.g. QAT's fake-quant) cannot be sent to ranks "
@@ -274,9 +273,8 @@ def _processes(where, batch_size: int) -> dict | None:
         return None
     world = launched.current()
     started = world.launcher if world is not None else where.strategy
-    unsafe = fork_unsafe() if where.strategy == "ddp_spawn" else None
-    if unsafe:
-        started += f" (not forked: {unsafe})"
+    if where.strategy == "ddp_spawn" and where.fork_unsafe:
+        started += f" (not forked: {where.fork_unsafe})"
     return {"processes": where.world, "nodes": where.num_nodes, "started_by": started,
             "global_batch": max(1, batch_size // where.world) * where.world,
             "per_process_batch": max(1, batch_size // where.world)}
